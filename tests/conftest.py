@@ -1,0 +1,32 @@
+"""Shared test set-up: float32 parity precision and the reference-fixture directory."""
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+# Parity needs exact float32 matmuls: the default TF32/bf16 passes err by ~1e-3.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def reference_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("ARVG_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+
+
+def require_reference(*parts: str) -> pathlib.Path:
+    """Returns the fixture path; skips (or fails under CI=true) when it is absent."""
+    path = reference_dir().joinpath(*parts)
+    if not path.exists():
+        msg = f"reference fixture {path} not found (set ARVG_REFERENCE_DIR)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def reference():
+    return require_reference
