@@ -1,0 +1,20 @@
+"""Checkpoint readers (no torch) and per-family converters to Flax parameter trees."""
+
+from converters._errors import CheckpointError, ConversionError
+from converters.torch_reader import (
+    LazyTensor,
+    PickledNamespace,
+    load_state_dict,
+    open_state_dict,
+    read_checkpoint,
+)
+
+__all__ = [
+    "CheckpointError",
+    "ConversionError",
+    "LazyTensor",
+    "PickledNamespace",
+    "load_state_dict",
+    "open_state_dict",
+    "read_checkpoint",
+]

@@ -1,0 +1,124 @@
+"""`arvg inspect FILE [--key KEY]`: list a checkpoint's tensors without reading their data.
+
+Prints one aligned `key  [shape]  dtype` line per tensor (wrapped checkpoints as
+`model_ema/blocks.0.attn.proj.weight`), the non-tensor entries, the wrapper structure and the
+totals. A refused file prints its one-line error on stderr and exits 2. A directory is a quantized
+checkpoint written by `arvg quantize`; `quant.checkpoint.describe` lists it.
+
+    python -m arvg_jax.cli inspect ../shared/reference/mar/mar.pth --key model_ema
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+_MAX_ENTRIES = 1_000_000  # a pickle can share containers so that paths multiply; stop listing
+_KEY_WIDTH = 80  # longest key the columns are aligned to
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file", metavar="FILE", help=".pth/.pt/.bin/.ckpt/.safetensors file or quantized directory"
+    )
+    parser.add_argument("--key", help="list only the state dict under this key (e.g. model_ema)")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).splitlines())
+
+
+def _printable(text: str) -> str:
+    """Keys come from the file: escape control characters so they cannot drive the terminal."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _flatten(tree: Any) -> list[tuple[str, Any]]:
+    """`(path, leaf)` pairs in file order; dict keys and list indices joined with '/'."""
+    out: list[tuple[str, Any]] = []
+    stack: list[tuple[str, Any]] = [("", tree)]
+    while stack:
+        path, node = stack.pop()
+        if len(out) + len(stack) > _MAX_ENTRIES:
+            raise ValueError(f"more than {_MAX_ENTRIES} entries; not listing")
+        if isinstance(node, dict) and node:
+            items = [(_printable(str(k)), v) for k, v in node.items()]
+        elif isinstance(node, (list, tuple)) and node:
+            items = [(str(i), v) for i, v in enumerate(node)]
+        else:
+            out.append((path or "(root)", node))  # e.g. torch.save(tensor)
+            continue
+        stack.extend((f"{path}/{k}" if path else k, v) for k, v in reversed(items))
+    return out
+
+
+def _describe_value(value: Any) -> str:
+    """Bounded one-line repr of a non-tensor leaf (only empty containers are leaves)."""
+    text = _printable(repr(value))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe_dir(path: str, key: str | None) -> int:
+    if key is not None:
+        print(f"{path}: --key applies to checkpoint files, not directories", file=sys.stderr)
+        return 2
+    try:
+        from quant.checkpoint import describe
+    except ImportError as e:
+        print(f"{path}: cannot describe a quantized directory ({_one_line(e)})", file=sys.stderr)
+        return 2
+    try:
+        print(describe(path))
+    except (OSError, ValueError) as e:
+        print(f"{path}: {_one_line(e)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    if os.path.isdir(args.file):
+        return _describe_dir(args.file, args.key)
+
+    from converters import CheckpointError, LazyTensor, open_state_dict, read_checkpoint
+
+    try:
+        if args.key is not None:
+            tree = {args.key: open_state_dict(args.file, key=args.key)}
+        else:
+            tree = read_checkpoint(args.file, lazy=True)
+        entries = _flatten(tree)
+    except CheckpointError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"{args.file}: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+    tensors = [(k, v) for k, v in entries if isinstance(v, LazyTensor)]
+    others = [(k, v) for k, v in entries if not isinstance(v, LazyTensor)]
+    shapes = ["[" + ", ".join(map(str, t.shape)) + "]" for _, t in tensors]
+    key_width = min(_KEY_WIDTH, max((len(k) for k, _ in entries), default=0))
+    shape_width = max(map(len, shapes), default=0)
+    lines = [
+        f"{k:<{key_width}}  {s:<{shape_width}}  {t.dtype}" for (k, t), s in zip(tensors, shapes)
+    ]
+    lines += [f"{k:<{key_width}}  = {_describe_value(v)}" for k, v in others]
+
+    groups: dict[str, list[Any]] = {}
+    for k, t in tensors:
+        if "/" in k:
+            groups.setdefault(k.split("/", 1)[0], []).append(t)
+    if groups:
+        parts = [
+            f"{g} ({len(ts)} tensors, {sum(t.size for t in ts):,} parameters)"
+            for g, ts in groups.items()
+        ]
+        lines.append("wrapper: " + ", ".join(parts))
+    params = sum(t.size for _, t in tensors)
+    megabytes = sum(t.nbytes for _, t in tensors) / 1e6
+    lines.append(f"{len(tensors)} tensors, {params:,} parameters ({megabytes:,.1f} MB)")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
