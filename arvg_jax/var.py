@@ -1,0 +1,491 @@
+"""VAR transformer (FoundationVision/VAR `models/var.py`, `models/basic_var.py`) in Flax linen.
+
+Dims: B batch, L tokens of all scales (680 at 256 px), l tokens of one scale (pn²), C width,
+H heads, K head dim (C / H), V vocabulary, E VQVAE latent channels (Cvae), S key length.
+
+Param tree (plain dicts; `/`-joined paths):
+    class_emb/embedding [num_classes+1, C]   pos_start [first_l, C]   pos_1LC [L, C]
+    lvl_embed/embedding [num_scales, C]      word_embed/{kernel [E, C], bias [C]}
+    shared_ada_lin/{kernel [C, 6C], bias}    (shared AdaLN only, d36)
+    blocks_{i}/attn/qkv/{kernel [C, 3C], bias [3C] = concat(q_bias, 0, v_bias)}
+    blocks_{i}/attn/scale_mul [H]            (attn_l2_norm only)
+    blocks_{i}/attn/proj/{kernel, bias}      blocks_{i}/ffn/fc1/…, blocks_{i}/ffn/fc2/…
+    blocks_{i}/ada_lin/{kernel [C, 6C], bias} or, shared AdaLN, blocks_{i}/ada_gss [6, C]
+    head_nm/ada_lin/{kernel [C, 2C], bias}   head/{kernel [C, V], bias [V]}
+
+Entry points (all `VAR(cfg).apply({"params": params}, ..., method=...)`):
+    * `__call__(labels, x_BLCv_wo_first_l, attn_mask=...)`: teacher-forced logits [B, L, V].
+    * Piecewise, for calibration: `embed(labels, x_BLCv_wo_first_l) -> (x, cond)`, then
+      `condition(cond) -> ada` (the block condition: cond itself, or the shared AdaLN output), then
+      for i in range(depth): `apply_block(x, ada, i=i, attn_mask="none")` (or
+      `VARBlock(cfg).apply({"params": params[f"blocks_{i}"]}, x, ada, positions=..., mask=...)`),
+      then `head_logits(x, cond)`. Applying with `mutable=["intermediates"]` returns every Dense
+      input under `intermediates/<path>/input`, so calibration can run one block at a time on
+      cached block inputs. PTQ4ARVG calibrates with no mask; the official forward is block-causal.
+    * Sampling (KV cache): `first_scale_input(labels)`, `scale_input(x_next, si=...)` and
+      `step(x, ada, cond, caches, si=...)`; see `arvg_jax.var_sampler`.
+
+The residual stream, norms, embeddings and head run in float32; with `dtype=bfloat16` the block
+matmuls (and the KV cache) use bfloat16, as the official autocast inference does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from arvg_jax.layers import Dense, gelu_tanh, l2_normalize, layer_norm
+
+Array = jax.Array
+AttnMask = Literal["block_causal", "none"]
+
+PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+
+# models/basic_var.py SelfAttention: max_scale_mul = torch.log(torch.tensor(100)).item(), a float32
+# log evaluated once.
+_MAX_SCALE_MUL = float(np.log(np.float32(100.0)))
+
+
+# Official constructor arguments (models/__init__.py build_vae_var and VAR.__init__).
+OFFICIAL_KEYS: dict[str, str] = {
+    "depth": "depth",
+    "embed_dim": "embed_dim",
+    "num_heads": "num_heads",
+    "mlp_ratio": "mlp_ratio",
+    "V": "vocab_size",
+    "Cvae": "cvae",
+    "num_classes": "num_classes",
+    "patch_nums": "patch_nums",
+    "shared_aln": "shared_aln",
+    "attn_l2_norm": "attn_l2_norm",
+    "norm_eps": "norm_eps",
+}
+# VQVAE-only, device, speed, training and init arguments: no effect on the VAR forward.
+# (`cond_drop_rate` only matters in training; our forward never drops labels.)
+IGNORED_OFFICIAL_KEYS = frozenset(
+    {
+        "ch",
+        "share_quant_resi",
+        "seed",
+        "device",
+        "flash_if_available",
+        "fused_if_available",
+        "init_adaln",
+        "init_adaln_gamma",
+        "init_head",
+        "init_std",
+        "drop_rate",
+        "attn_drop_rate",
+        "drop_path_rate",
+        "cond_drop_rate",
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VARConfig:
+    """VAR hyper-parameters (hashable, so it can be a static jit argument).
+
+    `embed_dim` and `num_heads` default to the official `build_vae_var` rule (64·depth, depth).
+    """
+
+    depth: int = 16  # number of transformer blocks
+    embed_dim: int | None = None  # C; None -> 64 * depth
+    num_heads: int | None = None  # H; None -> depth
+    mlp_ratio: float = 4.0  # FFN hidden = round(C * mlp_ratio)
+    vocab_size: int = 4096  # V (VQVAE codebook size)
+    cvae: int = 32  # E, VQVAE latent channels
+    num_classes: int = 1000  # class num_classes is the null (CFG) class
+    patch_nums: tuple[int, ...] = PATCH_NUMS_256  # side of each scale's token map
+    shared_aln: bool = False  # shared AdaLN (d36): shared_ada_lin + per-block ada_gss
+    attn_l2_norm: bool = True  # l2-normalised q, k with learned per-head temperature
+    norm_eps: float = 1e-6
+    dtype: Any = jnp.float32  # compute dtype of the block matmuls; params stay float32
+
+    def __post_init__(self):
+        if self.embed_dim is None:
+            object.__setattr__(self, "embed_dim", 64 * self.depth)
+        if self.num_heads is None:
+            object.__setattr__(self, "num_heads", self.depth)
+        object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} not divisible by heads {self.num_heads}")
+
+    # Presets (models/__init__.py build_vae_var: heads = depth, width = 64 * depth).
+    @classmethod
+    def d16(cls, **kw) -> VARConfig:
+        return cls(depth=16, **kw)
+
+    @classmethod
+    def d20(cls, **kw) -> VARConfig:
+        return cls(depth=20, **kw)
+
+    @classmethod
+    def d24(cls, **kw) -> VARConfig:
+        return cls(depth=24, **kw)
+
+    @classmethod
+    def d30(cls, **kw) -> VARConfig:
+        return cls(depth=30, **kw)
+
+    @classmethod
+    def d36(cls, **kw) -> VARConfig:
+        """The 512-px release: shared AdaLN, patch_nums up to 32 (L = 2240)."""
+        return cls(depth=36, patch_nums=PATCH_NUMS_512, shared_aln=True, **kw)
+
+    @classmethod
+    def tiny(cls, **kw) -> VARConfig:
+        """Test size: distinct small dims (C 26, H 2, K 13, V 37, E 7, 11 classes, L 14)."""
+        kw = {
+            "depth": 2,
+            "embed_dim": 26,
+            "num_heads": 2,
+            "vocab_size": 37,
+            "cvae": 7,
+            "num_classes": 11,
+            "patch_nums": (1, 2, 3),
+            **kw,
+        }
+        return cls(**kw)
+
+    @classmethod
+    def from_official(cls, kwargs: dict[str, Any], **overrides) -> VARConfig:
+        """Builds a config from official constructor arguments (e.g. reference `config.json`).
+
+        Args:
+            kwargs: `build_vae_var` / `VAR.__init__` keyword arguments.
+            **overrides: fields set on top (e.g. `dtype`).
+
+        Raises:
+            ValueError: on a key that is neither handled nor known to be irrelevant.
+        """
+        known = OFFICIAL_KEYS
+        unknown = sorted(set(kwargs) - set(known) - IGNORED_OFFICIAL_KEYS)
+        if unknown:
+            raise ValueError(f"unknown VAR constructor arguments: {unknown}")
+        fields = {known[k]: v for k, v in kwargs.items() if k in known}
+        if "patch_nums" in fields:
+            fields["patch_nums"] = tuple(fields["patch_nums"])
+        return cls(**{**fields, **overrides})
+
+    # Derived sizes.
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return round(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.patch_nums)
+
+    @property
+    def seq_len(self) -> int:
+        return sum(p * p for p in self.patch_nums)
+
+    @property
+    def first_l(self) -> int:
+        return self.patch_nums[0] ** 2
+
+    @property
+    def begin_ends(self) -> tuple[tuple[int, int], ...]:
+        """Static token range [begin, end) of each scale."""
+        out, cur = [], 0
+        for pn in self.patch_nums:
+            out.append((cur, cur + pn * pn))
+            cur += pn * pn
+        return tuple(out)
+
+    @property
+    def levels(self) -> np.ndarray:
+        """int32 [L]: scale index of every position (the official `lvl_1L` buffer)."""
+        return np.concatenate([np.full(p * p, i, np.int32) for i, p in enumerate(self.patch_nums)])
+
+
+def attention_mask(cfg: VARConfig, kind: AttnMask) -> np.ndarray | None:
+    """Static teacher-forcing mask: bool [L, L] (True = may attend), or None for "none".
+
+    "block_causal" is the official `attn_bias_for_masking`: level(key) <= level(query).
+    """
+    if kind == "none":
+        return None
+    if kind != "block_causal":
+        raise ValueError(f"attn_mask must be 'block_causal' or 'none', got {kind!r}")
+    lv = cfg.levels
+    return lv[None, :] <= lv[:, None]
+
+
+def init_kv_caches(cfg: VARConfig, batch: int) -> tuple[dict[str, Array], ...]:
+    """Zero KV caches, one {"k", "v"} dict of [batch, L, H, K] (compute dtype) per block."""
+    shape = (batch, cfg.seq_len, cfg.num_heads, cfg.head_dim)
+    return tuple(
+        {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+        for _ in range(cfg.depth)
+    )
+
+
+class SelfAttention(nn.Module):
+    """models/basic_var.py SelfAttention (fused qkv, l2-normalised q/k, softmax scale 1)."""
+
+    cfg: VARConfig
+
+    @nn.compact
+    def __call__(self, x, *, positions, mask=None, cache=None, cache_offset=0):
+        """Self-attention.
+
+        Args:
+            x: [B, l, C] (any float dtype; cast by the Dense layers).
+            positions: int [l] absolute positions of the tokens of `x`.
+            mask: bool [l, S] (True = may attend) or None.
+            cache: None, or {"k", "v"}: [B, L, H, K]. The keys/values of `x` are written at
+                `cache_offset` and attention runs over the whole cache (`mask` must hide the
+                unwritten tail).
+            cache_offset: static int, position of x[:, 0] in the cache.
+
+        Returns:
+            [B, l, C] in cfg.dtype, and the updated cache when one was given.
+        """
+        cfg = self.cfg
+        b, l, c = x.shape
+        h, k_dim = cfg.num_heads, cfg.head_dim
+        # One [3C] bias = concat(q_bias, zero_k_bias, v_bias), as the official F.linear call builds.
+        qkv = Dense(3 * c, dtype=cfg.dtype, name="qkv")(x, positions)
+        qkv = qkv.reshape(b, l, 3, h, k_dim)  # [B, l, 3, H, K]
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, l, H, K]
+        if cfg.attn_l2_norm:
+            scale_mul = self.param(
+                "scale_mul", nn.initializers.constant(math.log(4.0)), (h,), jnp.float32
+            )
+            # scale_mul_1H11.clamp_max(log 100).exp(); q = normalize(q) * scale_mul; k = normalize(k)
+            scale_mul = jnp.exp(jnp.minimum(scale_mul, _MAX_SCALE_MUL))
+            q = (l2_normalize(q) * scale_mul[:, None]).astype(cfg.dtype)
+            k = l2_normalize(k).astype(cfg.dtype)
+            softmax_scale = 1.0
+        else:
+            softmax_scale = 0.25 / math.sqrt(k_dim)
+
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(
+                cache["k"], k.astype(cache["k"].dtype), (0, cache_offset, 0, 0)
+            )
+            v = jax.lax.dynamic_update_slice(
+                cache["v"], v.astype(cache["v"].dtype), (0, cache_offset, 0, 0)
+            )
+            cache = {"k": k, "v": v}
+
+        scores = jnp.einsum("BqHK,BkHK->BHqk", q, k, preferred_element_type=jnp.float32)
+        if softmax_scale != 1.0:
+            scores = scores * softmax_scale
+        if mask is not None:
+            scores = jnp.where(mask, scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1)  # [B, H, l, S]
+        out = jnp.einsum(
+            "BHqk,BkHK->BqHK", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+        )
+        out = out.astype(cfg.dtype).reshape(b, l, c)  # [B, l, C]
+        out = Dense(c, dtype=cfg.dtype, name="proj")(out, positions)
+        return out if cache is None else (out, cache)
+
+
+class FFN(nn.Module):
+    """models/basic_var.py FFN: fc1 -> GELU(tanh) -> fc2."""
+
+    cfg: VARConfig
+
+    @nn.compact
+    def __call__(self, x, *, positions):
+        cfg = self.cfg
+        x = Dense(cfg.mlp_dim, dtype=cfg.dtype, name="fc1")(x, positions)
+        x = gelu_tanh(x)
+        return Dense(cfg.embed_dim, dtype=cfg.dtype, name="fc2")(x, positions)
+
+
+class VARBlock(nn.Module):
+    """models/basic_var.py AdaLNSelfAttn.
+
+    x += γ1 ⊙ Attn(LN(x)(1+s1) + b1); x += γ2 ⊙ FFN(LN(x)(1+s2) + b2), with
+    (γ1, γ2, s1, s2, b1, b2) = ada_lin(SiLU(cond)) split in that order (or ada_gss + shared).
+    """
+
+    cfg: VARConfig
+
+    @nn.compact
+    def __call__(self, x, ada, *, positions, mask=None, cache=None, cache_offset=0):
+        """Applies the block.
+
+        Args:
+            x: float32 [B, l, C] residual stream.
+            ada: [B, D] class condition, or [B, 6, C] the shared AdaLN output (cfg.shared_aln).
+            positions: int [l] absolute positions of the tokens of `x`.
+            mask, cache, cache_offset: see `SelfAttention`.
+
+        Returns:
+            float32 [B, l, C], and the updated cache when one was given.
+        """
+        cfg = self.cfg
+        b, c = x.shape[0], cfg.embed_dim
+        if cfg.shared_aln:
+            ada_gss = self.param("ada_gss", nn.initializers.normal(c**-0.5), (6, c), jnp.float32)
+            mods = ada_gss + ada  # [B, 6, C]
+        else:
+            mods = Dense(6 * c, dtype=cfg.dtype, name="ada_lin")(jax.nn.silu(ada))
+            mods = mods.reshape(b, 6, c)  # [B, 6, C]
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (mods[:, None, j] for j in range(6))
+
+        h = layer_norm(x, cfg.norm_eps) * (scale1 + 1) + shift1
+        attn = SelfAttention(cfg, name="attn")(
+            h, positions=positions, mask=mask, cache=cache, cache_offset=cache_offset
+        )
+        if cache is not None:
+            attn, cache = attn
+        x = x + attn * gamma1
+        h = layer_norm(x, cfg.norm_eps) * (scale2 + 1) + shift2
+        x = x + FFN(cfg, name="ffn")(h, positions=positions) * gamma2
+        x = x.astype(jnp.float32)
+        return x if cache is None else (x, cache)
+
+
+class AdaLNBeforeHead(nn.Module):
+    """models/basic_var.py AdaLNBeforeHead: LN(x)(1+scale) + shift, (scale, shift) = ada_lin."""
+
+    cfg: VARConfig
+
+    @nn.compact
+    def __call__(self, x, cond):
+        c = self.cfg.embed_dim
+        mods = Dense(2 * c, dtype=jnp.float32, name="ada_lin")(jax.nn.silu(cond))
+        mods = mods.reshape(-1, 2, c)  # [B, 2, C]
+        scale, shift = mods[:, None, 0], mods[:, None, 1]
+        return layer_norm(x, self.cfg.norm_eps) * (scale + 1) + shift
+
+
+class VAR(nn.Module):
+    """models/var.py VAR (the transformer; the VQVAE lives in arvg_jax.tokenizers)."""
+
+    cfg: VARConfig
+
+    def setup(self):
+        cfg = self.cfg
+        c = cfg.embed_dim
+        init_std = math.sqrt(1 / c / 3)  # models/var.py: init_std = sqrt(1 / C / 3)
+        emb_init = nn.initializers.truncated_normal(init_std)
+        self.class_emb = nn.Embed(cfg.num_classes + 1, c, embedding_init=emb_init)
+        self.pos_start = self.param("pos_start", emb_init, (cfg.first_l, c), jnp.float32)
+        self.pos_1LC = self.param("pos_1LC", emb_init, (cfg.seq_len, c), jnp.float32)
+        self.lvl_embed = nn.Embed(cfg.num_scales, c, embedding_init=emb_init)
+        self.word_embed = Dense(c)
+        if cfg.shared_aln:
+            self.shared_ada_lin = Dense(6 * c, dtype=cfg.dtype)
+        # A list attribute: linen names the blocks blocks_0 … blocks_{depth-1}.
+        self.blocks = [VARBlock(cfg) for _ in range(cfg.depth)]
+        self.head_nm = AdaLNBeforeHead(cfg)
+        self.head = Dense(cfg.vocab_size, dtype=jnp.float32)
+
+    # ---- teacher forcing --------------------------------------------------------------------
+    def __call__(self, labels, x_BLCv_wo_first_l, *, attn_mask: AttnMask = "block_causal"):
+        """Teacher-forced logits (models/var.py VAR.forward with cond_drop_rate 0).
+
+        Args:
+            labels: int [B] class ids (num_classes = null class).
+            x_BLCv_wo_first_l: float [B, L - first_l, E], `idxBl_to_var_input` of the VQVAE.
+            attn_mask: "block_causal" (the official forward) or "none" (PTQ4ARVG calibration).
+
+        Returns:
+            float32 logits [B, L, V].
+        """
+        x, cond = self.embed(labels, x_BLCv_wo_first_l)
+        ada = self.condition(cond)
+        positions = np.arange(self.cfg.seq_len, dtype=np.int32)
+        mask = attention_mask(self.cfg, attn_mask)
+        for blk in self.blocks:
+            x = blk(x, ada, positions=positions, mask=mask)
+        return self.head_logits(x, cond)
+
+    def embed(self, labels, x_BLCv_wo_first_l):
+        """Token embeddings and class condition.
+
+        Returns:
+            x: float32 [B, L, C]: [cond + pos_start; word_embed(x)] + lvl_embed + pos_1LC.
+            cond: float32 [B, C]: class_emb[labels].
+        """
+        cfg = self.cfg
+        cond = self.class_emb(labels).astype(jnp.float32)  # [B, C]
+        b = cond.shape[0]
+        sos = jnp.broadcast_to(cond[:, None], (b, cfg.first_l, cfg.embed_dim)) + self.pos_start
+        words = self.word_embed(
+            x_BLCv_wo_first_l.astype(jnp.float32), np.arange(cfg.first_l, cfg.seq_len)
+        )
+        x = jnp.concatenate([sos, words], axis=1)  # [B, L, C]
+        return x + self._lvl_pos(0, cfg.seq_len), cond
+
+    def _lvl_pos(self, begin: int, end: int):
+        """lvl_embed[lvl_1L] + pos_1LC over the static range [begin, end): [end - begin, C]."""
+        return self.lvl_embed.embedding[self.cfg.levels[begin:end]] + self.pos_1LC[begin:end]
+
+    def condition(self, cond):
+        """The per-block AdaLN input: cond [B, C], or shared_ada_lin(cond) [B, 6, C] (d36)."""
+        if not self.cfg.shared_aln:
+            return cond
+        out = self.shared_ada_lin(jax.nn.silu(cond))
+        return out.reshape(cond.shape[0], 6, self.cfg.embed_dim)  # [B, 6, C]
+
+    def apply_block(self, x, ada, *, i: int, attn_mask: AttnMask = "none", positions=None):
+        """Runs block `i` alone on [B, l, C] (full sequence unless `positions` says otherwise)."""
+        if positions is None:
+            positions = np.arange(x.shape[1], dtype=np.int32)
+        return self.blocks[i](x, ada, positions=positions, mask=attention_mask(self.cfg, attn_mask))
+
+    def head_logits(self, x, cond, positions=None):
+        """float32 logits [B, l, V] of the final hidden states x [B, l, C]."""
+        if positions is None:
+            positions = np.arange(x.shape[1], dtype=np.int32)
+        h = self.head_nm(x.astype(jnp.float32), cond)
+        return self.head(h, positions).astype(jnp.float32)
+
+    # ---- cached sampling ---------------------------------------------------------------------
+    def first_scale_input(self, labels):
+        """Sampling input of scale 0: (x [B, first_l, C], cond [B, C]) for the given labels."""
+        cfg = self.cfg
+        cond = self.class_emb(labels).astype(jnp.float32)
+        b = cond.shape[0]
+        sos = jnp.broadcast_to(cond[:, None], (b, cfg.first_l, cfg.embed_dim)) + self.pos_start
+        return sos + self._lvl_pos(0, cfg.first_l), cond
+
+    def scale_input(self, x_next, *, si: int):
+        """Sampling input of scale si ≥ 1: word_embed(x_next [B, pn², E]) + lvl/pos embedding."""
+        begin, end = self.cfg.begin_ends[si]
+        words = self.word_embed(x_next.astype(jnp.float32), np.arange(begin, end, dtype=np.int32))
+        return words + self._lvl_pos(begin, end)
+
+    def step(self, x, ada, cond, caches, *, si: int):
+        """One scale of cached sampling: the tokens of scale si attend to the cache and themselves.
+
+        Args:
+            x: float32 [B, pn_si², C] input of scale si.
+            ada: `condition(cond)`.
+            cond: float32 [B, C].
+            caches: per-block {"k", "v"} [B, L, H, K] (`init_kv_caches`).
+            si: static scale index.
+
+        Returns:
+            float32 logits [B, pn_si², V] and the updated caches.
+        """
+        cfg = self.cfg
+        begin, end = cfg.begin_ends[si]
+        positions = np.arange(begin, end, dtype=np.int32)
+        # Keys beyond this scale's end are not written yet (zeros): hide them.
+        mask = (np.arange(cfg.seq_len) < end)[None, :]  # [1, S]
+        new_caches = []
+        for blk, cache in zip(self.blocks, caches, strict=True):
+            x, cache = blk(x, ada, positions=positions, mask=mask, cache=cache, cache_offset=begin)
+            new_caches.append(cache)
+        return self.head_logits(x, cond, positions), tuple(new_caches)

@@ -1,0 +1,155 @@
+"""VAR class-conditional generation with CFG and a KV cache, as one jit-compiled function.
+
+Matches FoundationVision/VAR models/var.py `autoregressive_infer_cfg` (more_smooth=False).
+
+Dims: B images, L tokens (all scales), l tokens of one scale (pn²), V vocabulary, E Cvae.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arvg_jax import sampling
+from arvg_jax.tokenizers import var_vqvae
+from arvg_jax.var import VAR, VARConfig, init_kv_caches
+
+Array = jax.Array
+
+STATIC_ARGNAMES = ("var_cfg", "vae_cfg", "top_k", "top_p", "greedy", "return_margin")
+
+
+def _generate_impl(
+    var_params: dict,
+    vae_params: dict,
+    labels: Array,
+    key: Array,
+    cfg_weights: Array,
+    *,
+    var_cfg: VARConfig,
+    vae_cfg: Any,
+    top_k: int,
+    top_p: float,
+    greedy: bool,
+    return_margin: bool,
+) -> dict[str, Array]:
+    """The traced body of `generate`; every scale is unrolled (shapes are static per scale)."""
+    model = VAR(var_cfg)
+    variables = {"params": var_params}
+    b = labels.shape[0]
+    k_scales = var_cfg.num_scales
+    # Rows [0:B] are conditional, rows [B:2B] use the null class (models/var.py).
+    labels2 = jnp.concatenate([labels, jnp.full_like(labels, var_cfg.num_classes)])
+    x, cond = model.apply(variables, labels2, method=VAR.first_scale_input)  # [2B, first_l, C]
+    ada = model.apply(variables, cond, method=VAR.condition)
+    caches = init_kv_caches(var_cfg, 2 * b)
+    side = var_cfg.patch_nums[-1]
+    f_hat = jnp.zeros((b, side, side, var_cfg.cvae), jnp.float32)
+    tokens, margins = [], []
+    for si in range(k_scales):
+        logits, caches = model.apply(variables, x, ada, cond, caches, si=si, method=VAR.step)
+        one_plus_t, t = cfg_weights[si, 0], cfg_weights[si, 1]
+        mixed = sampling.cfg_mix(logits[:b], logits[b:], t, one_plus_t=one_plus_t)  # [B, l, V]
+        if return_margin:
+            margins.append(sampling.top2_margin(mixed))
+        key, sub = jax.random.split(key)
+        idx = sampling.sample_tokens(sub, mixed, top_k=top_k, top_p=top_p, greedy=greedy)
+        tokens.append(idx)
+        f_hat, x_next = var_vqvae.next_scale_input(vae_params, vae_cfg, f_hat, idx, si)
+        if si < k_scales - 1:
+            x = model.apply(variables, x_next, si=si + 1, method=VAR.scale_input)
+            x = jnp.concatenate([x, x], axis=0)  # the uncond half gets the same input
+    img = var_vqvae.fhat_to_img(vae_params, vae_cfg, f_hat)
+    # vqvae.fhat_to_img clamps to [-1, 1]; var.py then does .add_(1).mul_(0.5).
+    out = {
+        "tokens": jnp.concatenate(tokens, axis=1),
+        "images": (jnp.clip(img, -1.0, 1.0) + 1) * 0.5,
+    }
+    if return_margin:
+        out["top2_margin"] = jnp.concatenate(margins, axis=1)
+    return out
+
+
+_generate_jit = jax.jit(_generate_impl, static_argnames=STATIC_ARGNAMES)
+
+
+def generate(
+    var_params: dict,
+    vae_params: dict,
+    var_cfg: VARConfig,
+    vae_cfg: Any,
+    labels: Array | np.ndarray,
+    key: Array,
+    *,
+    cfg: float = 1.5,
+    top_k: int = 900,
+    top_p: float = 0.96,
+    greedy: bool = False,
+    dtype: Any = jnp.float32,
+    return_logits_margin: bool = False,
+) -> dict[str, Array]:
+    """Generates images for class labels (official `autoregressive_infer_cfg`).
+
+    One compiled function per (configs, batch size, top_k, top_p, greedy, dtype); `cfg`, the
+    labels, the key and the params are traced, so a new cfg value does not recompile.
+
+    Args:
+        var_params: VAR params (float or quantized).
+        vae_params: VQVAE params (`arvg_jax.tokenizers.var_vqvae`).
+        var_cfg: the VAR config (its patch_nums must equal the VQVAE's).
+        vae_cfg: the VQVAE config.
+        labels: int [B] class ids in [0, num_classes).
+        key: PRNG key for the token draws.
+        cfg: guidance scale; scale si uses t = cfg·si/(K−1) and (1+t)·cond − t·uncond.
+        top_k, top_p: filtering before each draw (0 disables; FID setting 900 / 0.96).
+        greedy: take the argmax of the filtered logits instead of drawing.
+        dtype: compute dtype of the VAR block matmuls and KV cache (float32 or bfloat16);
+            params stay float32 in storage, logits are float32.
+        return_logits_margin: also return the top-1 minus top-2 gap of the CFG-mixed logits.
+
+    Returns:
+        {"tokens": int32 [B, L] (scales concatenated), "images": float32 [B, H, W, 3] in [0, 1],
+        and "top2_margin": float32 [B, L] when asked}.
+    """
+    if tuple(var_cfg.patch_nums) != tuple(vae_cfg.patch_nums):
+        raise ValueError(f"patch_nums differ: VAR {var_cfg.patch_nums}, VQVAE {vae_cfg.patch_nums}")
+    if var_cfg.cvae != vae_cfg.z_channels or var_cfg.vocab_size != vae_cfg.vocab_size:
+        raise ValueError(
+            f"VAR (Cvae {var_cfg.cvae}, V {var_cfg.vocab_size}) does not fit the VQVAE "
+            f"(z_channels {vae_cfg.z_channels}, vocab_size {vae_cfg.vocab_size})"
+        )
+    var_cfg = _with_dtype(var_cfg, dtype)
+    return _generate_jit(
+        var_params,
+        vae_params,
+        jnp.asarray(labels, jnp.int32),
+        key,
+        cfg_schedule(cfg, var_cfg.num_scales),
+        var_cfg=var_cfg,
+        vae_cfg=vae_cfg,
+        top_k=int(top_k),
+        top_p=float(top_p),
+        greedy=bool(greedy),
+        return_margin=bool(return_logits_margin),
+    )
+
+
+def cfg_schedule(cfg: float, num_scales: int) -> np.ndarray:
+    """float32 [K, 2]: (1 + t, t) per scale, t = cfg · si / (K − 1).
+
+    models/var.py computes `ratio = si / num_stages_minus_1; t = cfg * ratio` in Python double and
+    torch casts the scalars (1 + t) and t to float32 when multiplying the logits; so do we.
+    """
+    out = []
+    for si in range(num_scales):
+        t = cfg * (si / (num_scales - 1)) if num_scales > 1 else 0.0
+        out.append((1 + t, t))
+    return np.asarray(out, np.float32)
+
+
+def _with_dtype(var_cfg: VARConfig, dtype: Any) -> VARConfig:
+    return dataclasses.replace(var_cfg, dtype=jnp.dtype(dtype).type)

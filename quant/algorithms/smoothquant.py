@@ -1,0 +1,53 @@
+"""SmoothQuant baseline (α = 0.5), folded into the preceding AdaLN rows, then RTN quantization.
+
+The smoothed layers are the ones PTQ4ARVG smooths (VAR: qkv, fc1, head): their inputs come from an
+AdaLN modulation, so s is absorbed at zero run-time cost (`quant._transforms`). Statistics skip
+the sink tokens, as the official SQ stage does (`VAR/quant/quant_modules.py:54-55`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from quant._calibrate import collect
+from quant._transforms import fold_input_transform
+from quant.algorithms.rtn import rtn
+from quant.algorithms.smoothquant_core import smoothquant_scales
+from quant.recipes import Recipe
+
+
+def input_absmax(adapter, name: str, x) -> np.ndarray:
+    """Per-input-channel max|x| of a layer input, sinks excluded where the adapter says so."""
+    if adapter.sink_excluded(name) and x.ndim == 3:
+        x = x[:, adapter.sink_tokens :, :]
+    return np.asarray(jnp.max(jnp.abs(x.reshape(-1, x.shape[-1])), axis=0), np.float32)
+
+
+def smooth(adapter, params: dict[str, Any], batch, alpha: float = 0.5, *, progress: bool = True):
+    """Applies SmoothQuant scales to the adapter's GPS layers; float params in, float out."""
+    targets = set(adapter.gps_layers())
+    absmax = collect(
+        adapter, params, batch, lambda n, x, layer: input_absmax(adapter, n, x),
+        layers=targets.__contains__, desc="smoothquant stats", progress=progress,
+    )
+    for name in adapter.gps_layers():
+        kernel = np.asarray(params_get(params, name)["kernel"], np.float32)  # [C_in, C_out]
+        w_absmax = np.max(np.abs(kernel), axis=1)
+        s = smoothquant_scales(absmax[name], w_absmax, alpha)
+        t = adapter.fold_target(name)
+        params = fold_input_transform(params, name, t.norm_layer, t.scale_cols, t.shift_cols, s)
+    return params
+
+
+def params_get(params, name):
+    from quant._tree import tree_get
+
+    return tree_get(params, name)
+
+
+def smoothquant(adapter, params, batch, recipe: Recipe, *, progress: bool = True):
+    return rtn(adapter, smooth(adapter, params, batch, recipe.sq_alpha, progress=progress),
+               batch, recipe, progress=progress)

@@ -1,0 +1,1 @@
+"""Per-family quantization plumbing: stages, layer coverage, token groups, norm folding."""

@@ -1,0 +1,146 @@
+"""VAR quantization plumbing: calibration stages, layer coverage, token groups, AdaLN folding.
+
+Matches PTQ4ARVG's VAR copy (`VAR/quant/quant_model.py:25-52`, `VAR/quant/gps.py`): every Linear
+except `word_embed` is quantized; qkv/fc1 inputs are the GPS ("smooth") layers, folded into the
+block's `ada_lin` rows, and `head`'s input is folded into `head_nm.ada_lin`; token 0 is the sink.
+Calibration runs the full 680-token sequence with no attention mask, as the official `forward_fn`
+does (`docs/ptq4arvg.md` §7.5).
+
+Dims: N calibration sequences, L tokens (all scales), C width, E VQVAE latent channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from arvg_jax.var import VAR, VARBlock, VARConfig
+from quant import _tree
+from quant._calibrate import Stage
+
+BLOCK_LAYERS = ("ada_lin", "attn/qkv", "attn/proj", "ffn/fc1", "ffn/fc2")  # forward order
+HEAD_LAYERS = ("head_nm/ada_lin", "head")
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldTarget:
+    """Where a layer's input transform x' = x / s - p is folded (an AdaLN modulation).
+
+    The modulated input is LN(x) * (1 + scale) + shift, with scale and shift the `scale_cols` and
+    `shift_cols` output columns of the Dense `norm_layer` (the official `ada_lin`).
+    """
+
+    norm_layer: str
+    scale_cols: slice
+    shift_cols: slice
+
+
+class VARAdapter:
+    """Implements `quant._calibrate.ModelAdapter` for VAR."""
+
+    family = "var"
+    sink_tokens = 1  # token 0 (the class/SOS token) is the sink
+
+    def __init__(self, cfg: VARConfig):
+        if cfg.shared_aln:
+            raise NotImplementedError(
+                "quantizing shared-AdaLN VAR (d36) is not supported: PTQ4ARVG evaluates d16-d30"
+            )
+        self.cfg = cfg
+        self._var = VAR(cfg)
+        self._block = VARBlock(cfg)
+        self._positions = np.arange(cfg.seq_len, dtype=np.int32)
+
+    # ---- coverage ------------------------------------------------------------------------------
+    def stages(self) -> tuple[Stage, ...]:
+        blocks = tuple(
+            Stage(f"blocks_{i}", tuple(f"blocks_{i}/{n}" for n in BLOCK_LAYERS))
+            for i in range(self.cfg.depth)
+        )
+        return blocks + (Stage("head", HEAD_LAYERS),)
+
+    def quantized_layers(self) -> tuple[str, ...]:
+        return tuple(n for s in self.stages() for n in s.layers)
+
+    def layer_kind(self, name: str) -> str:
+        """"qkv", "proj", "fc1", "fc2", "ada_lin" or "head"."""
+        last = name.split("/")[-1]
+        return "ada_lin" if last == "ada_lin" else last
+
+    def gps_layers(self) -> tuple[str, ...]:
+        """The layers whose input gets SmoothQuant, the shift and GPS (official SmoothModules)."""
+        return tuple(
+            n for n in self.quantized_layers() if self.layer_kind(n) in ("qkv", "fc1", "head")
+        )
+
+    def fold_target(self, name: str) -> FoldTarget:
+        c = self.cfg.embed_dim
+        kind = self.layer_kind(name)
+        if kind == "head":  # head_nm.ada_lin chunks (scale, shift): models/basic_var.py
+            return FoldTarget("head_nm/ada_lin", slice(0, c), slice(c, 2 * c))
+        block = name.split("/")[0]
+        # Block ada_lin chunks (γ1, γ2, scale1, scale2, shift1, shift2).
+        if kind == "qkv":
+            return FoldTarget(f"{block}/ada_lin", slice(2 * c, 3 * c), slice(4 * c, 5 * c))
+        if kind == "fc1":
+            return FoldTarget(f"{block}/ada_lin", slice(3 * c, 4 * c), slice(5 * c, 6 * c))
+        raise ValueError(f"{name}: no AdaLN precedes this layer's input")
+
+    def sink_excluded(self, name: str) -> bool:
+        """Whether statistics of this layer's input skip the sink token (qkv/fc1: x[:, 1:])."""
+        return self.layer_kind(name) in ("qkv", "fc1")
+
+    # ---- token groups (STWQ) ------------------------------------------------------------------
+    def group_table(self, granularity: str) -> np.ndarray:
+        """int32 [L] group of each position: "scale" (token 0 is scale 0, the sink), "sink"
+        (token 0 vs the rest) or "tensor" (one group; T = 1)."""
+        if granularity == "tensor":
+            return np.zeros((1,), np.int32)
+        if granularity == "scale":
+            return np.asarray(self.cfg.levels, np.int32).reshape(-1)
+        if granularity == "sink":
+            return (np.arange(self.cfg.seq_len) >= self.sink_tokens).astype(np.int32)
+        raise ValueError(f"unknown token-group granularity {granularity!r}")
+
+    # ---- running ------------------------------------------------------------------------------
+    def start(self, params: Mapping[str, Any], batch: Mapping[str, Any]):
+        """batch: labels int [N], x int/float [N, L - 1, E] (`idx_to_var_input` of the tokens)."""
+        x, cond = self._var.apply({"params": params}, batch["labels"], batch["x"],
+                                  method=VAR.embed)
+        return x, cond
+
+    def run_stage(self, params, stage: Stage, carry):
+        x, cond = carry
+        if stage.name == "head":
+            logits, state = self._var.apply(
+                {"params": params}, x, cond, self._positions, method=VAR.head_logits,
+                mutable=["intermediates"],
+            )
+            out = (logits, cond)
+            prefix = ""
+        else:
+            x, state = self._block.apply(
+                {"params": params[stage.name]}, x, cond, positions=self._positions, mask=None,
+                mutable=["intermediates"],
+            )
+            out = (x, cond)
+            prefix = stage.name + "/"
+        inputs = {}
+        for k, v in _tree.flatten(state.get("intermediates", {})).items():
+            if k.endswith("/input"):
+                inputs[prefix + k[: -len("/input")]] = v[0] if isinstance(v, tuple) else v
+        return out, inputs
+
+
+def tokens_to_batch(vae_params, vae_cfg, labels, tokens) -> dict[str, jax.Array]:
+    """Calibration batch from generated token maps [N, L] (scales concatenated) and labels."""
+    from arvg_jax.tokenizers import var_vqvae
+
+    splits = np.cumsum([p * p for p in vae_cfg.patch_nums])[:-1]
+    idx_list = np.split(np.asarray(tokens), splits, axis=1)
+    x = var_vqvae.idx_to_var_input(vae_params, vae_cfg, idx_list)
+    return {"labels": np.asarray(labels), "x": x}
