@@ -1,6 +1,7 @@
 """PTQ4ARVG quantization for arvg-jax: quantized leaves, calibration primitives, int8 matmuls."""
 
 from quant._dot_general import dense, fake_quant_dense, fake_quant_matmul, quantized_matmul
+from quant._oracle import OracleKernel, oracle
 from quant._qarray import ActQuant, LogSqrt2Quant, QArray, offset_for_bits
 from quant._quantizers import (
     PERCENTILES,
@@ -27,6 +28,7 @@ __all__ = [
     "TORCH_QUANTILE_MAX_ELEMENTS",
     "ActQuant",
     "LogSqrt2Quant",
+    "OracleKernel",
     "QArray",
     "dense",
     "ema_update",
@@ -43,6 +45,7 @@ __all__ = [
     "fit_uniform_token_groups",
     "group_table",
     "official_quantile",
+    "oracle",
     "offset_for_bits",
     "quantize_weight",
     "quantized_matmul",

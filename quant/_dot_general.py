@@ -23,6 +23,8 @@ import numpy as np
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
+from quant._oracle import OracleKernel
+from quant._packed import PackedKernel, packed_dense
 from quant._qarray import ActQuant, LogSqrt2Quant, QArray
 
 __all__ = ["dense", "fake_quant_dense", "fake_quant_matmul", "quantized_matmul"]
@@ -116,6 +118,10 @@ def dense(x, kernel, bias=None, input_quant: ActQuant | None = None, positions=N
       ``QArray`` + ``ActQuant``: the int8 path (``_fast_dense``), in x.dtype.
       ``QArray`` alone: weight-only, dequantize then matmul in x.dtype (float32 accumulation).
     """
+    if isinstance(kernel, OracleKernel):
+        return fake_quant_dense(x, kernel.q, bias, input_quant, positions)
+    if isinstance(kernel, PackedKernel):  # inference layout (quant._packed)
+        return packed_dense(x, kernel, bias, input_quant, positions)
     if not isinstance(kernel, QArray):
         if input_quant is not None:
             raise ValueError("input_quant needs a QArray kernel (quantize the weight too)")
