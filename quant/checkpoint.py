@@ -89,6 +89,7 @@ def save(
     vae_config: dict[str, Any] | None = None,
     summary: dict[str, Any] | None = None,
     overwrite: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> pathlib.Path:
     """Writes a quantized model directory; nothing is left half-written on failure."""
     directory = pathlib.Path(directory)
@@ -107,6 +108,7 @@ def save(
             "quant_leaves": kinds,
             "summary": summary or {},
             "vae_config": vae_config,
+            **(extra or {}),
         }
         if vae_params is not None:
             _save_tree(tmp / "vae", _tree.unflatten(

@@ -1,0 +1,85 @@
+"""`arvg quantize`: float checkpoint -> calibration (generated, DGC-selected) -> quantized directory.
+
+    arvg quantize --model var-d16 --ckpt var_d16.pth --vae vae_ch160v4096z32.pth \
+        --method ptq4arvg --bits w6a6 --calib 128 --out q/var-d16-w6a6
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def add_arguments(parser) -> None:
+    from arvg_jax.models import add_model_arguments
+    from quant.recipes import BITS, METHODS
+
+    add_model_arguments(parser, quantized=False)
+    g = parser.add_argument_group("quantization")
+    g.add_argument("--method", choices=METHODS, default="ptq4arvg")
+    g.add_argument("--bits", default="w8a8", help=f"wXaY, e.g. {', '.join(BITS)}")
+    g.add_argument("--calib", type=int, default=128, help="calibration sequences (official: 128)")
+    g.add_argument("--calib-seed", type=int, default=42, help="seed of the calibration samples")
+    g.add_argument("--dgc", choices=["shrinkage", "official", "none"], default="shrinkage",
+                   help="calibration selection: shrinkage Mahalanobis coverage (default), the "
+                        "official cond/uncond ratio rule, or cond samples only")
+    g.add_argument("--symmetric-weights", action="store_true",
+                   help="symmetric per-channel weights (zero point 0) instead of asymmetric")
+    g.add_argument("--out", required=True, help="output directory (orbax; written atomically)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def format_summary(summary: dict, seconds: float) -> str:
+    b = summary["bytes"]
+    lines = [f"quantized {sum(summary['by_kind'].values())} layers in {seconds:.1f}s:"]
+    for kind, count in sorted(summary["by_kind"].items()):
+        groups = summary["groups_by_kind"].get(kind, [])
+        lines.append(f"  {kind:8s} x{count:<4d} activation groups {groups}")
+    if summary["float_layers"]:
+        lines.append(f"  left in float: {', '.join(summary['float_layers'])}")
+    lines.append(
+        f"bytes: float params {b['float']:,} -> quantized tree {b['quantized']:,} "
+        f"({b['quantized'] / b['float']:.2f}x); quantized kernels {b['float_kernels_quantized']:,}"
+        f" -> {b['packed_kernels']:,} packed at their bit width"
+    )
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from arvg_jax.models import config_to_dict, model_from_args
+    from converters import CheckpointError, ConversionError
+    from quant import api, checkpoint
+    from quant.recipes import Recipe
+
+    t0 = time.perf_counter()
+    try:
+        recipe = Recipe.parse(args.method, args.bits, calib=args.calib, seed=args.calib_seed,
+                              dgc=args.dgc, weight_symmetric=args.symmetric_weights)
+        model = model_from_args(args)
+        adapter = api.make_adapter(model.family, model.cfg)
+    except (ValueError, CheckpointError, ConversionError, FileNotFoundError,
+            NotImplementedError) as e:
+        print(f"arvg quantize: {e}", file=sys.stderr)
+        return 2
+    import pathlib
+
+    if pathlib.Path(args.out).exists() and not args.overwrite:
+        print(f"arvg quantize: {args.out} exists (pass --overwrite)", file=sys.stderr)
+        return 2
+    progress = not args.quiet
+    print(f"{model.name}: {recipe.method} {recipe.bits}, {recipe.calib} calibration sequences "
+          f"(seed {recipe.seed}, dgc {recipe.dgc})", file=sys.stderr)
+    batch, calib_info = api.prepare_calibration(adapter, model.params, model.vae_params,
+                                                model.vae_cfg, recipe, progress=progress)
+    qparams, summary = api.quantize(adapter, model.params, batch, recipe, progress=progress)
+    summary["calibration"] = calib_info
+    path = checkpoint.save(
+        args.out, qparams, family=model.family, model_config=config_to_dict(model.cfg),
+        recipe=recipe.to_dict(), vae_params=model.vae_params,
+        vae_config=config_to_dict(model.vae_cfg), summary=summary, overwrite=args.overwrite,
+        extra={"name": f"{model.name} {recipe.method} {recipe.bits}", "source": model.source},
+    )
+    print(format_summary(summary, time.perf_counter() - t0), file=sys.stderr)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
