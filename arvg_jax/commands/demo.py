@@ -113,6 +113,8 @@ def run(args) -> int:
     # Side-by-side: the first sample of every class, one row per model.
     first = [classes.index(c) for c in range(n_cls)]
     grid = side_by_side({k: v[first] for k, v in images.items()})
+    zoom = max(1, 96 // model.vae_cfg.image_size)  # small images: nearest-neighbour zoom
+    grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
     imageio.write_png(out / "float_vs_quantized.png", grid)
 
     lines = [f"# arvg demo\n\nModel: {desc}.\n",
