@@ -94,6 +94,20 @@ class VARAdapter:
         """Whether statistics of this layer's input skip the sink token (qkv/fc1: x[:, 1:])."""
         return self.layer_kind(name) in ("qkv", "fc1")
 
+    def stwq_granularity(self, name: str) -> str:
+        """The deployed input quantizer of a layer, as a `group_table` granularity.
+
+        `VAR/quant/quant_model.py:25-52` and `gps.py:absorb_gps_scaling_factor`: qkv/fc1 one group
+        per scale ("scale", 10 groups), proj/fc2 sink vs rest ("sink"), ada_lin linears and head
+        per tensor.
+        """
+        kind = self.layer_kind(name)
+        if kind in ("qkv", "fc1"):
+            return "scale"
+        if kind in ("proj", "fc2"):
+            return "sink"
+        return "tensor"
+
     # ---- token groups (STWQ) ------------------------------------------------------------------
     def group_table(self, granularity: str) -> np.ndarray:
         """int32 [L] group of each position: "scale" (token 0 is scale 0, the sink), "sink"
@@ -134,6 +148,25 @@ class VARAdapter:
             if k.endswith("/input"):
                 inputs[prefix + k[: -len("/input")]] = v[0] if isinstance(v, tuple) else v
         return out, inputs
+
+
+    def token0_features(self, params, batch, *, chunk: int = 32) -> np.ndarray:
+        """DGC features: the last block's output at token 0, float32 [N, C].
+
+        As the official `sample_cali_dgc.py` (`AttentionMap(var.blocks[-1]).out[:, 0]` after
+        `forward_fn`): the full sequence with no attention mask, so token 0 sees every scale.
+        Runs `chunk` sequences at a time.
+        """
+        blocks = [s for s in self.stages() if s.name != "head"]
+        n = int(np.shape(batch["labels"])[0])
+        out = []
+        for lo in range(0, n, chunk):
+            part = {k: np.asarray(v)[lo : lo + chunk] for k, v in batch.items()}
+            carry = self.start(params, part)
+            for stage in blocks:
+                carry, _ = self.run_stage(params, stage, carry)
+            out.append(np.asarray(carry[0][:, 0, :], np.float32))
+        return np.concatenate(out, axis=0)
 
 
 def tokens_to_batch(vae_params, vae_cfg, labels, tokens) -> dict[str, jax.Array]:

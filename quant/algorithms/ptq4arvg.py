@@ -1,0 +1,426 @@
+"""PTQ4ARVG (docs/ptq4arvg.md §2.2): stages A-G as pure functions ``(adapter, params, batch, recipe)
+-> params``; the math of each stage lives in ``*_core.py``, this file is the plumbing.
+
+Official sequence (BienLuky/PTQ4ARVG f249fe9, ``VAR/sample_quant.py:106-131``) and where it is here:
+
+  A ``smooth_stage``          SmoothQuant α=0.5 on the GPS layers' inputs (absmax, sinks excluded),
+                              folded into AdaLN at once (the official code keeps x/s_SQ at run time
+                              until C; in float the two are the same function).
+  B ``initial_calibration``   quantized-upstream calibration of every covered layer: GPS layers get a
+                              per-input-channel ``ChannelQuant`` (sinks bypassed), proj/fc2 their
+                              2-group STWQ quantizer, the rest per tensor; weights per output row.
+  C ``zero_center_shift``     b_j = Δ_j((2^(b-1) - 1) - z_j) from B's per-channel (Δ, z)
+                              (``shift_core``), folded as x -> x - b (AdaLN shift rows - b, linear
+                              bias += b·W); the layer already sees x/s_SQ, so the input becomes
+                              x/s_SQ - b, the official composition. The per-channel quantizers reset.
+  D ``recalibrate_gps_inputs`` the GPS layers' per-channel quantizers re-fitted on the shifted inputs
+                              (quantized upstream; the other quantizers keep their B values, as
+                              ``reset_act_quantize_params`` only re-initialises the reset ones).
+  E ``gps_stage``             GPS scales (``gps_core``) from the float (quant OFF) post-shift inputs
+                              with sinks removed, D's per-channel quantizer and the per-row weight
+                              quantizer of the current weight; folded as x -> x / s_GPS. The final
+                              transform is x -> ((x/s_SQ) - b)/s_GPS.
+  F ``stwq_stage``            the intermediate quantizers are dropped; the deployed ones follow
+                              ``adapter.stwq_granularity`` (VAR: qkv/fc1 one group per scale, proj/fc2
+                              sink vs rest, ada_lin and head per tensor).
+  G ``final_calibration``     every weight and activation quantizer re-fitted, layer by layer on the
+                              output of the already-quantized layers before it (int8 path).
+
+Intermediate state. Between B and F each covered layer carries its calibration-time input quantizer
+under the params key ``calib_quant`` next to its *float* kernel, so the folds of C and E stay exact.
+Such a tree runs as the plain float model under ``apply``; inside ``calibration_forward()`` the
+layers with a ``calib_quant`` fake-quantize their input with it and their kernel per output row
+(the official fake-quant forward with ``set_quant_state(True, True)``).
+
+Deviations from the official code:
+  * Calibration statistics are computed on the whole calibration set in one pass (as the official
+    RAR and MAR do), not as the VAR/PAR EMA ``0.1·new + 0.9·old`` over batches of 64 (which, with
+    128 sequences, weights the first batch 0.9).
+  * The attention matmuls (q·kᵀ, P·v) are not quantized: the model has no quantized-matmul hook
+    yet, so neither the calibration upstream nor the deployed model quantizes them.
+  * Weight quantizers are re-fitted from the current weight whenever it is used; the official code
+    re-fits exactly the ones whose weight changed, so the values are the same.
+
+Dims: N calibration sequences, L tokens, C input channels of a layer, O its output channels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import struct
+
+from arvg_jax.progress import Progress
+from quant import _tree
+from quant._calibrate import collect, run_calibration
+from quant._dot_general import fake_quant_dense
+from quant._qarray import offset_for_bits
+from quant._quantizers import (
+    fake_quant_uniform,
+    fit_act_quant,
+    fit_uniform_per_channel,
+    quantize_weight,
+)
+from quant._transforms import fold_input_transform
+from quant.algorithms.gps_core import calculate_scales_hessian
+from quant.algorithms.rtn import quantize_layer
+from quant.algorithms.shift_core import calculate_sym_shift
+from quant.algorithms.smoothquant import smooth
+from quant.recipes import Recipe
+
+__all__ = [
+    "CALIB_KEY",
+    "STAGES",
+    "ChannelQuant",
+    "calibration_forward",
+    "final_calibration",
+    "gps_stage",
+    "initial_calibration",
+    "ptq4arvg",
+    "recalibrate_gps_inputs",
+    "smooth_stage",
+    "stwq_stage",
+    "zero_center_shift",
+]
+
+CALIB_KEY = "calib_quant"  # params key of a layer's calibration-time input quantizer (B-F)
+Params = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------
+# The intermediate quantizer and the forward that applies it.
+
+
+@struct.dataclass
+class ChannelQuant:
+    """Per-input-channel asymmetric fake-quantizer of a GPS layer's input (stages B-E only).
+
+    The official ``UniformQuantizer(channel_wise=True)`` on ``[N, T, C]`` activations with
+    ``sink_aware``: the first ``sink_tokens`` positions pass through unquantized
+    (``VAR/quant/quant_modules.py:66-69``). Never deployed (§7.3).
+    """
+
+    delta: jax.Array  # float32 [C]
+    zero_point: jax.Array  # float32 [C], the official unsigned z
+    bits: int = struct.field(pytree_node=False, default=8)
+    sink_tokens: int = struct.field(pytree_node=False, default=0)
+
+    @classmethod
+    def fit(cls, x, bits: int, sink_tokens: int = 0) -> ChannelQuant:
+        """Official percentile-MSE search per channel of ``x[:, sink_tokens:]`` ([N, T, C])."""
+        xs = x[:, sink_tokens:, :] if sink_tokens else x
+        delta, zp = fit_uniform_per_channel(xs, bits)
+        return cls(
+            delta=jnp.asarray(np.asarray(delta, np.float32).reshape(-1)),
+            zero_point=jnp.asarray(np.asarray(zp, np.float32).reshape(-1)),
+            bits=int(bits),
+            sink_tokens=int(sink_tokens),
+        )
+
+    def fake_quant(self, x, positions=None) -> jax.Array:
+        """``(clamp(round(x/Δ_c) + z_c, 0, 2^b - 1) - z_c)·Δ_c``; sink positions unchanged."""
+        offset_for_bits(self.bits)
+        x = x.astype(jnp.float32)
+        xq = fake_quant_uniform(x, self.delta, self.zero_point, self.bits)
+        if self.sink_tokens:
+            pos = jnp.arange(x.shape[-2]) if positions is None else jnp.asarray(positions)
+            xq = jnp.where((pos < self.sink_tokens)[:, None], x, xq)
+        return xq
+
+
+def _calib_interceptor(next_fun, args, kwargs, context):
+    from arvg_jax.layers import Dense  # local: the quant package must not need the models
+
+    module = context.module
+    if not (
+        isinstance(module, Dense)
+        and context.method_name == "__call__"
+        and module.has_variable("params", CALIB_KEY)
+    ):
+        return next_fun(*args, **kwargs)
+    x = args[0]
+    positions = args[1] if len(args) > 1 else kwargs.get("positions")
+    module.sow("intermediates", "input", x)  # the raw input, as Dense.__call__ sows it
+    q = module.get_variable("params", CALIB_KEY)
+    kernel = module.get_variable("params", "kernel")
+    bias = module.get_variable("params", "bias") if module.has_variable("params", "bias") else None
+    y = fake_quant_dense(q.fake_quant(x, positions), kernel, bias)
+    return y.astype(module.dtype)
+
+
+@contextlib.contextmanager
+def calibration_forward() -> Iterator[None]:
+    """Context in which Dense layers holding a ``calib_quant`` run the official fake-quant forward:
+    input fake-quantized by that quantizer, kernel dequantized (``QArray``) or float, float32 matmul.
+
+    Implemented with ``flax.linen.intercept_methods`` (public API) so the model code needs no
+    calibration-only branch; Dense layers without ``calib_quant`` run unchanged (a ``QArray``
+    kernel without ``input_quant`` is the weight-only path).
+    """
+    with nn.intercept_methods(_calib_interceptor):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Tree helpers.
+
+
+def _covered(adapter) -> set[str]:
+    return set(adapter.quantized_layers())
+
+
+def _layer(params: Params, name: str) -> dict[str, Any]:
+    return _tree.tree_get(params, name)
+
+
+def _with_calib(params: Params, quantizers: dict[str, Any]) -> Params:
+    """params with ``<layer>/calib_quant`` set (value) or removed (None) for each given layer."""
+    flat = _tree.flatten(params)
+    for name, q in quantizers.items():
+        key = f"{name}/{CALIB_KEY}"
+        if q is None:
+            flat.pop(key, None)
+        else:
+            flat[key] = q
+    return _tree.unflatten(flat)
+
+
+def _calib_quantizers(params: Params) -> dict[str, Any]:
+    suffix = "/" + CALIB_KEY
+    return {k[: -len(suffix)]: v for k, v in _tree.flatten(params).items() if k.endswith(suffix)}
+
+
+def _quantized_kernels(adapter, params: Params, recipe: Recipe) -> Params:
+    """The calibration upstream: every covered kernel per-output-row quantized (float elsewhere)."""
+    flat = _tree.flatten(params)
+    for name in adapter.quantized_layers():
+        key = f"{name}/kernel"
+        flat[key] = quantize_weight(
+            np.asarray(flat[key], np.float32), recipe.w_bits, symmetric=recipe.weight_symmetric
+        )
+    return _tree.unflatten(flat)
+
+
+def _initial_quantizer(adapter, name: str, x, recipe: Recipe):
+    """Stage B/D input quantizer: per channel (GPS layers), else the layer's STWQ granularity."""
+    if name in set(adapter.gps_layers()):
+        sink = adapter.sink_tokens if adapter.sink_excluded(name) else 0
+        return ChannelQuant.fit(x, recipe.a_bits, sink)
+    granularity = adapter.stwq_granularity(name)
+    if granularity == "tensor":
+        return fit_act_quant(x, recipe.a_bits)
+    return fit_act_quant(x, recipe.a_bits, group_of_position=adapter.group_table(granularity))
+
+
+def _stats_input(adapter, name: str, x):
+    """A layer input with the sink tokens removed where the official statistics skip them."""
+    if adapter.sink_excluded(name) and x.ndim == 3:
+        return x[:, adapter.sink_tokens :, :]
+    return x
+
+
+def _for_search(x):
+    """Activations for the percentile search: host numpy on a CPU backend (``np.partition``, no
+    per-shape compilation of device sorts), the device array elsewhere (sorted on device)."""
+    if isinstance(x, jax.Array) and all(d.platform == "cpu" for d in x.devices()):
+        return np.asarray(x)
+    return x
+
+
+def _fold(adapter, params: Params, name: str, s, p=None) -> Params:
+    t = adapter.fold_target(name)
+    return fold_input_transform(params, name, t.norm_layer, t.scale_cols, t.shift_cols, s, p)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages.
+
+
+def smooth_stage(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True):
+    """A: SmoothQuant (α = recipe.sq_alpha, official 0.5) on the GPS layers, folded into AdaLN."""
+    return smooth(adapter, params, batch, recipe.sq_alpha, progress=progress)
+
+
+def initial_calibration(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True):
+    """B: fits every covered layer's calibration-time input quantizer on a quantized upstream.
+
+    Layers are visited in forward order; each is fitted on the output of the already fake-quantized
+    layers before it (official ``set_weight_quantize_params`` + ``set_act_quantize_params`` with
+    quantization on). Returns the float params with a ``calib_quant`` leaf on every covered layer.
+    """
+    found: dict[str, Any] = {}
+
+    def visit(name, x, layer):
+        q = _initial_quantizer(adapter, name, _for_search(x), recipe)
+        found[name] = q
+        kernel = quantize_weight(
+            np.asarray(layer["kernel"], np.float32),
+            recipe.w_bits,
+            symmetric=recipe.weight_symmetric,
+        )
+        return {**layer, "kernel": kernel, CALIB_KEY: q}
+
+    with calibration_forward():
+        run_calibration(
+            adapter,
+            params,
+            batch,
+            visit,
+            layers=_covered(adapter).__contains__,
+            desc="ptq4arvg B calibrate",
+            progress=progress,
+        )
+    return _with_calib(params, found)
+
+
+def zero_center_shift(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True):
+    """C: per-channel zero-centering shift of each GPS layer's input, folded into AdaLN + bias.
+
+    ``b = shift_core.calculate_sym_shift(Δ, z, a_bits)`` from the B quantizer; the input becomes
+    x - b (x already includes 1/s_SQ) and the bias gains b·W. The per-channel quantizers reset.
+    """
+    del batch  # the shift needs only the B quantizers
+    gps = adapter.gps_layers()
+    bar = Progress(len(gps), "ptq4arvg C shift", enabled=progress)
+    for name in gps:
+        q = _layer(params, name).get(CALIB_KEY)
+        if not isinstance(q, ChannelQuant):
+            raise TypeError(f"{name}: stage C needs the per-channel quantizer of stage B")
+        _, shift, _, _ = calculate_sym_shift(q.delta, q.zero_point, recipe.a_bits)
+        if not np.all(np.isfinite(shift)):
+            raise FloatingPointError(f"{name}: non-finite zero-centering shift")
+        params = _fold(adapter, params, name, np.ones_like(shift), shift)
+        bar.update(postfix=name)
+    bar.close()
+    return _with_calib(params, dict.fromkeys(gps))
+
+
+def recalibrate_gps_inputs(
+    adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True
+):
+    """D: re-fits the GPS layers' per-channel quantizers on their shifted inputs.
+
+    The upstream is quantized: all covered kernels per output row, the other layers' B quantizers
+    (official ``reset_weight_quantize_params`` + ``reset_act_quantize_params``).
+    """
+    found: dict[str, Any] = {}
+
+    def visit(name, x, layer):
+        q = _initial_quantizer(adapter, name, _for_search(x), recipe)
+        found[name] = q
+        return {**layer, CALIB_KEY: q}
+
+    probe = _quantized_kernels(adapter, params, recipe)
+    gps = set(adapter.gps_layers())
+    with calibration_forward():
+        run_calibration(
+            adapter,
+            probe,
+            batch,
+            visit,
+            layers=gps.__contains__,
+            desc="ptq4arvg D recalibrate",
+            progress=progress,
+        )
+    return _with_calib(params, found)
+
+
+def gps_stage(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True):
+    """E: GPS scales of every GPS layer, folded into AdaLN (x -> x / s_GPS, W rows *= s_GPS).
+
+    Statistics come from the float model (official: quantization off), on the post-shift inputs
+    with the sinks removed; Δx uses D's per-channel quantizer; Q(W) is the per-output-row quantizer
+    of the current weight at ``w_bits``.
+    """
+    gps = adapter.gps_layers()
+
+    def reduce(name, x, layer):
+        q = layer.get(CALIB_KEY)
+        if not isinstance(q, ChannelQuant):
+            raise TypeError(f"{name}: stage E needs the per-channel quantizer of stage D")
+        kernel = np.asarray(layer["kernel"], np.float32)
+        kernel_hat = np.asarray(
+            quantize_weight(kernel, recipe.w_bits, symmetric=recipe.weight_symmetric).dequantize()
+        )
+        xs = np.asarray(_stats_input(adapter, name, x), np.float32)
+        return calculate_scales_hessian(
+            xs, kernel, q.delta, q.zero_point, kernel_hat, recipe.a_bits, alpha=recipe.sq_alpha
+        )
+
+    scales = collect(
+        adapter,
+        params,
+        batch,
+        reduce,
+        layers=set(gps).__contains__,
+        desc="ptq4arvg E gps",
+        progress=progress,
+    )
+    for name in gps:
+        s = scales[name]
+        if not (np.all(np.isfinite(s)) and np.all(s > 0)):
+            bad = np.nonzero(~(np.isfinite(s) & (s > 0)))[0][:4]
+            raise FloatingPointError(f"{name}: GPS scales not finite and positive at {bad}")
+        params = _fold(adapter, params, name, s)
+    return _with_calib(params, dict.fromkeys(gps))
+
+
+def stwq_stage(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True):
+    """F: drops every intermediate quantizer; stage G fits the deployed STWQ ones
+    (``adapter.stwq_granularity``). The GPS scales were absorbed in E."""
+    del batch, recipe, progress
+    return _with_calib(params, dict.fromkeys(_calib_quantizers(params)))
+
+
+def final_calibration(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True):
+    """G: quantizes every covered layer (QArray kernel + ActQuant input), layer by layer on the
+    output of the already-quantized ones, with each layer's STWQ token-group table."""
+    if _calib_quantizers(params):
+        raise ValueError("final_calibration: run stwq_stage first (calib_quant leaves remain)")
+
+    def visit(name, x, layer):
+        table = adapter.group_table(adapter.stwq_granularity(name))
+        return quantize_layer(layer, _for_search(x), recipe, group_of_position=table)
+
+    return run_calibration(
+        adapter,
+        params,
+        batch,
+        visit,
+        layers=_covered(adapter).__contains__,
+        desc="ptq4arvg G calibrate",
+        progress=progress,
+    )
+
+
+Stage = Callable[..., Params]
+STAGES: tuple[tuple[str, Stage], ...] = (
+    ("A", smooth_stage),
+    ("B", initial_calibration),
+    ("C", zero_center_shift),
+    ("D", recalibrate_gps_inputs),
+    ("E", gps_stage),
+    ("F", stwq_stage),
+    ("G", final_calibration),
+)
+
+
+def ptq4arvg(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True) -> Params:
+    """Runs stages A-G; float params in, quantized params (QArray + ActQuant leaves) out.
+
+    Args:
+      adapter: the family adapter (e.g. `quant.families.var.VARAdapter`).
+      params: float params (never mutated).
+      batch: calibration inputs as ``adapter.start`` takes them (VAR: labels [N], x [N, L-1, E]).
+      recipe: bit widths, SmoothQuant α, weight symmetry.
+      progress: one progress bar per stage.
+    """
+    for _, stage in STAGES:
+        params = stage(adapter, params, batch, recipe, progress=progress)
+    return params
