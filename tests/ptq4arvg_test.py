@@ -76,24 +76,30 @@ def test_channel_quant_bypasses_sinks_and_quantizes_per_channel():
     np.testing.assert_array_equal(xq_pos, want)
 
 
-def test_calibration_forward_fake_quantizes_only_tagged_layers():
+def test_probe_fake_quantizes_with_calib_quant_and_stored_tree_runs_float():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((2, 3, 6)), jnp.float32)
     layer = Dense(4)
     params = layer.init(jax.random.PRNGKey(0), x)["params"]
     q = P.ChannelQuant.fit(np.asarray(x), 3)
-    tagged = {**params, P.CALIB_KEY: q}
     plain = layer.apply({"params": params}, x)
-    with P.calibration_forward():
-        untouched = layer.apply({"params": params}, x)
-        y, state = layer.apply({"params": tagged}, x, mutable=["intermediates"])
-    np.testing.assert_array_equal(np.asarray(untouched), np.asarray(plain))
-    want = q.fake_quant(x) @ params["kernel"] + params["bias"]
+    # A stored intermediate tree (float kernel + calib_quant) is the float layer (quant off).
+    tagged = {**params, P.CALIB_KEY: q}
+    np.testing.assert_array_equal(np.asarray(layer.apply({"params": tagged}, x)), np.asarray(plain))
+
+    class One:  # the adapter surface _probe uses
+        def quantized_layers(self):
+            return ("d",)
+
+    recipe = Recipe.parse("ptq4arvg", "w8a8")
+    probe = P._probe(One(), {"d": tagged}, recipe)["d"]
+    assert P.CALIB_KEY not in probe and probe["input_quant"] is q
+    y, state = layer.apply({"params": probe}, x, mutable=["intermediates"])
+    w_hat = quant.quantize_weight(np.asarray(params["kernel"]), 8).dequantize()
+    want = q.fake_quant(x) @ w_hat + params["bias"]
     np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-6, atol=1e-6)
     assert np.max(np.abs(np.asarray(y - plain))) > 1e-3  # 3-bit inputs do change the output
     np.testing.assert_array_equal(np.asarray(state["intermediates"]["input"][0]), np.asarray(x))
-    # Outside the context the tagged tree is the float layer.
-    np.testing.assert_array_equal(np.asarray(layer.apply({"params": tagged}, x)), np.asarray(plain))
 
 
 # ---------------------------------------------------------------------------------------------

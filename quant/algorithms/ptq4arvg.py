@@ -28,9 +28,11 @@ Official sequence (BienLuky/PTQ4ARVG f249fe9, ``VAR/sample_quant.py:106-131``) a
 
 Intermediate state. Between B and F each covered layer carries its calibration-time input quantizer
 under the params key ``calib_quant`` next to its *float* kernel, so the folds of C and E stay exact.
-Such a tree runs as the plain float model under ``apply``; inside ``calibration_forward()`` the
-layers with a ``calib_quant`` fake-quantize their input with it and their kernel per output row
-(the official fake-quant forward with ``set_quant_state(True, True)``).
+``Dense`` ignores that key, so such a tree runs as the float model (quantization off, as stage E
+needs). The quantized upstream of B and D is an explicit probe tree (``_probe``): each covered
+kernel becomes an ``OracleKernel`` (per-output-row quantized weight run by the fake-quant oracle)
+with its ``calib_quant`` as ``input_quant``, i.e. the official fake-quant forward with
+``set_quant_state(True, True)``; nothing intercepts the model.
 
 Deviations from the official code:
   * Calibration statistics are computed on the whole calibration set in one pass (as the official
@@ -46,20 +48,18 @@ Dims: N calibration sequences, L tokens, C input channels of a layer, O its outp
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 from flax import struct
 
 from arvg_jax.progress import Progress
 from quant import _tree
 from quant._calibrate import collect, run_calibration
-from quant._dot_general import fake_quant_dense
+from quant._oracle import OracleKernel
 from quant._qarray import offset_for_bits
 from quant._quantizers import (
     fake_quant_uniform,
@@ -78,7 +78,6 @@ __all__ = [
     "CALIB_KEY",
     "STAGES",
     "ChannelQuant",
-    "calibration_forward",
     "final_calibration",
     "gps_stage",
     "initial_calibration",
@@ -134,39 +133,6 @@ class ChannelQuant:
         return xq
 
 
-def _calib_interceptor(next_fun, args, kwargs, context):
-    from arvg_jax.layers import Dense  # local: the quant package must not need the models
-
-    module = context.module
-    if not (
-        isinstance(module, Dense)
-        and context.method_name == "__call__"
-        and module.has_variable("params", CALIB_KEY)
-    ):
-        return next_fun(*args, **kwargs)
-    x = args[0]
-    positions = args[1] if len(args) > 1 else kwargs.get("positions")
-    module.sow("intermediates", "input", x)  # the raw input, as Dense.__call__ sows it
-    q = module.get_variable("params", CALIB_KEY)
-    kernel = module.get_variable("params", "kernel")
-    bias = module.get_variable("params", "bias") if module.has_variable("params", "bias") else None
-    y = fake_quant_dense(q.fake_quant(x, positions), kernel, bias)
-    return y.astype(module.dtype)
-
-
-@contextlib.contextmanager
-def calibration_forward() -> Iterator[None]:
-    """Context in which Dense layers holding a ``calib_quant`` run the official fake-quant forward:
-    input fake-quantized by that quantizer, kernel dequantized (``QArray``) or float, float32 matmul.
-
-    Implemented with ``flax.linen.intercept_methods`` (public API) so the model code needs no
-    calibration-only branch; Dense layers without ``calib_quant`` run unchanged (a ``QArray``
-    kernel without ``input_quant`` is the weight-only path).
-    """
-    with nn.intercept_methods(_calib_interceptor):
-        yield
-
-
 # ----------------------------------------------------------------------------------------------
 # Tree helpers.
 
@@ -196,14 +162,17 @@ def _calib_quantizers(params: Params) -> dict[str, Any]:
     return {k[: -len(suffix)]: v for k, v in _tree.flatten(params).items() if k.endswith(suffix)}
 
 
-def _quantized_kernels(adapter, params: Params, recipe: Recipe) -> Params:
-    """The calibration upstream: every covered kernel per-output-row quantized (float elsewhere)."""
+def _probe(adapter, params: Params, recipe: Recipe) -> Params:
+    """The calibration upstream of B/D: every covered layer runs the fake-quant oracle with its
+    per-output-row quantized weight and, where it has one, its ``calib_quant`` as input quantizer."""
     flat = _tree.flatten(params)
     for name in adapter.quantized_layers():
-        key = f"{name}/kernel"
-        flat[key] = quantize_weight(
-            np.asarray(flat[key], np.float32), recipe.w_bits, symmetric=recipe.weight_symmetric
-        )
+        kernel = quantize_weight(np.asarray(flat[f"{name}/kernel"], np.float32), recipe.w_bits,
+                                 symmetric=recipe.weight_symmetric)
+        flat[f"{name}/kernel"] = OracleKernel(kernel)
+        q = flat.pop(f"{name}/{CALIB_KEY}", None)
+        if q is not None:
+            flat[f"{name}/input_quant"] = q
     return _tree.unflatten(flat)
 
 
@@ -264,18 +233,17 @@ def initial_calibration(adapter, params: Params, batch, recipe: Recipe, *, progr
             recipe.w_bits,
             symmetric=recipe.weight_symmetric,
         )
-        return {**layer, "kernel": kernel, CALIB_KEY: q}
+        return {**layer, "kernel": OracleKernel(kernel), "input_quant": q}
 
-    with calibration_forward():
-        run_calibration(
-            adapter,
-            params,
-            batch,
-            visit,
-            layers=_covered(adapter).__contains__,
-            desc="ptq4arvg B calibrate",
-            progress=progress,
-        )
+    run_calibration(
+        adapter,
+        params,
+        batch,
+        visit,
+        layers=_covered(adapter).__contains__,
+        desc="ptq4arvg B calibrate",
+        progress=progress,
+    )
     return _with_calib(params, found)
 
 
@@ -314,20 +282,18 @@ def recalibrate_gps_inputs(
     def visit(name, x, layer):
         q = _initial_quantizer(adapter, name, _for_search(x), recipe)
         found[name] = q
-        return {**layer, CALIB_KEY: q}
+        return {**layer, "input_quant": q}
 
-    probe = _quantized_kernels(adapter, params, recipe)
     gps = set(adapter.gps_layers())
-    with calibration_forward():
-        run_calibration(
-            adapter,
-            probe,
-            batch,
-            visit,
-            layers=gps.__contains__,
-            desc="ptq4arvg D recalibrate",
-            progress=progress,
-        )
+    run_calibration(
+        adapter,
+        _probe(adapter, params, recipe),
+        batch,
+        visit,
+        layers=gps.__contains__,
+        desc="ptq4arvg D recalibrate",
+        progress=progress,
+    )
     return _with_calib(params, found)
 
 
