@@ -89,7 +89,8 @@ def resolve_configs(model: str, config_path: str | os.PathLike | None) -> tuple[
         raise ValueError(f"--config is only for --model var (got --model {model})")
     cfg = VAR_PRESETS[model]()
     if model == "var-tiny":
-        vae_cfg = VQVAEConfig(ch=16, vocab_size=cfg.vocab_size, z_channels=cfg.cvae,
+        vae_cfg = VQVAEConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1,
+                              vocab_size=cfg.vocab_size, z_channels=cfg.cvae,
                               patch_nums=cfg.patch_nums)
     else:
         vae_cfg = VQVAEConfig(patch_nums=cfg.patch_nums)
@@ -122,7 +123,7 @@ def random_model(model: str, seed: int = 0, config_path: str | None = None) -> M
     labels = np.zeros((1,), np.int32)
     x = np.zeros((1, cfg.seq_len - cfg.first_l, cfg.cvae), np.float32)
     params = jax.jit(lambda k: VAR(cfg).init(k, labels, x)["params"])(k1)
-    vae_params = var_vqvae.init_params(vae_cfg, k2)
+    vae_params = jax.jit(var_vqvae.init_params, static_argnums=0)(vae_cfg, k2)  # one compile
     return Model("var", cfg, params, vae_cfg, vae_params, name=f"{model} (random weights)",
                  source={"random_seed": seed})
 

@@ -108,6 +108,10 @@ class VARConfig:
     attn_l2_norm: bool = True  # l2-normalised q, k with learned per-head temperature
     norm_eps: float = 1e-6
     dtype: Any = jnp.float32  # compute dtype of the block matmuls; params stay float32
+    # Attention of cached sampling: "xla" (einsum + float32 softmax), "cudnn" (fused
+    # jax.nn.dot_product_attention; bfloat16/float16 only) or "auto" (cudnn on a GPU backend when
+    # dtype is 16-bit, else xla). Teacher forcing and calibration always use "xla".
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.embed_dim is None:
@@ -117,6 +121,8 @@ class VARConfig:
         object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} not divisible by heads {self.num_heads}")
+        if self.attention not in ("auto", "xla", "cudnn"):
+            raise ValueError(f"attention must be 'auto', 'xla' or 'cudnn', got {self.attention!r}")
 
     # Presets (models/__init__.py build_vae_var: heads = depth, width = 64 * depth).
     @classmethod
@@ -224,6 +230,14 @@ def attention_mask(cfg: VARConfig, kind: AttnMask) -> np.ndarray | None:
     return lv[None, :] <= lv[:, None]
 
 
+def attention_impl(cfg: VARConfig) -> str:
+    """The attention implementation of cached sampling: "xla" or "cudnn" (see VARConfig)."""
+    if cfg.attention != "auto":
+        return cfg.attention
+    half = jnp.dtype(cfg.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if half and jax.default_backend() in ("gpu", "cuda") else "xla"
+
+
 def init_kv_caches(cfg: VARConfig, batch: int) -> tuple[dict[str, Array], ...]:
     """Zero KV caches, one {"k", "v"} dict of [batch, L, H, K] (compute dtype) per block."""
     shape = (batch, cfg.seq_len, cfg.num_heads, cfg.head_dim)
@@ -239,7 +253,7 @@ class SelfAttention(nn.Module):
     cfg: VARConfig
 
     @nn.compact
-    def __call__(self, x, *, positions, mask=None, cache=None, cache_offset=0):
+    def __call__(self, x, *, positions, mask=None, cache=None, cache_offset=0, kv_len=None):
         """Self-attention.
 
         Args:
@@ -250,6 +264,8 @@ class SelfAttention(nn.Module):
                 `cache_offset` and attention runs over the whole cache (`mask` must hide the
                 unwritten tail).
             cache_offset: static int, position of x[:, 0] in the cache.
+            kv_len: static int or None. With a cache: attend to cache positions [0, kv_len) only
+                (the written prefix; equal to masking the rest, without computing it).
 
         Returns:
             [B, l, C] in cfg.dtype, and the updated cache when one was given.
@@ -281,6 +297,19 @@ class SelfAttention(nn.Module):
                 cache["v"], v.astype(cache["v"].dtype), (0, cache_offset, 0, 0)
             )
             cache = {"k": k, "v": v}
+            if kv_len is not None:
+                k, v = k[:, :kv_len], v[:, :kv_len]
+                if mask is not None:
+                    mask = mask[..., :kv_len]
+
+        if cache is not None and mask is None and attention_impl(cfg) == "cudnn":
+            out = jax.nn.dot_product_attention(
+                q.astype(cfg.dtype), k.astype(cfg.dtype), v.astype(cfg.dtype),
+                scale=softmax_scale, implementation="cudnn",
+            )  # [B, l, H, K]
+            out = out.astype(cfg.dtype).reshape(b, l, c)
+            out = Dense(c, dtype=cfg.dtype, name="proj")(out, positions)
+            return out, cache
 
         scores = jnp.einsum("BqHK,BkHK->BHqk", q, k, preferred_element_type=jnp.float32)
         if softmax_scale != 1.0:
@@ -319,21 +348,26 @@ class VARBlock(nn.Module):
     cfg: VARConfig
 
     @nn.compact
-    def __call__(self, x, ada, *, positions, mask=None, cache=None, cache_offset=0):
+    def __call__(self, x, ada, *, positions, mask=None, cache=None, cache_offset=0,
+                 kv_len=None, mods=None):
         """Applies the block.
 
         Args:
             x: float32 [B, l, C] residual stream.
             ada: [B, D] class condition, or [B, 6, C] the shared AdaLN output (cfg.shared_aln).
             positions: int [l] absolute positions of the tokens of `x`.
-            mask, cache, cache_offset: see `SelfAttention`.
+            mask, cache, cache_offset, kv_len: see `SelfAttention`.
+            mods: optional precomputed modulations [B, 6, C] (`block_modulation` of this
+                block's params and `ada`); `ada` is then ignored.
 
         Returns:
             float32 [B, l, C], and the updated cache when one was given.
         """
         cfg = self.cfg
         b, c = x.shape[0], cfg.embed_dim
-        if cfg.shared_aln:
+        if mods is not None:
+            pass
+        elif cfg.shared_aln:
             ada_gss = self.param("ada_gss", nn.initializers.normal(c**-0.5), (6, c), jnp.float32)
             mods = ada_gss + ada  # [B, 6, C]
         else:
@@ -343,7 +377,8 @@ class VARBlock(nn.Module):
 
         h = layer_norm(x, cfg.norm_eps) * (scale1 + 1) + shift1
         attn = SelfAttention(cfg, name="attn")(
-            h, positions=positions, mask=mask, cache=cache, cache_offset=cache_offset
+            h, positions=positions, mask=mask, cache=cache, cache_offset=cache_offset,
+            kv_len=kv_len,
         )
         if cache is not None:
             attn, cache = attn
@@ -352,6 +387,20 @@ class VARBlock(nn.Module):
         x = x + FFN(cfg, name="ffn")(h, positions=positions) * gamma2
         x = x.astype(jnp.float32)
         return x if cache is None else (x, cache)
+
+
+def block_modulation(cfg: VARConfig, block_params: dict, ada) -> Array:
+    """VARBlock's (γ1, γ2, s1, s2, b1, b2) modulations [B, 6, C] from its params and `ada`.
+
+    The same computation as the start of `VARBlock.__call__`, for callers that hoist it out of a
+    loop over scales (it depends on the class condition only).
+    """
+    c = cfg.embed_dim
+    if cfg.shared_aln:
+        return block_params["ada_gss"] + ada
+    mods = Dense(6 * c, dtype=cfg.dtype).apply({"params": block_params["ada_lin"]},
+                                               jax.nn.silu(ada))
+    return mods.reshape(ada.shape[0], 6, c)
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -482,10 +531,10 @@ class VAR(nn.Module):
         cfg = self.cfg
         begin, end = cfg.begin_ends[si]
         positions = np.arange(begin, end, dtype=np.int32)
-        # Keys beyond this scale's end are not written yet (zeros): hide them.
-        mask = (np.arange(cfg.seq_len) < end)[None, :]  # [1, S]
+        # Keys beyond this scale's end are not written yet: attend to the prefix [0, end) only.
         new_caches = []
         for blk, cache in zip(self.blocks, caches, strict=True):
-            x, cache = blk(x, ada, positions=positions, mask=mask, cache=cache, cache_offset=begin)
+            x, cache = blk(x, ada, positions=positions, cache=cache, cache_offset=begin,
+                           kv_len=end)
             new_caches.append(cache)
         return self.head_logits(x, cond, positions), tuple(new_caches)

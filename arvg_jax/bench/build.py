@@ -1,0 +1,274 @@
+"""Benchmark variants of one model: float32, bfloat16 and quantized (WxAy) parameter trees.
+
+Everything here is built for speed measurements, which depend only on shapes and dtypes, never on
+the values of weights or quantizer scales:
+
+  * ``fast_random_model``: full-size random weights drawn leaf by leaf on the device from the
+    abstract param tree (no compile of the model's init forward, which costs minutes at d30);
+    scales follow the initialisers (fan-in normal kernels, zero biases, unit norm scales).
+  * ``quantize_fast``: weights RTN, asymmetric per output channel with the min-max range
+    (``QArray``, int8 containers for every bit width); activations static ``ActQuant`` fitted
+    (min-max, per token group) on a short *synthetic* batch of standard-normal layer inputs, in
+    the STWQ group layout of PTQ4ARVG: ``qkv``/``fc1`` one group per VAR scale (10 groups),
+    ``proj``/``fc2`` sink token vs the rest (2 groups), ``ada_lin`` and ``head`` per tensor.
+    ``quantize_calibrated`` instead runs one float forward of a synthetic calibration batch and
+    the official percentile-MSE activation search (slower; same shapes and dtypes).
+
+Every layer PTQ4ARVG quantizes is quantized (`quant.families.var.VARAdapter`): all block linears,
+``head_nm/ada_lin`` and ``head``; ``word_embed`` stays float, as in the official code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PRECISIONS = ("float32", "bfloat16", "w8a8", "w6a6")
+INT8_IMPLS = ("auto", "qarray", "xla", "barrier")  # qarray: the QArray [I, O] path, unpacked
+ATTENTIONS = ("auto", "xla", "cudnn")
+BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A benchmark variant: ``precision[+int8-IMPL][+attn-IMPL][+scan|+unrolled]``, e.g.
+    ``w8a8+int8-qarray+unrolled``."""
+
+    spec: str
+    precision: str
+    int8_impl: str = "auto"
+    attention: str = "auto"
+    blocks: str = "scan"
+
+    @classmethod
+    def parse(cls, spec: str) -> Variant:
+        base, *opts = spec.strip().split("+")
+        if base not in PRECISIONS:
+            raise ValueError(f"unknown precision {base!r} in {spec!r}; choose from {PRECISIONS}")
+        kw: dict[str, str] = {}
+        for o in opts:
+            if o.startswith("int8-") and o[5:] in INT8_IMPLS:
+                kw["int8_impl"] = o[5:]
+            elif o.startswith("attn-") and o[5:] in ATTENTIONS:
+                kw["attention"] = o[5:]
+            elif o in BLOCKS:
+                kw["blocks"] = o
+            else:
+                choices = (f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
+                           f"{' or '.join(BLOCKS)}")
+                raise ValueError(f"unknown option {o!r} in {spec!r} ({choices})")
+        if "int8_impl" in kw and base in ("float32", "bfloat16"):
+            raise ValueError(f"{spec!r}: int8-* options apply to quantized precisions only")
+        return cls(spec=spec.strip(), precision=base, **kw)
+
+    @property
+    def bits(self) -> tuple[int, int] | None:
+        if self.precision.startswith("w"):
+            return int(self.precision[1]), int(self.precision[3])
+        return None
+
+    @property
+    def dtype(self):
+        """Compute dtype of the VAR blocks and the VQVAE decoder."""
+        return jnp.float32 if self.precision == "float32" else jnp.bfloat16
+
+
+def param_bytes(tree: Any) -> int:
+    """Bytes of every array leaf (QArray / PackedKernel / ActQuant fields included)."""
+    return int(sum(np.dtype(x.dtype).itemsize * int(np.prod(x.shape))
+                   for x in jax.tree_util.tree_leaves(tree)))
+
+
+def to_bfloat16(params: Any) -> Any:
+    """Float leaves -> bfloat16 storage (the model casts to its compute dtype where it reads)."""
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, params
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("bits",))
+def _rtn_minmax(kernel, bits: int):
+    """Per-output-column asymmetric min-max quantization of a [I, O] kernel (official storage)."""
+    from quant._qarray import QArray
+
+    w = kernel.astype(jnp.float32)
+    lo = jnp.minimum(jnp.min(w, axis=0, keepdims=True), 0.0)
+    hi = jnp.maximum(jnp.max(w, axis=0, keepdims=True), 0.0)
+    delta = (hi - lo) / (2**bits - 1)
+    delta = jnp.where(delta > 0, delta, 1.0).astype(jnp.float32)
+    zp = jnp.round(-lo / delta)
+    return QArray.quantize(w, delta, zp, bits)
+
+
+def _random_leaf(key, path: str, leaf):
+    shape, dtype = leaf.shape, leaf.dtype
+    name = path.split("/")[-1]
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return jnp.zeros(shape, dtype)
+    if name == "bias" or name.startswith("shift") or name == "pos_start":
+        return jnp.zeros(shape, dtype)
+    if name == "scale" and len(shape) == 1:  # norm scales
+        return jnp.ones(shape, dtype)
+    if name == "scale_mul":  # attention temperature: log(4), the official init
+        return jnp.full(shape, np.log(4.0), dtype)
+    if name == "kernel":
+        fan_in = int(np.prod(shape[:-1]))
+        return jax.random.normal(key, shape, dtype) * (fan_in ** -0.5)
+    return jax.random.normal(key, shape, dtype) * 0.02  # embeddings, codebook, ada_gss
+
+
+def random_params(abstract: Any, seed: int) -> Any:
+    """Random arrays for an abstract param tree (ShapeDtypeStruct leaves), drawn on the device."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(abstract, sep="/")
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(flat))
+    out = {p: _random_leaf(k, p, leaf) for k, (p, leaf) in zip(keys, sorted(flat.items()))}
+    return traverse_util.unflatten_dict(out, sep="/")
+
+
+def fast_random_model(name: str, seed: int = 0):
+    """`arvg_jax.models.random_model` without compiling the init forward (see module doc)."""
+    from arvg_jax.models import Model, resolve_configs
+    from arvg_jax.tokenizers import var_vqvae
+    from arvg_jax.var import VAR
+
+    cfg, vae_cfg = resolve_configs(name, None)
+    labels = jax.ShapeDtypeStruct((1,), jnp.int32)
+    x = jax.ShapeDtypeStruct((1, cfg.seq_len - cfg.first_l, cfg.cvae), jnp.float32)
+    abstract = jax.eval_shape(lambda k, l, x: VAR(cfg).init(k, l, x)["params"],
+                              jax.random.PRNGKey(0), labels, x)
+    params = random_params(abstract, seed)
+    vae_params = random_params(var_vqvae.abstract_params(vae_cfg), seed + 1)
+    return Model("var", cfg, params, vae_cfg, vae_params, name=f"{name} (random weights)",
+                 source={"random_seed": seed, "init": "arvg_jax.bench.build.fast_random_model"})
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "num_groups"))
+def _synthetic_group_ranges(key, group_of_position, shape, num_groups):
+    """Per-group (min, max) of a standard-normal synthetic batch [N, T, C] (T = table size)."""
+    x = jax.random.normal(key, shape, jnp.float32)
+    per_pos_lo = jnp.min(x, axis=(0, 2))
+    per_pos_hi = jnp.max(x, axis=(0, 2))
+    lo = jax.ops.segment_min(per_pos_lo, group_of_position, num_segments=num_groups)
+    hi = jax.ops.segment_max(per_pos_hi, group_of_position, num_segments=num_groups)
+    return lo, hi
+
+
+def _act_quant_minmax(lo, hi, bits: int, table):
+    from quant._qarray import ActQuant
+
+    lo = np.minimum(np.asarray(lo, np.float32), 0)
+    hi = np.maximum(np.asarray(hi, np.float32), 0)
+    delta = np.maximum((hi - lo) / np.float32(2**bits - 1), np.float32(1e-8)).astype(np.float32)
+    zp = np.round(-lo / delta).astype(np.float32)
+    return ActQuant.from_official(delta, zp, bits, group_of_position=table)
+
+
+def calibration_batch(model, n: int, seed: int) -> dict[str, Any]:
+    """Synthetic calibration inputs: random labels and random token maps through the VQVAE."""
+    from quant.families.var import tokens_to_batch
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, model.cfg.num_classes, size=n).astype(np.int32)
+    tokens = rng.integers(0, model.cfg.vocab_size, size=(n, model.cfg.seq_len)).astype(np.int32)
+    return tokens_to_batch(model.vae_params, model.vae_cfg, labels, tokens)
+
+
+def _layer_tables(adapter):
+    """Layer kind -> STWQ token-group table (None = per tensor)."""
+    scale, sink = adapter.group_table("scale"), adapter.group_table("sink")
+    return {"qkv": scale, "fc1": scale, "proj": sink, "fc2": sink}
+
+
+def quantize_fast(model, bit_pairs, *, calib: int = 2, seed: int = 0) -> dict[tuple, dict]:
+    """Quantized param trees (QArray kernels + ActQuant) for each (w_bits, a_bits) pair, from
+    min-max fits on synthetic standard-normal layer inputs (module doc); no model forward."""
+    from quant import _tree
+    from quant.families.var import VARAdapter
+
+    adapter = VARAdapter(model.cfg)
+    tables = _layer_tables(adapter)
+    flat = _tree.flatten(model.params)
+    key = jax.random.PRNGKey(seed)
+    ranges = {}
+    trees = {(w, a): dict(flat) for w, a in bit_pairs}
+    for li, name in enumerate(adapter.quantized_layers()):
+        kernel = flat[f"{name}/kernel"]
+        table = tables.get(adapter.layer_kind(name))
+        if table is None:
+            table = np.zeros((1,), np.int32)
+        t = int(table.shape[0])
+        groups = int(table.max()) + 1
+        shape = (calib, t, int(kernel.shape[0]))
+        if (shape, groups) not in ranges:
+            ranges[(shape, groups)] = _synthetic_group_ranges(
+                jax.random.fold_in(key, li), jnp.asarray(table), shape, groups)
+        lo, hi = ranges[(shape, groups)]
+        for w, a in bit_pairs:
+            trees[(w, a)][f"{name}/kernel"] = _rtn_minmax(kernel, w)
+            trees[(w, a)][f"{name}/input_quant"] = _act_quant_minmax(lo, hi, a, table)
+    return {k: _tree.unflatten(v) for k, v in trees.items()}
+
+
+def quantize_calibrated(model, bit_pairs, *, calib: int = 2, seed: int = 0) -> dict[tuple, dict]:
+    """Like `quantize_fast`, but the activation quantizers use the official percentile-MSE
+    search on the layer inputs of one float forward of ``calib`` synthetic sequences."""
+    from quant import _tree
+    from quant._calibrate import collect
+    from quant._quantizers import fit_act_quant
+    from quant.families.var import VARAdapter
+
+    adapter = VARAdapter(model.cfg)
+    tables = {"scale": adapter.group_table("scale"), "sink": adapter.group_table("sink")}
+    layout = {"qkv": "scale", "fc1": "scale", "proj": "sink", "fc2": "sink"}
+    a_bits = sorted({a for _, a in bit_pairs})
+
+    def fit(name, x, layer):
+        x = jnp.asarray(x, jnp.float32)
+        groups = layout.get(adapter.layer_kind(name))
+        out = {}
+        for a in a_bits:
+            if groups is None:
+                out[a] = fit_act_quant(x, a)
+            else:
+                out[a] = fit_act_quant(x, a, group_of_position=tables[groups])
+        return out
+
+    batch = calibration_batch(model, calib, seed)
+    covered = set(adapter.quantized_layers())
+    act = collect(adapter, model.params, batch, fit, layers=covered.__contains__, progress=False)
+    flat = _tree.flatten(model.params)
+    trees = {}
+    for w, a in bit_pairs:
+        new = dict(flat)
+        for name in adapter.quantized_layers():
+            new[f"{name}/kernel"] = _rtn_minmax(flat[f"{name}/kernel"], w)
+            new[f"{name}/input_quant"] = act[name][a]
+        trees[(w, a)] = _tree.unflatten(new)
+    return trees
+
+
+def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
+    """(params, var_cfg, vae_cfg) of a variant; ``quantized`` from ``quantize_fast``."""
+    from arvg_jax import var_sampler
+    from quant import _packed
+
+    var_cfg = dataclasses.replace(model.cfg, dtype=variant.dtype, attention=variant.attention)
+    vae_cfg = dataclasses.replace(model.vae_cfg, dtype=variant.dtype)
+    if variant.precision == "float32":
+        params = model.params
+    elif variant.precision == "bfloat16":
+        params = to_bfloat16(model.params)
+    elif variant.int8_impl == "qarray":
+        params = quantized[variant.bits]
+    else:
+        params = _packed.pack(quantized[variant.bits], impl=variant.int8_impl)
+    if variant.blocks == "scan":
+        params = var_sampler.stack_blocks(params)
+    return params, var_cfg, vae_cfg

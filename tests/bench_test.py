@@ -1,0 +1,157 @@
+"""`arvg bench` on the CPU at the tiny config: well-formed JSON / markdown / PNG; the pieces."""
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from arvg_jax.bench import build, gemm, plot, profile
+from arvg_jax.cli import main
+from arvg_jax.var import VARConfig
+
+
+def _png_pixels(path):
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    idat, pos = b"", 8
+    while pos < len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IDAT":
+            idat += data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
+    return raw[:, 1:].reshape(h, w, 3)
+
+
+def test_bench_command_tiny_cpu(tmp_path):
+    out = tmp_path / "bench"
+    rc = main(["bench", "--model", "var-tiny", "--batches", "1,2", "--precisions",
+               "bfloat16,w8a8", "--repeats", "2", "--min-repeats", "1", "--gemm",
+               "--gemm-batches", "1", "--gemm-scales", "-1", "--profile", "--profile-batches",
+               "2", "--hlo", "--quiet", "--out-dir", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "bench.json").read_text())
+    meta = doc["meta"]
+    assert meta["backend"] == "cpu" and meta["jax"] and meta["date"]
+    assert "--precisions bfloat16,w8a8" in meta["command"]
+    rows = doc["rows"]
+    assert [(r["variant"], r["batch"]) for r in rows] == [
+        ("bfloat16", 1), ("bfloat16", 2), ("w8a8", 1), ("w8a8", 2)]
+    for r in rows:
+        assert "error" not in r
+        assert r["images_per_s"] > 0 and r["latency_ms_median"] > 0
+        assert r["latency_ms_min"] <= r["latency_ms_median"] <= r["latency_ms_max"]
+        assert r["images_per_s"] == pytest.approx(r["batch"] / (r["latency_ms_median"] / 1e3))
+        assert len(r["latencies_ms"]) >= 1 and r["first_call_s"] > 0
+        assert r["retraced_on_same_shape"] is False and r["images_finite"] is True
+        assert r["program_memory"]["total_bytes"] > 0
+        assert r["speedup_vs_bf16"] > 0
+        assert ("profile" in r) == (r["batch"] == 2)
+    bf16 = {r["batch"]: r for r in rows if r["variant"] == "bfloat16"}
+    assert all(r["speedup_vs_bf16"] == 1.0 for r in bf16.values())
+    w8 = [r for r in rows if r["variant"] == "w8a8"]
+    assert all(r["param_bytes"] < bf16[1]["param_bytes"] for r in w8)
+    assert all(r["param_bytes_vs_bf16"] == pytest.approx(
+        r["param_bytes"] / bf16[1]["param_bytes"]) for r in w8)
+    prof = rows[1]["profile"]
+    assert prof["device_time_ms"] > 0 and prof["categories_ms"] and prof["top_kernels"]
+    assert 0 < prof["busy_ms"] <= prof["span_ms"] + 1e-9
+    assert set(doc["hlo"]) == {f"var-tiny:{v}:{b}" for v in ("bfloat16", "w8a8") for b in (1, 2)}
+    assert doc["hlo"]["var-tiny:w8a8:1"]["instructions"] > 0
+    (g,) = doc["gemm"]
+    assert g["model"] == "var-tiny" and g["batch"] == 1
+    assert [r["name"] for r in g["rows"]] == ["qkv@3x3", "proj@3x3", "fc1@3x3", "fc2@3x3",
+                                             "ada_lin", "head@3x3"]
+    for r in g["rows"]:
+        assert set(r["us"]) == set(gemm.VARIANTS) and all(t > 0 for t in r["us"].values())
+    md = (out / "bench.md").read_text()
+    assert "| model | variant | batch | images/s |" in md
+    assert md.count("| var-tiny | w8a8 |") == 2 and "## GEMM micro-benchmark" in md
+    img = _png_pixels(out / "bench.png")
+    assert img.shape == (440, 720, 3)
+    for color in plot.COLORS[:2]:  # one line per variant
+        assert np.any(np.all(img == np.array(color, np.uint8), axis=-1))
+    assert (out / "hlo.tar.gz").stat().st_size > 0
+
+
+def test_variant_parsing():
+    v = build.Variant.parse("w6a6+int8-qarray+attn-xla+unrolled")
+    assert (v.precision, v.int8_impl, v.attention, v.blocks, v.bits) == (
+        "w6a6", "qarray", "xla", "unrolled", (6, 6))
+    assert build.Variant.parse("bfloat16").blocks == "scan"
+    assert build.Variant.parse("float32").bits is None
+    for bad in ("int4", "w8a8+fast", "bfloat16+int8-xla"):
+        with pytest.raises(ValueError):
+            build.Variant.parse(bad)
+
+
+def test_gemm_shapes_and_roofline():
+    shapes = gemm.gemm_shapes(VARConfig.d30(), 64, [-1, 7])
+    by = {s["name"]: (s["M"], s["K"], s["N"]) for s in shapes}
+    assert by["qkv@16x16"] == (32768, 1920, 5760)
+    assert by["fc2@16x16"] == (32768, 7680, 1920)
+    assert by["fc1@10x10"] == (12800, 1920, 7680)
+    assert by["ada_lin"] == (128, 1920, 11520)
+    assert by["head@16x16"] == (32768, 1920, 4096)
+    m, k, n = by["qkv@16x16"]
+    assert gemm.roofline_s(m, k, n, "int8") == pytest.approx(2 * m * k * n / 1979e12)
+    m, k, n = by["ada_lin"]  # weight-bound
+    assert gemm.roofline_s(m, k, n, "int8") == pytest.approx((m * k + k * n + 2 * m * n) / 3.35e12)
+
+
+def test_profile_categories_and_hlo_summary():
+    cat = profile._categorize
+    cub = ('%custom-call.5 = (s32[128,5760]{1,0}, s8[0]{0}) custom-call(s8[128,1920]{1,0} %a, '
+           's8[5760,1920]{1,0} %b), custom_call_target="__cublas$lt$matmul"')
+    assert cat(cub, "nvjet_tst_128x64") == "GEMM int8 (cuBLAS/library)"
+    fcub = cub.replace("s32[128,5760]", "f32[128,5760]")
+    assert cat(fcub, "nvjet_tst_128x64") == "GEMM float (cuBLAS/library)"
+    assert cat("%f = bf16[4,9]{1,0} fusion(%a), kind=kLoop", "loop_convert_fusion") == \
+        "elementwise fusions"
+    assert cat(None, "cudnn_generated_fort_native_sdpa_sm90") == "attention (cuDNN fused)"
+    tri = ('%gemm_fusion_dot.1 = bf16[8,16]{1,0} fusion(bf16[8,4]{1,0} %a, bf16[4,16]{1,0} %b), '
+           'kind=kCustom, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}')
+    assert cat(tri, "gemm_fusion_dot_1") == "GEMM float (Triton)"
+    text = "\n".join([cub, tri, "  %transpose.3 = s8[5760,1920]{1,0} transpose(s8[1920,5760] %w)",
+                      "  %opt-barrier.1 = (s8[2]) opt-barrier((s8[2]) %t)"])
+    s = profile.hlo_summary(text)
+    assert s["cublas_calls_with_s8"] == 1 and s["triton_gemm_fusions"] == 1
+    assert s["s8_transposes"] == 1 and s["opt_barriers"] == 1
+    assert s["custom_call_targets"] == {"__cublas$lt$matmul": 1}
+
+
+def test_plot_draws_each_series():
+    img = plot.line_plot({"a": [(1, 1.0), (16, 8.0)], "b": [(1, 2.0), (16, 3.0)]}, title="t")
+    assert img.dtype == np.uint8 and img.shape == (440, 720, 3)
+    for color in plot.COLORS[:2]:
+        assert np.sum(np.all(img == np.array(color, np.uint8), axis=-1)) > 50
+
+
+@pytest.mark.parametrize("fit", ("fast", "calibrated"))
+def test_quantized_variants_have_the_ptq4arvg_layout(fit):
+    from quant import QArray
+    from quant._packed import PackedKernel
+
+    model = build.fast_random_model("var-tiny", seed=2)
+    quantize = build.quantize_fast if fit == "fast" else build.quantize_calibrated
+    trees = quantize(model, [(8, 8), (6, 6)], calib=2, seed=0)
+    assert set(trees) == {(8, 8), (6, 6)}
+    blk = trees[(6, 6)]["blocks_1"]
+    num_scales = len(model.cfg.patch_nums)
+    for path, groups in (("attn/qkv", num_scales), ("ffn/fc1", num_scales), ("attn/proj", 2),
+                         ("ffn/fc2", 2), ("ada_lin", 1)):
+        layer = blk
+        for part in path.split("/"):
+            layer = layer[part]
+        assert isinstance(layer["kernel"], QArray) and layer["kernel"].bits == 6
+        aq = layer["input_quant"]
+        aq.validate()
+        assert aq.bits == 6 and aq.num_groups == groups
+    assert trees[(8, 8)]["head"]["input_quant"].per_tensor
+    assert "input_quant" not in trees[(8, 8)]["word_embed"]
+    params, var_cfg, _ = build.variant_params(model, build.Variant.parse("w8a8"), trees)
+    assert isinstance(params["blocks"]["attn"]["qkv"]["kernel"], PackedKernel)
+    assert var_cfg.dtype == np.dtype("bfloat16")
+    assert build.param_bytes(params) < build.param_bytes(build.to_bfloat16(model.params))

@@ -1,0 +1,145 @@
+"""PackedKernel (inference layout [O, I] + column sums): the same values as the QArray int8 path
+and the fake-quant oracle, for every backend implementation; layout and HLO; a whole model."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import quant
+from quant import _packed
+
+F32 = np.float32
+B, L, C_IN, C_OUT = 2, 7, 11 * 13, 19
+POS = np.arange(L)
+GROUPS = (1, 2, 4)
+
+
+def _problem(seed, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(4, size=(B, L, C_IN)).astype(F32) * np.linspace(0.5, 3, L)[None, :, None]
+    x = (x + rng.normal(0, 0.5, size=C_IN)).astype(F32)
+    kernel = (rng.standard_normal((C_IN, C_OUT)) / np.sqrt(C_IN)).astype(F32)
+    bias = rng.normal(0, 0.1, size=C_OUT).astype(F32)
+    return jnp.asarray(x).astype(dtype), kernel, jnp.asarray(bias)
+
+
+def _quantizers(x, kernel, w_bits, a_bits, grouped):
+    qk = quant.quantize_weight(kernel, w_bits)
+    aq = quant.fit_act_quant(np.asarray(x.astype(jnp.float32)), a_bits,
+                             GROUPS if grouped else None)
+    return qk, aq
+
+
+@pytest.mark.parametrize("impl", _packed.IMPLS)
+@pytest.mark.parametrize("grouped", (False, True), ids=("per_tensor", "groups"))
+@pytest.mark.parametrize("w_bits,a_bits", [(8, 8), (6, 6), (4, 8)])
+@pytest.mark.parametrize("dtype", (jnp.float32, jnp.bfloat16), ids=("f32", "bf16"))
+def test_packed_dense_equals_qarray_path_and_oracle(impl, grouped, w_bits, a_bits, dtype):
+    x, kernel, bias = _problem(w_bits * 10 + a_bits + grouped, dtype)
+    qk, aq = _quantizers(x, kernel, w_bits, a_bits, grouped)
+    pk = _packed.pack_kernel(qk, impl)
+    fast = jax.jit(quant.dense)(x, pk, bias, aq, POS)  # dispatches to packed_dense
+    ref = jax.jit(quant.dense)(x, qk, bias, aq, POS)  # the QArray int8 path
+    assert fast.dtype == dtype and fast.shape == (B, L, C_OUT)
+    # Same integer algebra, same float epilogue: identical values.
+    np.testing.assert_array_equal(np.asarray(fast.astype(jnp.float32)),
+                                  np.asarray(ref.astype(jnp.float32)))
+    oracle = np.asarray(quant.fake_quant_dense(x, qk, bias, aq, POS).astype(jnp.float32))
+    got = np.asarray(fast.astype(jnp.float32))
+    if dtype == jnp.float32:
+        assert np.linalg.norm(got - oracle) / np.linalg.norm(oracle) <= 1e-6
+    else:  # at most one bf16 ulp apart, rarely
+        diff = np.abs(got - oracle)
+        assert np.all(diff <= np.maximum(np.abs(oracle), np.abs(got)) * 2.0**-8 + 1e-30)
+        assert np.mean(diff > 0) <= 0.01
+
+
+def test_positions_select_groups_like_a_kv_cache_step():
+    x, kernel, bias = _problem(3)
+    qk, aq = _quantizers(x, kernel, 8, 8, True)
+    pk = _packed.pack_kernel(qk, "barrier")
+    full = quant.dense(x, pk, bias, aq, POS)
+    np.testing.assert_array_equal(quant.dense(x[:, 3:], pk, bias, aq, POS[3:]), full[:, 3:])
+
+
+def test_layout_column_sums_and_round_trip():
+    _, kernel, _ = _problem(4)
+    qk = quant.quantize_weight(kernel, 6)
+    pk = _packed.pack_kernel(qk)
+    assert pk.qvalue_t.shape == (C_OUT, C_IN) and pk.qvalue_t.dtype == jnp.int8
+    assert pk.shape == (C_IN, C_OUT) and pk.bits == 6 and pk.impl == "auto"
+    np.testing.assert_array_equal(pk.qvalue_t, np.asarray(qk.qvalue).T)
+    np.testing.assert_array_equal(pk.col_sum,
+                                  np.asarray(qk.qvalue).astype(np.int64).sum(0, keepdims=True))
+    assert pk.col_sum.dtype == jnp.int32
+    np.testing.assert_array_equal(pk.dequantize(), qk.dequantize())
+    tree = {"a": {"kernel": qk, "bias": jnp.ones(3)}, "b": jnp.zeros(2)}
+    packed = _packed.pack(tree, impl="xla")
+    assert isinstance(packed["a"]["kernel"], _packed.PackedKernel)
+    assert packed["a"]["kernel"].impl == "xla"
+    back = _packed.unpack(packed)
+    np.testing.assert_array_equal(back["a"]["kernel"].qvalue, qk.qvalue)
+    np.testing.assert_array_equal(back["a"]["kernel"].zero_point, qk.zero_point)
+    with pytest.raises(ValueError, match="impl"):
+        _packed.pack_kernel(qk, "pallas")
+
+
+def test_hlo_int8_dot_contracts_both_last_axes_and_barrier_only_when_asked():
+    x, kernel, bias = _problem(5)
+    qk, aq = _quantizers(x, kernel, 8, 8, False)
+    texts = {}
+    for impl in _packed.IMPLS:
+        pk = _packed.pack_kernel(qk, impl)
+        texts[impl] = jax.jit(lambda x, k, b, a: quant.dense(x, k, b, a)).lower(
+            x, pk, bias, aq).as_text()
+    for text in texts.values():
+        dots = [ln for ln in text.splitlines() if "dot_general" in ln]
+        pat = re.compile(rf"\(tensor<{B}x{L}x{C_IN}xi8>, tensor<{C_OUT}x{C_IN}xi8>\) -> "
+                         rf"tensor<{B}x{L}x{C_OUT}xi32>")
+        assert any(pat.search(ln) for ln in dots), dots
+        assert any("contracting_dims = [2] x [1]" in ln for ln in dots), dots
+        assert not any("f32" in ln for ln in dots), dots
+    assert "optimization_barrier" in texts["barrier"]
+    assert "optimization_barrier" not in texts["xla"]
+
+
+def test_backend_choice_is_automatic():
+    gpu = jax.default_backend() in ("gpu", "cuda", "rocm")
+    assert _packed.default_impl() == (_packed.GPU_IMPL if gpu else "xla")
+    assert _packed.GPU_IMPL in _packed.IMPLS
+
+
+def test_weight_only_packed_kernel():
+    x, kernel, bias = _problem(6)
+    qk = quant.quantize_weight(kernel, 4)
+    pk = _packed.pack_kernel(qk)
+    np.testing.assert_allclose(quant.dense(x, pk, bias), quant.dense(x, qk, bias),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not match"):
+        quant.dense(x[..., :-1], pk, bias)
+
+
+def test_quantized_model_generates_the_same_tokens_packed_and_stacked():
+    from arvg_jax import var_sampler
+    from arvg_jax.bench import build
+    from arvg_jax.models import random_model
+
+    model = random_model("var-tiny", seed=3)
+    trees = build.quantize_fast(model, [(8, 8)], calib=2, seed=0)
+    qtree = trees[(8, 8)]
+    labels = np.array([0, 4], np.int32)
+    key = jax.random.PRNGKey(2)
+    outs = {}
+    for name, params in {
+        "qarray": qtree,
+        "packed": _packed.pack(qtree, impl="xla"),
+        "barrier_stacked": var_sampler.stack_blocks(_packed.pack(qtree, impl="barrier")),
+    }.items():
+        outs[name] = var_sampler.generate(params, model.vae_params, model.cfg, model.vae_cfg,
+                                          labels, key, greedy=True, top_k=0, top_p=0.0)
+    for name in ("packed", "barrier_stacked"):
+        np.testing.assert_array_equal(outs[name]["tokens"], outs["qarray"]["tokens"])
+        np.testing.assert_allclose(outs[name]["images"], outs["qarray"]["images"], atol=1e-5)
