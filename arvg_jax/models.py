@@ -160,10 +160,16 @@ def add_model_arguments(parser, *, quantized: bool = True) -> None:
 
 
 def model_from_args(args) -> Model:
+    """--quantized DIR, or the float model of --model/--ckpt/--vae/--config."""
     if getattr(args, "quantized", None):
         if args.model or args.ckpt:
             raise ValueError("give either --quantized DIR or --model/--ckpt/--vae, not both")
         return load_quantized(args.quantized)
+    return float_model_from_args(args)
+
+
+def float_model_from_args(args) -> Model:
+    """The float model of --model/--ckpt/--vae/--config (or --random-weights)."""
     if not args.model:
         raise ValueError("give --model (with --ckpt and --vae) or --quantized DIR")
     if args.random_weights:

@@ -62,11 +62,11 @@ def run(args) -> int:
     from arvg_jax import evaluate as ev
     from arvg_jax import imageio
     from arvg_jax.commands.generate import parse_classes
-    from arvg_jax.models import load_quantized, model_from_args
+    from arvg_jax.models import float_model_from_args, load_quantized
     from converters import CheckpointError, ConversionError
 
     try:
-        float_model = model_from_args(args)
+        float_model = float_model_from_args(args)
         q_models = []
         for d in args.quantized:
             qm = load_quantized(d)
