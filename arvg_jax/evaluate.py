@@ -29,8 +29,10 @@ class Fidelity:
     logit_rel_err: float  # ‖Δlogits‖ / ‖logits‖, teacher forced
 
     def row(self) -> str:
-        return (f"| {self.name} | {self.kl:.2e} | {100 * self.top1:.1f} % | "
-                f"{100 * self.token_agreement:.1f} % | {self.psnr:.2f} | {self.logit_rel_err:.4f} |")
+        return (
+            f"| {self.name} | {self.kl:.2e} | {100 * self.top1:.1f} % | "
+            f"{100 * self.token_agreement:.1f} % | {self.psnr:.2f} | {self.logit_rel_err:.4f} |"
+        )
 
 
 TABLE_HEADER = (

@@ -73,8 +73,9 @@ def config_from_dict(cls, d: dict[str, Any]):
     return cls(**kw)
 
 
-def resolve_configs(model: str, config_path: str | os.PathLike | None) -> tuple[VARConfig,
-                                                                                VQVAEConfig]:
+def resolve_configs(
+    model: str, config_path: str | os.PathLike | None
+) -> tuple[VARConfig, VQVAEConfig]:
     """(VAR config, VQVAE config) for `--model NAME` or `--model var --config config.json`."""
     from converters.var_vae import vae_config_from_fixture
 
@@ -89,16 +90,22 @@ def resolve_configs(model: str, config_path: str | os.PathLike | None) -> tuple[
         raise ValueError(f"--config is only for --model var (got --model {model})")
     cfg = VAR_PRESETS[model]()
     if model == "var-tiny":
-        vae_cfg = VQVAEConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1,
-                              vocab_size=cfg.vocab_size, z_channels=cfg.cvae,
-                              patch_nums=cfg.patch_nums)
+        vae_cfg = VQVAEConfig(
+            ch=32,
+            ch_mult=(1, 1),
+            num_res_blocks=1,
+            vocab_size=cfg.vocab_size,
+            z_channels=cfg.cvae,
+            patch_nums=cfg.patch_nums,
+        )
     else:
         vae_cfg = VQVAEConfig(patch_nums=cfg.patch_nums)
     return cfg, vae_cfg
 
 
-def load_float(model: str, ckpt: str, vae: str, config_path: str | None = None,
-               *, key: str | None = None) -> Model:
+def load_float(
+    model: str, ckpt: str, vae: str, config_path: str | None = None, *, key: str | None = None
+) -> Model:
     """Converts official checkpoints (no torch) into a float `Model`."""
     from converters import load_state_dict
     from converters.var import convert_var
@@ -107,8 +114,15 @@ def load_float(model: str, ckpt: str, vae: str, config_path: str | None = None,
     cfg, vae_cfg = resolve_configs(model, config_path)
     params = convert_var(load_state_dict(ckpt, key=key), cfg)
     vae_params = convert_vae(load_state_dict(vae), vae_cfg)
-    return Model("var", cfg, params, vae_cfg, vae_params, name=model,
-                 source={"ckpt": str(ckpt), "vae": str(vae), "config": config_path})
+    return Model(
+        "var",
+        cfg,
+        params,
+        vae_cfg,
+        vae_params,
+        name=model,
+        source={"ckpt": str(ckpt), "vae": str(vae), "config": config_path},
+    )
 
 
 def random_model(model: str, seed: int = 0, config_path: str | None = None) -> Model:
@@ -124,8 +138,15 @@ def random_model(model: str, seed: int = 0, config_path: str | None = None) -> M
     x = np.zeros((1, cfg.seq_len - cfg.first_l, cfg.cvae), np.float32)
     params = jax.jit(lambda k: VAR(cfg).init(k, labels, x)["params"])(k1)
     vae_params = jax.jit(var_vqvae.init_params, static_argnums=0)(vae_cfg, k2)  # one compile
-    return Model("var", cfg, params, vae_cfg, vae_params, name=f"{model} (random weights)",
-                 source={"random_seed": seed})
+    return Model(
+        "var",
+        cfg,
+        params,
+        vae_cfg,
+        vae_params,
+        name=f"{model} (random weights)",
+        source={"random_seed": seed},
+    )
 
 
 def load_quantized(directory: str | os.PathLike) -> Model:
@@ -139,22 +160,37 @@ def load_quantized(directory: str | os.PathLike) -> Model:
     vae_cfg = config_from_dict(VQVAEConfig, meta["vae_config"])
     if vae_params is None:
         raise ValueError(f"{directory}: has no tokenizer params (vae/)")
-    return Model("var", cfg, params, vae_cfg, vae_params, name=meta.get("name", str(directory)),
-                 recipe=meta["recipe"], source=meta.get("source", {}))
+    return Model(
+        "var",
+        cfg,
+        params,
+        vae_cfg,
+        vae_params,
+        name=meta.get("name", str(directory)),
+        recipe=meta["recipe"],
+        source=meta.get("source", {}),
+    )
 
 
 def add_model_arguments(parser, *, quantized: bool = True) -> None:
     """The shared flags: --model/--ckpt/--vae/--config (float) and --quantized DIR."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", choices=MODEL_CHOICES,
-                   help="preset (var-d16 … var-d36) or 'var' with --config config.json")
+    g.add_argument(
+        "--model",
+        choices=MODEL_CHOICES,
+        help="preset (var-d16 … var-d36) or 'var' with --config config.json",
+    )
     g.add_argument("--ckpt", help="official transformer checkpoint, e.g. var_d16.pth")
     g.add_argument("--vae", help="official tokenizer checkpoint, e.g. vae_ch160v4096z32.pth")
     g.add_argument("--config", help="official constructor arguments as JSON (--model var)")
-    g.add_argument("--ckpt-key", default=None,
-                   help="entry of a wrapped checkpoint to use (e.g. model_ema)")
-    g.add_argument("--random-weights", action="store_true",
-                   help="seeded random weights at the preset's size instead of --ckpt/--vae")
+    g.add_argument(
+        "--ckpt-key", default=None, help="entry of a wrapped checkpoint to use (e.g. model_ema)"
+    )
+    g.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="seeded random weights at the preset's size instead of --ckpt/--vae",
+    )
     if quantized:
         g.add_argument("--quantized", metavar="DIR", help="a directory written by arvg quantize")
 

@@ -51,8 +51,17 @@ def var_outputs(fixture: str | os.PathLike) -> dict[str, np.ndarray]:
         labels = inputs[f"{prefix}_labels"]
         # The fixture ran top_k=1, top_p=0: greedy, so no PRNG stream has to match.
         gen = var_sampler.generate(
-            m.params, m.vae_params, m.cfg, m.vae_cfg, labels, jax.random.PRNGKey(0),
-            cfg=cfg, top_k=1, top_p=0.0, greedy=True, return_logits_margin=True,
+            m.params,
+            m.vae_params,
+            m.cfg,
+            m.vae_cfg,
+            labels,
+            jax.random.PRNGKey(0),
+            cfg=cfg,
+            top_k=1,
+            top_p=0.0,
+            greedy=True,
+            return_logits_margin=True,
         )
         out[f"{prefix}_labels"] = np.asarray(labels)
         out[f"{prefix}_idx"] = np.asarray(gen["tokens"], np.int64)

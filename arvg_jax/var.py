@@ -304,8 +304,11 @@ class SelfAttention(nn.Module):
 
         if cache is not None and mask is None and attention_impl(cfg) == "cudnn":
             out = jax.nn.dot_product_attention(
-                q.astype(cfg.dtype), k.astype(cfg.dtype), v.astype(cfg.dtype),
-                scale=softmax_scale, implementation="cudnn",
+                q.astype(cfg.dtype),
+                k.astype(cfg.dtype),
+                v.astype(cfg.dtype),
+                scale=softmax_scale,
+                implementation="cudnn",
             )  # [B, l, H, K]
             out = out.astype(cfg.dtype).reshape(b, l, c)
             out = Dense(c, dtype=cfg.dtype, name="proj")(out, positions)
@@ -348,8 +351,9 @@ class VARBlock(nn.Module):
     cfg: VARConfig
 
     @nn.compact
-    def __call__(self, x, ada, *, positions, mask=None, cache=None, cache_offset=0,
-                 kv_len=None, mods=None):
+    def __call__(
+        self, x, ada, *, positions, mask=None, cache=None, cache_offset=0, kv_len=None, mods=None
+    ):
         """Applies the block.
 
         Args:
@@ -377,7 +381,11 @@ class VARBlock(nn.Module):
 
         h = layer_norm(x, cfg.norm_eps) * (scale1 + 1) + shift1
         attn = SelfAttention(cfg, name="attn")(
-            h, positions=positions, mask=mask, cache=cache, cache_offset=cache_offset,
+            h,
+            positions=positions,
+            mask=mask,
+            cache=cache,
+            cache_offset=cache_offset,
             kv_len=kv_len,
         )
         if cache is not None:
@@ -398,8 +406,9 @@ def block_modulation(cfg: VARConfig, block_params: dict, ada) -> Array:
     c = cfg.embed_dim
     if cfg.shared_aln:
         return block_params["ada_gss"] + ada
-    mods = Dense(6 * c, dtype=cfg.dtype).apply({"params": block_params["ada_lin"]},
-                                               jax.nn.silu(ada))
+    mods = Dense(6 * c, dtype=cfg.dtype).apply(
+        {"params": block_params["ada_lin"]}, jax.nn.silu(ada)
+    )
     return mods.reshape(ada.shape[0], 6, c)
 
 
@@ -534,7 +543,6 @@ class VAR(nn.Module):
         # Keys beyond this scale's end are not written yet: attend to the prefix [0, end) only.
         new_caches = []
         for blk, cache in zip(self.blocks, caches, strict=True):
-            x, cache = blk(x, ada, positions=positions, cache=cache, cache_offset=begin,
-                           kv_len=end)
+            x, cache = blk(x, ada, positions=positions, cache=cache, cache_offset=begin, kv_len=end)
             new_caches.append(cache)
         return self.head_logits(x, cond, positions), tuple(new_caches)

@@ -65,8 +65,13 @@ def _generate_impl(
         if stacked:
             x_out, kc, vc = _scan_blocks(var_cfg, blocks, mods_all, x, kc, vc, si)
             begin, end = var_cfg.begin_ends[si]
-            logits = model.apply(variables, x_out, cond, np.arange(begin, end, dtype=np.int32),
-                                 method=VAR.head_logits)
+            logits = model.apply(
+                variables,
+                x_out,
+                cond,
+                np.arange(begin, end, dtype=np.int32),
+                method=VAR.head_logits,
+            )
         else:
             logits, caches = model.apply(variables, x, ada, cond, caches, si=si, method=VAR.step)
         one_plus_t, t = cfg_weights[si, 0], cfg_weights[si, 1]
@@ -144,10 +149,13 @@ def _scan_blocks(cfg: VARConfig, blocks, mods_all, x, kc, vc, si: int):
         p, mods, i = xs
         zero = jnp.zeros((), jnp.int32)
         start = (i, zero, zero, zero, zero)
-        cache = {"k": lax.dynamic_slice(kc, start, size)[0],
-                 "v": lax.dynamic_slice(vc, start, size)[0]}
-        x, cache = block.apply({"params": p}, x, None, positions=positions, cache=cache,
-                               cache_offset=begin, mods=mods)
+        cache = {
+            "k": lax.dynamic_slice(kc, start, size)[0],
+            "v": lax.dynamic_slice(vc, start, size)[0],
+        }
+        x, cache = block.apply(
+            {"params": p}, x, None, positions=positions, cache=cache, cache_offset=begin, mods=mods
+        )
         at = (i, zero, jnp.asarray(begin, jnp.int32), zero, zero)
         kc = lax.dynamic_update_slice(kc, cache["k"][None, :, begin:end].astype(kc.dtype), at)
         vc = lax.dynamic_update_slice(vc, cache["v"][None, :, begin:end].astype(vc.dtype), at)

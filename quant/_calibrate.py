@@ -99,8 +99,10 @@ def run_calibration(
             _, inputs = adapter.run_stage(params, stage, carry)
             for name in group:
                 if name not in inputs:
-                    raise KeyError(f"stage {stage.name}: layer {name!r} produced no input; "
-                                   f"captured: {sorted(inputs)}")
+                    raise KeyError(
+                        f"stage {stage.name}: layer {name!r} produced no input; "
+                        f"captured: {sorted(inputs)}"
+                    )
                 new = visit(name, inputs[name], _tree.tree_get(params, name))
                 if new is not None:
                     params = _set_layer(params, name, new)
@@ -126,8 +128,8 @@ def collect(
 
     def visit(name, x, layer):
         stats[name] = reduce(name, x, layer)
-        return None
 
-    run_calibration(adapter, params, batch, visit, layers=layers, sequential=False, desc=desc,
-                    progress=progress)
+    run_calibration(
+        adapter, params, batch, visit, layers=layers, sequential=False, desc=desc, progress=progress
+    )
     return stats

@@ -67,8 +67,9 @@ class PackedKernel:
         return 2
 
     def to_qarray(self) -> QArray:
-        return QArray(qvalue=self.qvalue_t.T, scale=self.scale, zero_point=self.zero_point,
-                      bits=self.bits)
+        return QArray(
+            qvalue=self.qvalue_t.T, scale=self.scale, zero_point=self.zero_point, bits=self.bits
+        )
 
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
         """Float ``[I, O]`` kernel, equal to ``to_qarray().dequantize(dtype)``."""
@@ -95,8 +96,9 @@ def pack_kernel(kernel: QArray, impl: str = "auto") -> PackedKernel:
     scale = jnp.broadcast_to(kernel.scale, (1, o)).astype(jnp.float32)
     zp = jnp.broadcast_to(kernel.zero_point, (1, o)).astype(jnp.float32)
     qt, col_sum = _pack_arrays(kernel.qvalue)
-    return PackedKernel(qvalue_t=qt, scale=scale, zero_point=zp, col_sum=col_sum,
-                        bits=kernel.bits, impl=impl)
+    return PackedKernel(
+        qvalue_t=qt, scale=scale, zero_point=zp, col_sum=col_sum, bits=kernel.bits, impl=impl
+    )
 
 
 def pack(params: dict[str, Any], impl: str = "auto") -> dict[str, Any]:
@@ -115,12 +117,19 @@ def unpack(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_impl() -> str:
-    """"barrier" on GPU backends, "xla" elsewhere (see module doc)."""
+    """ "barrier" on GPU backends, "xla" elsewhere (see module doc)."""
     return GPU_IMPL if jax.default_backend() in ("gpu", "cuda", "rocm") else "xla"
 
 
-def packed_dense(x, kernel: PackedKernel, bias=None, input_quant: ActQuant | None = None,
-                 positions=None, *, impl: str | None = None):
+def packed_dense(
+    x,
+    kernel: PackedKernel,
+    bias=None,
+    input_quant: ActQuant | None = None,
+    positions=None,
+    *,
+    impl: str | None = None,
+):
     """``x @ kernel + bias`` for a ``PackedKernel``: x [..., L, I] -> [..., L, O] in x.dtype.
 
     With ``input_quant``: the int8 path (same values as ``quant.dense`` on the ``QArray``).

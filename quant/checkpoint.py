@@ -60,8 +60,9 @@ def _from_storable(tree: dict[str, Any], kinds: dict[str, dict[str, Any]]) -> di
             raise ValueError(f"quantized checkpoint: leaf {name!r} listed in arvg.json is missing")
         cls = {"QArray": QArray, "ActQuant": ActQuant}[info["kind"]]
         flat[name] = cls(**{k: np.asarray(v) for k, v in fields.items()}, bits=info["bits"])
-    return _tree.unflatten({k: np.asarray(v) if not _tree.is_quant_leaf(v) else v
-                            for k, v in flat.items()})
+    return _tree.unflatten(
+        {k: np.asarray(v) if not _tree.is_quant_leaf(v) else v for k, v in flat.items()}
+    )
 
 
 def _save_tree(path: pathlib.Path, tree: dict[str, Any]) -> None:
@@ -111,8 +112,10 @@ def save(
             **(extra or {}),
         }
         if vae_params is not None:
-            _save_tree(tmp / "vae", _tree.unflatten(
-                {k: np.asarray(v) for k, v in _tree.flatten(vae_params).items()}))
+            _save_tree(
+                tmp / "vae",
+                _tree.unflatten({k: np.asarray(v) for k, v in _tree.flatten(vae_params).items()}),
+            )
         (tmp / "arvg.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
@@ -170,12 +173,24 @@ def describe(directory: str | os.PathLike) -> str:
         kind = meta["quant_leaves"].get(name, {}).get("kind")
         if kind == "QArray":
             n_int += 1
-            rows.append((name, f"QArray int{leaf.bits}", f"{tuple(leaf.qvalue.shape)} "
-                         f"{leaf.qvalue.dtype}", f"scale {tuple(leaf.scale.shape)}"))
+            rows.append(
+                (
+                    name,
+                    f"QArray int{leaf.bits}",
+                    f"{tuple(leaf.qvalue.shape)} {leaf.qvalue.dtype}",
+                    f"scale {tuple(leaf.scale.shape)}",
+                )
+            )
         elif kind == "ActQuant":
             groups = int(np.asarray(leaf.scale).size)
-            rows.append((name, f"ActQuant a{leaf.bits}", f"{groups} group(s)",
-                         f"positions {int(np.asarray(leaf.group_of_position).size)}"))
+            rows.append(
+                (
+                    name,
+                    f"ActQuant a{leaf.bits}",
+                    f"{groups} group(s)",
+                    f"positions {int(np.asarray(leaf.group_of_position).size)}",
+                )
+            )
         else:
             n_float += 1
             rows.append((name, "float", f"{tuple(leaf.shape)} {leaf.dtype}", ""))

@@ -31,8 +31,13 @@ def main() -> int:
     from quant import api
     from quant.recipes import Recipe
 
-    out = {"model": args.model, "calib": args.calib, "bits": args.bits,
-           "jax": jax.__version__, "device": str(jax.devices()[0].device_kind)}
+    out = {
+        "model": args.model,
+        "calib": args.calib,
+        "bits": args.bits,
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0].device_kind),
+    }
 
     def dump():
         pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
@@ -44,8 +49,9 @@ def main() -> int:
     recipe = Recipe.parse("ptq4arvg", args.bits, calib=args.calib)
     adapter = api.make_adapter("var", model.cfg)
     t = time.perf_counter()
-    batch, info = api.prepare_calibration(adapter, model.params, model.vae_params, model.vae_cfg,
-                                          recipe)
+    batch, info = api.prepare_calibration(
+        adapter, model.params, model.vae_params, model.vae_cfg, recipe
+    )
     jax.block_until_ready(batch["x"])
     out["prepare_calibration_s"] = time.perf_counter() - t
     dump()

@@ -17,9 +17,9 @@ def _png_pixels(path):
     w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     idat, pos = b"", 8
     while pos < len(data):
-        n = int.from_bytes(data[pos:pos + 4], "big")
-        if data[pos + 4:pos + 8] == b"IDAT":
-            idat += data[pos + 8:pos + 8 + n]
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + n]
         pos += 12 + n
     raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
     return raw[:, 1:].reshape(h, w, 3)
@@ -27,10 +27,33 @@ def _png_pixels(path):
 
 def test_bench_command_tiny_cpu(tmp_path):
     out = tmp_path / "bench"
-    rc = main(["bench", "--model", "var-tiny", "--batches", "1,2", "--precisions",
-               "bfloat16,w8a8", "--repeats", "2", "--min-repeats", "1", "--gemm",
-               "--gemm-batches", "1", "--gemm-scales", "-1", "--profile", "--profile-batches",
-               "2", "--hlo", "--quiet", "--out-dir", str(out)])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            "var-tiny",
+            "--batches",
+            "1,2",
+            "--precisions",
+            "bfloat16,w8a8",
+            "--repeats",
+            "2",
+            "--min-repeats",
+            "1",
+            "--gemm",
+            "--gemm-batches",
+            "1",
+            "--gemm-scales",
+            "-1",
+            "--profile",
+            "--profile-batches",
+            "2",
+            "--hlo",
+            "--quiet",
+            "--out-dir",
+            str(out),
+        ]
+    )
     assert rc == 0
     doc = json.loads((out / "bench.json").read_text())
     meta = doc["meta"]
@@ -38,7 +61,11 @@ def test_bench_command_tiny_cpu(tmp_path):
     assert "--precisions bfloat16,w8a8" in meta["command"]
     rows = doc["rows"]
     assert [(r["variant"], r["batch"]) for r in rows] == [
-        ("bfloat16", 1), ("bfloat16", 2), ("w8a8", 1), ("w8a8", 2)]
+        ("bfloat16", 1),
+        ("bfloat16", 2),
+        ("w8a8", 1),
+        ("w8a8", 2),
+    ]
     for r in rows:
         assert "error" not in r
         assert r["images_per_s"] > 0 and r["latency_ms_median"] > 0
@@ -53,8 +80,10 @@ def test_bench_command_tiny_cpu(tmp_path):
     assert all(r["speedup_vs_bf16"] == 1.0 for r in bf16.values())
     w8 = [r for r in rows if r["variant"] == "w8a8"]
     assert all(r["param_bytes"] < bf16[1]["param_bytes"] for r in w8)
-    assert all(r["param_bytes_vs_bf16"] == pytest.approx(
-        r["param_bytes"] / bf16[1]["param_bytes"]) for r in w8)
+    assert all(
+        r["param_bytes_vs_bf16"] == pytest.approx(r["param_bytes"] / bf16[1]["param_bytes"])
+        for r in w8
+    )
     prof = rows[1]["profile"]
     assert prof["device_time_ms"] > 0 and prof["categories_ms"] and prof["top_kernels"]
     assert 0 < prof["busy_ms"] <= prof["span_ms"] + 1e-9
@@ -62,8 +91,14 @@ def test_bench_command_tiny_cpu(tmp_path):
     assert doc["hlo"]["var-tiny:w8a8:1"]["instructions"] > 0
     (g,) = doc["gemm"]
     assert g["model"] == "var-tiny" and g["batch"] == 1
-    assert [r["name"] for r in g["rows"]] == ["qkv@3x3", "proj@3x3", "fc1@3x3", "fc2@3x3",
-                                             "ada_lin", "head@3x3"]
+    assert [r["name"] for r in g["rows"]] == [
+        "qkv@3x3",
+        "proj@3x3",
+        "fc1@3x3",
+        "fc2@3x3",
+        "ada_lin",
+        "head@3x3",
+    ]
     for r in g["rows"]:
         assert set(r["us"]) == set(gemm.VARIANTS) and all(t > 0 for t in r["us"].values())
     md = (out / "bench.md").read_text()
@@ -79,7 +114,12 @@ def test_bench_command_tiny_cpu(tmp_path):
 def test_variant_parsing():
     v = build.Variant.parse("w6a6+int8-qarray+attn-xla+unrolled")
     assert (v.precision, v.int8_impl, v.attention, v.blocks, v.bits) == (
-        "w6a6", "qarray", "xla", "unrolled", (6, 6))
+        "w6a6",
+        "qarray",
+        "xla",
+        "unrolled",
+        (6, 6),
+    )
     assert build.Variant.parse("bfloat16").blocks == "scan"
     assert build.Variant.parse("float32").bits is None
     for bad in ("int4", "w8a8+fast", "bfloat16+int8-xla"):
@@ -103,19 +143,31 @@ def test_gemm_shapes_and_roofline():
 
 def test_profile_categories_and_hlo_summary():
     cat = profile._categorize
-    cub = ('%custom-call.5 = (s32[128,5760]{1,0}, s8[0]{0}) custom-call(s8[128,1920]{1,0} %a, '
-           's8[5760,1920]{1,0} %b), custom_call_target="__cublas$lt$matmul"')
+    cub = (
+        "%custom-call.5 = (s32[128,5760]{1,0}, s8[0]{0}) custom-call(s8[128,1920]{1,0} %a, "
+        's8[5760,1920]{1,0} %b), custom_call_target="__cublas$lt$matmul"'
+    )
     assert cat(cub, "nvjet_tst_128x64") == "GEMM int8 (cuBLAS/library)"
     fcub = cub.replace("s32[128,5760]", "f32[128,5760]")
     assert cat(fcub, "nvjet_tst_128x64") == "GEMM float (cuBLAS/library)"
-    assert cat("%f = bf16[4,9]{1,0} fusion(%a), kind=kLoop", "loop_convert_fusion") == \
-        "elementwise fusions"
+    assert (
+        cat("%f = bf16[4,9]{1,0} fusion(%a), kind=kLoop", "loop_convert_fusion")
+        == "elementwise fusions"
+    )
     assert cat(None, "cudnn_generated_fort_native_sdpa_sm90") == "attention (cuDNN fused)"
-    tri = ('%gemm_fusion_dot.1 = bf16[8,16]{1,0} fusion(bf16[8,4]{1,0} %a, bf16[4,16]{1,0} %b), '
-           'kind=kCustom, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}')
+    tri = (
+        "%gemm_fusion_dot.1 = bf16[8,16]{1,0} fusion(bf16[8,4]{1,0} %a, bf16[4,16]{1,0} %b), "
+        'kind=kCustom, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}'
+    )
     assert cat(tri, "gemm_fusion_dot_1") == "GEMM float (Triton)"
-    text = "\n".join([cub, tri, "  %transpose.3 = s8[5760,1920]{1,0} transpose(s8[1920,5760] %w)",
-                      "  %opt-barrier.1 = (s8[2]) opt-barrier((s8[2]) %t)"])
+    text = "\n".join(
+        [
+            cub,
+            tri,
+            "  %transpose.3 = s8[5760,1920]{1,0} transpose(s8[1920,5760] %w)",
+            "  %opt-barrier.1 = (s8[2]) opt-barrier((s8[2]) %t)",
+        ]
+    )
     s = profile.hlo_summary(text)
     assert s["cublas_calls_with_s8"] == 1 and s["triton_gemm_fusions"] == 1
     assert s["s8_transposes"] == 1 and s["opt_barriers"] == 1
@@ -140,8 +192,13 @@ def test_quantized_variants_have_the_ptq4arvg_layout(fit):
     assert set(trees) == {(8, 8), (6, 6)}
     blk = trees[(6, 6)]["blocks_1"]
     num_scales = len(model.cfg.patch_nums)
-    for path, groups in (("attn/qkv", num_scales), ("ffn/fc1", num_scales), ("attn/proj", 2),
-                         ("ffn/fc2", 2), ("ada_lin", 1)):
+    for path, groups in (
+        ("attn/qkv", num_scales),
+        ("ffn/fc1", num_scales),
+        ("attn/proj", 2),
+        ("ffn/fc2", 2),
+        ("ada_lin", 1),
+    ):
         layer = blk
         for part in path.split("/"):
             layer = layer[part]

@@ -14,8 +14,21 @@ TINY = ["--model", "var-tiny", "--random-weights"]
 @pytest.fixture(scope="module")
 def quantized_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "tiny-ptq4arvg-w6a6"
-    rc = main(["quantize", *TINY, "--method", "ptq4arvg", "--bits", "w6a6", "--calib", "4",
-               "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "quantize",
+            *TINY,
+            "--method",
+            "ptq4arvg",
+            "--bits",
+            "w6a6",
+            "--calib",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -30,15 +43,41 @@ def test_quantize_writes_a_self_contained_directory(quantized_dir):
 
 
 def test_quantize_refuses_to_overwrite(quantized_dir, capsys):
-    rc = main(["quantize", *TINY, "--method", "rtn", "--bits", "w8a8", "--calib", "2",
-               "--out", str(quantized_dir), "--quiet"])
+    rc = main(
+        [
+            "quantize",
+            *TINY,
+            "--method",
+            "rtn",
+            "--bits",
+            "w8a8",
+            "--calib",
+            "2",
+            "--out",
+            str(quantized_dir),
+            "--quiet",
+        ]
+    )
     assert rc == 2 and "exists" in capsys.readouterr().err
 
 
 def test_generate_from_quantized(quantized_dir, tmp_path):
     png = tmp_path / "g.png"
-    rc = main(["generate", "--quantized", str(quantized_dir), "--classes", "1,2,3", "--seed", "0",
-               "--out", str(png), "--save-tokens", str(tmp_path / "t.npz")])
+    rc = main(
+        [
+            "generate",
+            "--quantized",
+            str(quantized_dir),
+            "--classes",
+            "1,2,3",
+            "--seed",
+            "0",
+            "--out",
+            str(png),
+            "--save-tokens",
+            str(tmp_path / "t.npz"),
+        ]
+    )
     assert rc == 0
     img = imageio.decode_png(png.read_bytes())
     assert img.ndim == 3 and img.shape[2] == 3
@@ -47,15 +86,34 @@ def test_generate_from_quantized(quantized_dir, tmp_path):
 
 
 def test_generate_rejects_bad_classes(quantized_dir, tmp_path, capsys):
-    rc = main(["generate", "--quantized", str(quantized_dir), "--classes", "1,99",
-               "--out", str(tmp_path / "x.png")])
+    rc = main(
+        [
+            "generate",
+            "--quantized",
+            str(quantized_dir),
+            "--classes",
+            "1,99",
+            "--out",
+            str(tmp_path / "x.png"),
+        ]
+    )
     assert rc == 2 and "outside" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 
 
 def test_evaluate_table(quantized_dir, tmp_path, capsys):
-    rc = main(["evaluate", *TINY, "--quantized", str(quantized_dir), "--classes", "0,5",
-               "--out", str(tmp_path / "eval")])
+    rc = main(
+        [
+            "evaluate",
+            *TINY,
+            "--quantized",
+            str(quantized_dir),
+            "--classes",
+            "0,5",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert rc == 0
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "| ptq4arvg W6A6 |" in report

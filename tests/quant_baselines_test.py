@@ -71,8 +71,17 @@ def test_int8_path_matches_oracle_and_generates(fixture, method, bits):
     # Quantization changes the model measurably but not wildly.
     err = _rel(int8, _logits(m.cfg, m.params, batch))
     assert 1e-4 < err < 0.2
-    out = var_sampler.generate(q, m.vae_params, m.cfg, m.vae_cfg, np.array([3, 980]),
-                               jax.random.PRNGKey(0), cfg=1.5, top_k=900, top_p=0.96)
+    out = var_sampler.generate(
+        q,
+        m.vae_params,
+        m.cfg,
+        m.vae_cfg,
+        np.array([3, 980]),
+        jax.random.PRNGKey(0),
+        cfg=1.5,
+        top_k=900,
+        top_p=0.96,
+    )
     assert out["images"].shape == (2, 256, 256, 3)
     assert bool(jnp.all(jnp.isfinite(out["images"])))
 
@@ -80,8 +89,11 @@ def test_int8_path_matches_oracle_and_generates(fixture, method, bits):
 def test_int8_dot_in_jitted_model(fixture):
     m, batch = fixture
     q = rtn(VARAdapter(m.cfg), m.params, batch, Recipe.parse("rtn", "w8a8"), progress=False)
-    text = jax.jit(lambda p, lab, x: VAR(m.cfg).apply({"params": p}, lab, x)).lower(
-        q, jnp.asarray(batch["labels"]), batch["x"]).as_text()
+    text = (
+        jax.jit(lambda p, lab, x: VAR(m.cfg).apply({"params": p}, lab, x))
+        .lower(q, jnp.asarray(batch["labels"]), batch["x"])
+        .as_text()
+    )
     assert "xi8>" in text and "xi32>" in text
 
 
@@ -91,9 +103,15 @@ def test_checkpoint_roundtrip_bit_exact(fixture, tmp_path):
 
     recipe = Recipe.parse("rtn", "w8a8")
     q = rtn(VARAdapter(m.cfg), m.params, batch, recipe, progress=False)
-    d = checkpoint.save(tmp_path / "q", q, family="var", model_config=config_to_dict(m.cfg),
-                        recipe=recipe.to_dict(), vae_params=m.vae_params,
-                        vae_config=config_to_dict(m.vae_cfg))
+    d = checkpoint.save(
+        tmp_path / "q",
+        q,
+        family="var",
+        model_config=config_to_dict(m.cfg),
+        recipe=recipe.to_dict(),
+        vae_params=m.vae_params,
+        vae_config=config_to_dict(m.vae_cfg),
+    )
     restored = load_quantized(d)
     a, b = _tree.flatten(q), _tree.flatten(restored.params)
     assert a.keys() == b.keys()
@@ -102,12 +120,14 @@ def test_checkpoint_roundtrip_bit_exact(fixture, tmp_path):
             assert isinstance(b[k], quant.QArray) and b[k].bits == a[k].bits
             assert np.asarray(b[k].qvalue).dtype == np.int8
             for f in ("qvalue", "scale", "zero_point"):
-                np.testing.assert_array_equal(np.asarray(getattr(a[k], f)),
-                                              np.asarray(getattr(b[k], f)), err_msg=k)
+                np.testing.assert_array_equal(
+                    np.asarray(getattr(a[k], f)), np.asarray(getattr(b[k], f)), err_msg=k
+                )
         elif isinstance(a[k], quant.ActQuant):
             for f in ("scale", "zero_point", "group_of_position"):
-                np.testing.assert_array_equal(np.asarray(getattr(a[k], f)),
-                                              np.asarray(getattr(b[k], f)), err_msg=k)
+                np.testing.assert_array_equal(
+                    np.asarray(getattr(a[k], f)), np.asarray(getattr(b[k], f)), err_msg=k
+                )
         else:
             np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
     assert restored.cfg == m.cfg and restored.vae_cfg == m.vae_cfg
@@ -116,7 +136,8 @@ def test_checkpoint_roundtrip_bit_exact(fixture, tmp_path):
     # 97 % of the weights, that is about 0.27 of float32).
     expected = sum(
         np.asarray(v.qvalue).size if isinstance(v, quant.QArray) else np.asarray(v).nbytes
-        for v in a.values() if not isinstance(v, quant.ActQuant)
+        for v in a.values()
+        if not isinstance(v, quant.ActQuant)
     )
     disk = sum(p.stat().st_size for p in (d / "params").rglob("*") if p.is_file())
     f32 = sum(np.asarray(v).size * 4 for v in _tree.flatten(m.params).values())

@@ -28,8 +28,7 @@ def _problem(seed, dtype=jnp.float32):
 
 def _quantizers(x, kernel, w_bits, a_bits, grouped):
     qk = quant.quantize_weight(kernel, w_bits)
-    aq = quant.fit_act_quant(np.asarray(x.astype(jnp.float32)), a_bits,
-                             GROUPS if grouped else None)
+    aq = quant.fit_act_quant(np.asarray(x.astype(jnp.float32)), a_bits, GROUPS if grouped else None)
     return qk, aq
 
 
@@ -45,8 +44,9 @@ def test_packed_dense_equals_qarray_path_and_oracle(impl, grouped, w_bits, a_bit
     ref = jax.jit(quant.dense)(x, qk, bias, aq, POS)  # the QArray int8 path
     assert fast.dtype == dtype and fast.shape == (B, L, C_OUT)
     # Same integer algebra, same float epilogue: identical values.
-    np.testing.assert_array_equal(np.asarray(fast.astype(jnp.float32)),
-                                  np.asarray(ref.astype(jnp.float32)))
+    np.testing.assert_array_equal(
+        np.asarray(fast.astype(jnp.float32)), np.asarray(ref.astype(jnp.float32))
+    )
     oracle = np.asarray(quant.fake_quant_dense(x, qk, bias, aq, POS).astype(jnp.float32))
     got = np.asarray(fast.astype(jnp.float32))
     if dtype == jnp.float32:
@@ -72,8 +72,9 @@ def test_layout_column_sums_and_round_trip():
     assert pk.qvalue_t.shape == (C_OUT, C_IN) and pk.qvalue_t.dtype == jnp.int8
     assert pk.shape == (C_IN, C_OUT) and pk.bits == 6 and pk.impl == "auto"
     np.testing.assert_array_equal(pk.qvalue_t, np.asarray(qk.qvalue).T)
-    np.testing.assert_array_equal(pk.col_sum,
-                                  np.asarray(qk.qvalue).astype(np.int64).sum(0, keepdims=True))
+    np.testing.assert_array_equal(
+        pk.col_sum, np.asarray(qk.qvalue).astype(np.int64).sum(0, keepdims=True)
+    )
     assert pk.col_sum.dtype == jnp.int32
     np.testing.assert_array_equal(pk.dequantize(), qk.dequantize())
     tree = {"a": {"kernel": qk, "bias": jnp.ones(3)}, "b": jnp.zeros(2)}
@@ -93,12 +94,15 @@ def test_hlo_int8_dot_contracts_both_last_axes_and_barrier_only_when_asked():
     texts = {}
     for impl in _packed.IMPLS:
         pk = _packed.pack_kernel(qk, impl)
-        texts[impl] = jax.jit(lambda x, k, b, a: quant.dense(x, k, b, a)).lower(
-            x, pk, bias, aq).as_text()
+        texts[impl] = (
+            jax.jit(lambda x, k, b, a: quant.dense(x, k, b, a)).lower(x, pk, bias, aq).as_text()
+        )
     for text in texts.values():
         dots = [ln for ln in text.splitlines() if "dot_general" in ln]
-        pat = re.compile(rf"\(tensor<{B}x{L}x{C_IN}xi8>, tensor<{C_OUT}x{C_IN}xi8>\) -> "
-                         rf"tensor<{B}x{L}x{C_OUT}xi32>")
+        pat = re.compile(
+            rf"\(tensor<{B}x{L}x{C_IN}xi8>, tensor<{C_OUT}x{C_IN}xi8>\) -> "
+            rf"tensor<{B}x{L}x{C_OUT}xi32>"
+        )
         assert any(pat.search(ln) for ln in dots), dots
         assert any("contracting_dims = [2] x [1]" in ln for ln in dots), dots
         assert not any("f32" in ln for ln in dots), dots
@@ -116,8 +120,9 @@ def test_weight_only_packed_kernel():
     x, kernel, bias = _problem(6)
     qk = quant.quantize_weight(kernel, 4)
     pk = _packed.pack_kernel(qk)
-    np.testing.assert_allclose(quant.dense(x, pk, bias), quant.dense(x, qk, bias),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        quant.dense(x, pk, bias), quant.dense(x, qk, bias), rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(ValueError, match="does not match"):
         quant.dense(x[..., :-1], pk, bias)
 
@@ -138,8 +143,17 @@ def test_quantized_model_generates_the_same_tokens_packed_and_stacked():
         "packed": _packed.pack(qtree, impl="xla"),
         "barrier_stacked": var_sampler.stack_blocks(_packed.pack(qtree, impl="barrier")),
     }.items():
-        outs[name] = var_sampler.generate(params, model.vae_params, model.cfg, model.vae_cfg,
-                                          labels, key, greedy=True, top_k=0, top_p=0.0)
+        outs[name] = var_sampler.generate(
+            params,
+            model.vae_params,
+            model.cfg,
+            model.vae_cfg,
+            labels,
+            key,
+            greedy=True,
+            top_k=0,
+            top_p=0.0,
+        )
     for name in ("packed", "barrier_stacked"):
         np.testing.assert_array_equal(outs[name]["tokens"], outs["qarray"]["tokens"])
         np.testing.assert_allclose(outs[name]["images"], outs["qarray"]["images"], atol=1e-5)

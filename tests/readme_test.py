@@ -7,7 +7,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _blocks(text):
-    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, re.S)]
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, re.DOTALL)]
 
 
 def test_readme_setup_commands_are_what_ci_runs():

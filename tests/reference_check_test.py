@@ -11,8 +11,9 @@ SCRIPT = "scripts/reference_check.py"
 
 
 def _run(family, fixture, out, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [SCRIPT, "--family", family, "--fixture", str(fixture),
-                                      "--out", str(out)])
+    monkeypatch.setattr(
+        sys, "argv", [SCRIPT, "--family", family, "--fixture", str(fixture), "--out", str(out)]
+    )
     with pytest.raises(SystemExit) as e:
         runpy.run_path(SCRIPT, run_name="__main__")
     assert e.value.code == 0

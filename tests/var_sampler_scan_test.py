@@ -37,11 +37,13 @@ def test_scan_sampler_equals_unrolled_sampler():
 def test_scan_sampler_no_retrace_for_a_second_batch_of_the_same_shape():
     m = _model()
     stacked = var_sampler.stack_blocks(m.params)
-    var_sampler.generate(stacked, m.vae_params, m.cfg, m.vae_cfg, np.array([1, 2]),
-                         jax.random.PRNGKey(0))
+    var_sampler.generate(
+        stacked, m.vae_params, m.cfg, m.vae_cfg, np.array([1, 2]), jax.random.PRNGKey(0)
+    )
     n = var_sampler._generate_jit._cache_size()
-    var_sampler.generate(stacked, m.vae_params, m.cfg, m.vae_cfg, np.array([7, 9]),
-                         jax.random.PRNGKey(1), cfg=3.0)
+    var_sampler.generate(
+        stacked, m.vae_params, m.cfg, m.vae_cfg, np.array([7, 9]), jax.random.PRNGKey(1), cfg=3.0
+    )
     assert var_sampler._generate_jit._cache_size() == n
 
 

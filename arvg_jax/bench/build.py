@@ -59,8 +59,10 @@ class Variant:
             elif o in BLOCKS:
                 kw["blocks"] = o
             else:
-                choices = (f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
-                           f"{' or '.join(BLOCKS)}")
+                choices = (
+                    f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
+                    f"{' or '.join(BLOCKS)}"
+                )
                 raise ValueError(f"unknown option {o!r} in {spec!r} ({choices})")
         if "int8_impl" in kw and base in ("float32", "bfloat16"):
             raise ValueError(f"{spec!r}: int8-* options apply to quantized precisions only")
@@ -80,8 +82,12 @@ class Variant:
 
 def param_bytes(tree: Any) -> int:
     """Bytes of every array leaf (QArray / PackedKernel / ActQuant fields included)."""
-    return int(sum(np.dtype(x.dtype).itemsize * int(np.prod(x.shape))
-                   for x in jax.tree_util.tree_leaves(tree)))
+    return int(
+        sum(
+            np.dtype(x.dtype).itemsize * int(np.prod(x.shape))
+            for x in jax.tree_util.tree_leaves(tree)
+        )
+    )
 
 
 def to_bfloat16(params: Any) -> Any:
@@ -118,7 +124,7 @@ def _random_leaf(key, path: str, leaf):
         return jnp.full(shape, np.log(4.0), dtype)
     if name == "kernel":
         fan_in = int(np.prod(shape[:-1]))
-        return jax.random.normal(key, shape, dtype) * (fan_in ** -0.5)
+        return jax.random.normal(key, shape, dtype) * (fan_in**-0.5)
     return jax.random.normal(key, shape, dtype) * 0.02  # embeddings, codebook, ada_gss
 
 
@@ -141,12 +147,20 @@ def fast_random_model(name: str, seed: int = 0):
     cfg, vae_cfg = resolve_configs(name, None)
     labels = jax.ShapeDtypeStruct((1,), jnp.int32)
     x = jax.ShapeDtypeStruct((1, cfg.seq_len - cfg.first_l, cfg.cvae), jnp.float32)
-    abstract = jax.eval_shape(lambda k, l, x: VAR(cfg).init(k, l, x)["params"],
-                              jax.random.PRNGKey(0), labels, x)
+    abstract = jax.eval_shape(
+        lambda k, l, x: VAR(cfg).init(k, l, x)["params"], jax.random.PRNGKey(0), labels, x
+    )
     params = random_params(abstract, seed)
     vae_params = random_params(var_vqvae.abstract_params(vae_cfg), seed + 1)
-    return Model("var", cfg, params, vae_cfg, vae_params, name=f"{name} (random weights)",
-                 source={"random_seed": seed, "init": "arvg_jax.bench.build.fast_random_model"})
+    return Model(
+        "var",
+        cfg,
+        params,
+        vae_cfg,
+        vae_params,
+        name=f"{name} (random weights)",
+        source={"random_seed": seed, "init": "arvg_jax.bench.build.fast_random_model"},
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "num_groups"))
@@ -208,7 +222,8 @@ def quantize_fast(model, bit_pairs, *, calib: int = 2, seed: int = 0) -> dict[tu
         shape = (calib, t, int(kernel.shape[0]))
         if (shape, groups) not in ranges:
             ranges[(shape, groups)] = _synthetic_group_ranges(
-                jax.random.fold_in(key, li), jnp.asarray(table), shape, groups)
+                jax.random.fold_in(key, li), jnp.asarray(table), shape, groups
+            )
         lo, hi = ranges[(shape, groups)]
         for w, a in bit_pairs:
             trees[(w, a)][f"{name}/kernel"] = _rtn_minmax(kernel, w)

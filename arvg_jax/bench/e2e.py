@@ -45,8 +45,9 @@ def _program_memory(args, kwargs) -> dict[str, int] | None:
         "temp_bytes": int(m.temp_size_in_bytes),
         "alias_bytes": int(m.alias_size_in_bytes),
     }
-    out["total_bytes"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
-                          - out["alias_bytes"])
+    out["total_bytes"] = (
+        out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+    )
     return out
 
 
@@ -57,10 +58,23 @@ def _compiled_text(args, kwargs) -> str | None:
         return None
 
 
-def time_generation(params, vae_params, var_cfg, vae_cfg, batch: int, *, seed: int = 0,
-                    cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96,
-                    min_repeats: int = 3, max_repeats: int = 5, seconds: float = 20.0,
-                    profile_dir: str | None = None, want_hlo: bool = False) -> dict[str, Any]:
+def time_generation(
+    params,
+    vae_params,
+    var_cfg,
+    vae_cfg,
+    batch: int,
+    *,
+    seed: int = 0,
+    cfg: float = 1.5,
+    top_k: int = 900,
+    top_p: float = 0.96,
+    min_repeats: int = 3,
+    max_repeats: int = 5,
+    seconds: float = 20.0,
+    profile_dir: str | None = None,
+    want_hlo: bool = False,
+) -> dict[str, Any]:
     """Times `var_sampler.generate` at one batch size; returns a result dict (see module doc)."""
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
@@ -68,9 +82,18 @@ def time_generation(params, vae_params, var_cfg, vae_cfg, batch: int, *, seed: i
 
     def call(i):
         labels = rng.integers(0, var_cfg.num_classes, size=batch).astype(np.int32)
-        out = var_sampler.generate(params, vae_params, var_cfg, vae_cfg, labels,
-                                   jax.random.fold_in(key, i), cfg=cfg, top_k=top_k, top_p=top_p,
-                                   dtype=dtype)
+        out = var_sampler.generate(
+            params,
+            vae_params,
+            var_cfg,
+            vae_cfg,
+            labels,
+            jax.random.fold_in(key, i),
+            cfg=cfg,
+            top_k=top_k,
+            top_p=top_p,
+            dtype=dtype,
+        )
         out["images"].block_until_ready()
         return out
 
@@ -103,10 +126,21 @@ def time_generation(params, vae_params, var_cfg, vae_cfg, batch: int, *, seed: i
     }
     # The same (cached) executable, for its memory plan / HLO.
     labels = np.zeros((batch,), np.int32)
-    args = (params, vae_params, jnp.asarray(labels), key,
-            var_sampler.cfg_schedule(cfg, var_cfg.num_scales))
-    kwargs = dict(var_cfg=var_sampler._with_dtype(var_cfg, dtype), vae_cfg=vae_cfg,
-                  top_k=int(top_k), top_p=float(top_p), greedy=False, return_margin=False)
+    args = (
+        params,
+        vae_params,
+        jnp.asarray(labels),
+        key,
+        var_sampler.cfg_schedule(cfg, var_cfg.num_scales),
+    )
+    kwargs = dict(
+        var_cfg=var_sampler._with_dtype(var_cfg, dtype),
+        vae_cfg=vae_cfg,
+        top_k=int(top_k),
+        top_p=float(top_p),
+        greedy=False,
+        return_margin=False,
+    )
     row["program_memory"] = _program_memory(args, kwargs)
     row["device_memory"] = _device_memory()
     if want_hlo:

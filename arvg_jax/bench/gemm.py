@@ -83,11 +83,17 @@ def _fns():
         return packed_dense(x, pk, b, aq, impl="barrier")
 
     def int8_gemm_only(qx, wt, *_):
-        return jax.lax.dot_general(qx, wt, (((1,), (1,)), ((), ())),
-                                   preferred_element_type=jnp.int32)
+        return jax.lax.dot_general(
+            qx, wt, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32
+        )
 
-    return {"bf16": bf16, "int8_qarray": int8_qarray, "int8_packed": int8_packed,
-            "int8_barrier": int8_barrier, "int8_gemm_only": int8_gemm_only}
+    return {
+        "bf16": bf16,
+        "int8_qarray": int8_qarray,
+        "int8_packed": int8_packed,
+        "int8_barrier": int8_barrier,
+        "int8_gemm_only": int8_gemm_only,
+    }
 
 
 def _time(f, arg_sets, trials: int, min_trial_s: float) -> float:
@@ -107,8 +113,16 @@ def _time(f, arg_sets, trials: int, min_trial_s: float) -> float:
     return statistics.median(res)
 
 
-def run_gemm(shapes, *, variants=VARIANTS, trials: int = 5, min_trial_s: float = 0.02,
-             seed: int = 0, hlo_for_first: bool = True, log=print) -> list[dict[str, Any]]:
+def run_gemm(
+    shapes,
+    *,
+    variants=VARIANTS,
+    trials: int = 5,
+    min_trial_s: float = 0.02,
+    seed: int = 0,
+    hlo_for_first: bool = True,
+    log=print,
+) -> list[dict[str, Any]]:
     """Times every variant at every shape; returns one row per shape."""
     from arvg_jax.bench.build import _rtn_minmax
     from quant._packed import pack_kernel
@@ -123,7 +137,7 @@ def run_gemm(shapes, *, variants=VARIANTS, trials: int = 5, min_trial_s: float =
         keys = jax.random.split(jax.random.fold_in(key, si), copies + 1)
         x = jax.random.normal(keys[0], (m, k), jnp.float32).astype(jnp.bfloat16)
         b = jnp.zeros((n,), jnp.float32)
-        ws = [jax.random.normal(kk, (k, n), jnp.float32) * (k ** -0.5) for kk in keys[1:]]
+        ws = [jax.random.normal(kk, (k, n), jnp.float32) * (k**-0.5) for kk in keys[1:]]
         qks = [_rtn_minmax(w, 8) for w in ws]
         pks = [pack_kernel(q) for q in qks]
         wbf = [w.astype(jnp.bfloat16) for w in ws]
@@ -158,15 +172,24 @@ def run_gemm(shapes, *, variants=VARIANTS, trials: int = 5, min_trial_s: float =
                 row.setdefault("errors", {})[v] = f"{type(e).__name__}: {str(e)[:300]}"
         tb = row["us"].get("bf16")
         row["speedup_vs_bf16"] = {v: (tb / t if tb and t else None) for v, t in row["us"].items()}
-        row["tops"] = {v: (row["flop"] / (t * 1e-6) / 1e12 if t else None)
-                       for v, t in row["us"].items()}
+        row["tops"] = {
+            v: (row["flop"] / (t * 1e-6) / 1e12 if t else None) for v, t in row["us"].items()
+        }
         row["roofline_fraction"] = {
-            v: ((row["roofline_bf16_us"] if v == "bf16" else row["roofline_int8_us"]) / t
-                if t else None) for v, t in row["us"].items()}
+            v: (
+                (row["roofline_bf16_us"] if v == "bf16" else row["roofline_int8_us"]) / t
+                if t
+                else None
+            )
+            for v, t in row["us"].items()
+        }
         rows.append(row)
-        log(f"gemm {shp['name']:14s} M={m:6d} K={k:5d} N={n:5d} | "
-            + " | ".join(f"{v} {row['us'][v]:.1f}us" if row['us'][v] else f"{v} FAIL"
-                         for v in variants)
-            + f" | int8 roofline {row['roofline_int8_us']:.1f}us")
+        log(
+            f"gemm {shp['name']:14s} M={m:6d} K={k:5d} N={n:5d} | "
+            + " | ".join(
+                f"{v} {row['us'][v]:.1f}us" if row["us"][v] else f"{v} FAIL" for v in variants
+            )
+            + f" | int8 roofline {row['roofline_int8_us']:.1f}us"
+        )
         del x, wbf, qks, pks, qx, wts, args
     return rows

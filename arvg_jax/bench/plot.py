@@ -13,40 +13,73 @@ import numpy as np
 
 # 5x7 glyphs, one string of 7 rows x 5 columns ('#' = ink) per character.
 _FONT_ROWS = {
-    "0": " ### #   ##  ### # ###  ##   # ### ", "1": "  #   ##    #    #    #    #   ### ",
-    "2": " ### #   #    #   #   #   #    #####", "3": "#####   #   #     #    ##   # ### ",
-    "4": "   #   ##  # # #  # #####   #    # ", "5": "#####    ####     #    ##   # ### ",
-    "6": "  ##  #   #    #### #   ##   # ### ", "7": "#####    #   #   #   #    #    #   ",
-    "8": " ### #   ##   # ### #   ##   # ### ", "9": " ### #   ##   # ####    #   #  ##  ",
-    "a": "           ###     # #####   # ####", "b": "#    #    # ## ##  ##   ##   #### ",
-    "c": "           ### #    #    #   # ### ", "d": "    #    # ## ##  ###   ##   # ####",
-    "e": "           ### #   ######    ### ", "f": "  ##  #  # #   ###   #    #    #   ",
-    "g": "      #####   ##   # ####    # ### ", "h": "#    #    # ## ##  ##   ##   ##   #",
-    "i": "  #        ##    #    #    #   ### ", "j": "   #       ##    #    # #  #  ##  ",
-    "k": "#    #    #  # # #  ##   # #  #  # ", "l": " ##    #    #    #    #    #   ### ",
-    "m": "          ## # # # ## # ##   ##   #", "n": "          # ## ##  ##   ##   ##   #",
-    "o": "           ### #   ##   ##   # ### ", "p": "          #### #   ##### #    #    ",
-    "q": "           ## ## ####    #    #    #", "r": "          # ## ##   #    #    #    ",
-    "s": "           ### #     ###     ####  ", "t": " #    #   ###   #    #    #  #  ## ",
-    "u": "          #   ##   ##   ##  ## ## #", "v": "          #   ##   ##   # # #   #  ",
-    "w": "          #   ##   ## # ## # # # # ", "x": "          #   # # #   #   # # #   #",
-    "y": "          #   ##   # ####    # ### ", "z": "          #####   #   #   #   #####",
-    "-": "               #####               ", ".": "                         ##   ##  ",
-    "/": "    #    #   #   #   #    #        ", ":": "      ##   ##        ##   ##       ",
-    " ": "                                   ", "(": "   #   #   #    #    #     #     # ",
+    "0": " ### #   ##  ### # ###  ##   # ### ",
+    "1": "  #   ##    #    #    #    #   ### ",
+    "2": " ### #   #    #   #   #   #    #####",
+    "3": "#####   #   #     #    ##   # ### ",
+    "4": "   #   ##  # # #  # #####   #    # ",
+    "5": "#####    ####     #    ##   # ### ",
+    "6": "  ##  #   #    #### #   ##   # ### ",
+    "7": "#####    #   #   #   #    #    #   ",
+    "8": " ### #   ##   # ### #   ##   # ### ",
+    "9": " ### #   ##   # ####    #   #  ##  ",
+    "a": "           ###     # #####   # ####",
+    "b": "#    #    # ## ##  ##   ##   #### ",
+    "c": "           ### #    #    #   # ### ",
+    "d": "    #    # ## ##  ###   ##   # ####",
+    "e": "           ### #   ######    ### ",
+    "f": "  ##  #  # #   ###   #    #    #   ",
+    "g": "      #####   ##   # ####    # ### ",
+    "h": "#    #    # ## ##  ##   ##   ##   #",
+    "i": "  #        ##    #    #    #   ### ",
+    "j": "   #       ##    #    # #  #  ##  ",
+    "k": "#    #    #  # # #  ##   # #  #  # ",
+    "l": " ##    #    #    #    #    #   ### ",
+    "m": "          ## # # # ## # ##   ##   #",
+    "n": "          # ## ##  ##   ##   ##   #",
+    "o": "           ### #   ##   ##   # ### ",
+    "p": "          #### #   ##### #    #    ",
+    "q": "           ## ## ####    #    #    #",
+    "r": "          # ## ##   #    #    #    ",
+    "s": "           ### #     ###     ####  ",
+    "t": " #    #   ###   #    #    #  #  ## ",
+    "u": "          #   ##   ##   ##  ## ## #",
+    "v": "          #   ##   ##   # # #   #  ",
+    "w": "          #   ##   ## # ## # # # # ",
+    "x": "          #   # # #   #   # # #   #",
+    "y": "          #   ##   # ####    # ### ",
+    "z": "          #####   #   #   #   #####",
+    "-": "               #####               ",
+    ".": "                         ##   ##  ",
+    "/": "    #    #   #   #   #    #        ",
+    ":": "      ##   ##        ##   ##       ",
+    " ": "                                   ",
+    "(": "   #   #   #    #    #     #     # ",
     ")": " #     #     #    #    #   #   #   ",
-    "+": "       #    #  #####  #    #       ", "=": "          #####     #####          ",
-    "%": "##   ##  #   #   #   #   #  ##   ##", ",": "                    ##   ##   #   ",
+    "+": "       #    #  #####  #    #       ",
+    "=": "          #####     #####          ",
+    "%": "##   ##  #   #   #   #   #  ##   ##",
+    ",": "                    ##   ##   #   ",
     "_": "                              #####",
 }
 _GLYPHS = {}
 for _ch, _rows in _FONT_ROWS.items():
     if len(_ch) == 1:
         _rows = (_rows + " " * 35)[:35]
-        _GLYPHS[_ch] = np.array([[c == "#" for c in _rows[r * 5:(r + 1) * 5]] for r in range(7)])
+        _GLYPHS[_ch] = np.array([[c == "#" for c in _rows[r * 5 : (r + 1) * 5]] for r in range(7)])
 
-COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-          (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+COLORS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 def draw_text(img: np.ndarray, x: int, y: int, text: str, color=(0, 0, 0), scale: int = 1) -> int:
@@ -59,7 +92,7 @@ def draw_text(img: np.ndarray, x: int, y: int, text: str, color=(0, 0, 0), scale
         y0, x0 = max(y, 0), max(x, 0)
         y1, x1 = min(y + h, img.shape[0]), min(x + w, img.shape[1])
         if y1 > y0 and x1 > x0:
-            sub = g[y0 - y:y1 - y, x0 - x:x1 - x]
+            sub = g[y0 - y : y1 - y, x0 - x : x1 - x]
             img[y0:y1, x0:x1][sub] = color
         x += w + scale
     return x
@@ -75,7 +108,7 @@ def _line(img, x0, y0, x1, y1, color, width=2):
         x = int(round(x0 + t * (x1 - x0)))
         y = int(round(y0 + t * (y1 - y0)))
         r = width // 2
-        img[max(y - r, 0):y + r + 1, max(x - r, 0):x + r + 1] = color
+        img[max(y - r, 0) : y + r + 1, max(x - r, 0) : x + r + 1] = color
 
 
 def _nice_step(span: float) -> float:
@@ -91,9 +124,16 @@ def _fmt(v: float) -> str:
     return f"{v:g}" if abs(v) < 1e5 else f"{v:.0e}"
 
 
-def line_plot(series: dict[str, list[tuple[float, float]]], *, title: str = "",
-              xlabel: str = "", ylabel: str = "", width: int = 720, height: int = 440,
-              scale: int = 1) -> np.ndarray:
+def line_plot(
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    width: int = 720,
+    height: int = 440,
+    scale: int = 1,
+) -> np.ndarray:
     """Renders {label: [(x, y), ...]} as an RGB uint8 image (x log2, y linear from 0)."""
     img = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 70, 190, 34, 50
@@ -117,17 +157,17 @@ def line_plot(series: dict[str, list[tuple[float, float]]], *, title: str = "",
     v = 0.0
     while v <= ytop + 1e-9:
         y = py(v)
-        img[y, left:left + pw] = grey
+        img[y, left : left + pw] = grey
         label = _fmt(v)
         draw_text(img, left - 6 - text_width(label), y - 3, label, black)
         v += step
     for x in xs:
         xx = px(x)
-        img[top:top + ph, xx] = grey
+        img[top : top + ph, xx] = grey
         label = _fmt(x)
         draw_text(img, xx - text_width(label) // 2, top + ph + 6, label, black)
-    img[top:top + ph + 1, left] = black
-    img[top + ph, left:left + pw + 1] = black
+    img[top : top + ph + 1, left] = black
+    img[top + ph, left : left + pw + 1] = black
     if title:
         draw_text(img, left, 10, title, black, scale=2 if width >= 600 else 1)
     if xlabel:
@@ -140,8 +180,8 @@ def line_plot(series: dict[str, list[tuple[float, float]]], *, title: str = "",
         for (x0, y0), (x1, y1) in zip(pts_s, pts_s[1:]):
             _line(img, x0, y0, x1, y1, color)
         for x0, y0 in pts_s:
-            img[max(y0 - 3, 0):y0 + 4, max(x0 - 3, 0):x0 + 4] = color
+            img[max(y0 - 3, 0) : y0 + 4, max(x0 - 3, 0) : x0 + 4] = color
         ly = top + 8 + 16 * i
-        img[ly:ly + 8, left + pw + 14:left + pw + 30] = color
+        img[ly : ly + 8, left + pw + 14 : left + pw + 30] = color
         draw_text(img, left + pw + 36, ly, label[:25], black)
     return img

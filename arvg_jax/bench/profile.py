@@ -41,27 +41,50 @@ def _categorize(line: str | None, kernel: str) -> str:
     opcode = _opcode(ln)
     head = ln.split("(", 1)[0]  # "%name = type[...] opcode"
     if opcode in ("while", "conditional", "call") or (
-            not ln and re.fullmatch(r"(while|conditional|call)[._]\d+", kernel)):
+        not ln and re.fullmatch(r"(while|conditional|call)[._]\d+", kernel)
+    ):
         return "control flow"
     if "fmha" in ln or "sdpa" in k or "fmha" in k or "flash" in k:
         return "attention (cuDNN fused)"
-    if ("__cudnn$conv" in ln or opcode == "convolution" or "fprop" in k or "conv2d" in k
-            or "convolution" in k):
+    if (
+        "__cudnn$conv" in ln
+        or opcode == "convolution"
+        or "fprop" in k
+        or "conv2d" in k
+        or "convolution" in k
+    ):
         return "convolution (VQVAE decoder)"
-    is_gemm = ("__cublas" in ln or "__triton_gemm" in ln or opcode == "dot" or "gemm" in k
-               or "xmma" in k or "cutlass" in k or "matmul" in k or k.startswith("nvjet"))
+    is_gemm = (
+        "__cublas" in ln
+        or "__triton_gemm" in ln
+        or opcode == "dot"
+        or "gemm" in k
+        or "xmma" in k
+        or "cutlass" in k
+        or "matmul" in k
+        or k.startswith("nvjet")
+    )
     if is_gemm:
         out_type = ln.split("=", 1)[1].strip().lstrip("(")[:4] if "=" in ln else ""
         # An int8 GEMM returns s32 (cuBLAS' s8 workspace is no sign); or the kernel name says.
-        int8 = out_type == "s32[" or any(t in k for t in ("s8s8", "i8i8", "imma", "_s8_", "int8",
-                                                          "_i8"))
-        kind = ("Triton" if "__triton" in ln or "triton" in k or k.startswith("gemm_fusion")
-                else "cuBLAS/library")
+        int8 = out_type == "s32[" or any(
+            t in k for t in ("s8s8", "i8i8", "imma", "_s8_", "int8", "_i8")
+        )
+        kind = (
+            "Triton"
+            if "__triton" in ln or "triton" in k or k.startswith("gemm_fusion")
+            else "cuBLAS/library"
+        )
         return f"GEMM {'int8' if int8 else 'float'} ({kind})"
     if "sort" in k or opcode == "sort" or "sort" in head or "topk" in k or "top_k" in ln:
         return "sort / top-k (sampling)"
-    if ("transpose" in k or "transpose" in head or "memcpy" in k or "memset" in k
-            or opcode == "copy"):
+    if (
+        "transpose" in k
+        or "transpose" in head
+        or "memcpy" in k
+        or "memset" in k
+        or opcode == "copy"
+    ):
         return "transpose / copy"
     if "dynamic-update-slice" in head or "dynamic_update_slice" in k:
         return "KV-cache update"
@@ -118,8 +141,9 @@ def _busy_ns(intervals: list[tuple[float, float]]) -> float:
     return busy
 
 
-def summarize_trace(trace_dir: str, hlo_text: str | None = None, *, top: int = 40,
-                    wall_s: float | None = None) -> dict[str, Any]:
+def summarize_trace(
+    trace_dir: str, hlo_text: str | None = None, *, top: int = 40, wall_s: float | None = None
+) -> dict[str, Any]:
     """Device time of one traced call by category, by kernel and by launch group.
 
     Kernels are keyed by kernel name: XLA launches most of a compiled VAR sampler through CUDA
@@ -150,9 +174,17 @@ def summarize_trace(trace_dir: str, hlo_text: str | None = None, *, top: int = 4
         cat = _categorize(line, kernel)
         if cat == "control flow":  # CPU: loop events enclose their body's ops
             continue
-        rec = per_kernel.setdefault(kernel, {"kernel": kernel, "ns": 0.0, "count": 0,
-                                             "category": cat, "hlo": (line or "").strip()[:240],
-                                             "hlo_op": op})
+        rec = per_kernel.setdefault(
+            kernel,
+            {
+                "kernel": kernel,
+                "ns": 0.0,
+                "count": 0,
+                "category": cat,
+                "hlo": (line or "").strip()[:240],
+                "hlo_op": op,
+            },
+        )
         rec["ns"] += dur
         rec["count"] += 1
         per_group[op or kernel] += dur
@@ -167,12 +199,22 @@ def summarize_trace(trace_dir: str, hlo_text: str | None = None, *, top: int = 4
         "device_time_ms": total / 1e6,
         "busy_ms": _busy_ns(intervals) / 1e6,
         "span_ms": (max(e for _, e in intervals) - min(s for s, _ in intervals)) / 1e6
-        if intervals else 0.0,
-        "categories_ms": {k: round(v / 1e6, 3) for k, v in sorted(cats.items(),
-                                                                  key=lambda kv: -kv[1])},
-        "top_kernels": [{"kernel": r["kernel"][:160], "category": r["category"],
-                         "ms": round(r["ns"] / 1e6, 3), "count": r["count"], "hlo": r["hlo"],
-                         "hlo_op": r["hlo_op"]} for r in kernels[:top]],
+        if intervals
+        else 0.0,
+        "categories_ms": {
+            k: round(v / 1e6, 3) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])
+        },
+        "top_kernels": [
+            {
+                "kernel": r["kernel"][:160],
+                "category": r["category"],
+                "ms": round(r["ns"] / 1e6, 3),
+                "count": r["count"],
+                "hlo": r["hlo"],
+                "hlo_op": r["hlo_op"],
+            }
+            for r in kernels[:top]
+        ],
         "top_launch_groups_ms": {k: round(v / 1e6, 3) for k, v in groups[:24]},
         "lines": dict(lines_seen),
     }
@@ -191,15 +233,20 @@ def hlo_summary(text: str) -> dict[str, Any]:
     """Counts of the instructions that decide int8 speed in a compiled (optimized) HLO module."""
     instr = hlo_instructions(text)
     targets = collections.Counter(re.findall(r'custom_call_target="([^"]+)"', text))
-    triton = [ln for n, ln in instr.items()
-              if '"__triton_gemm"' in ln or (n.startswith("gemm_fusion") and "__triton" in ln)]
+    triton = [
+        ln
+        for n, ln in instr.items()
+        if '"__triton_gemm"' in ln or (n.startswith("gemm_fusion") and "__triton" in ln)
+    ]
     cublas = [ln for ln in instr.values() if "__cublas" in ln]
     s8_cublas = [ln for ln in cublas if _out_type(ln).startswith("s32[")]
     s8_triton = [ln for ln in triton if _out_type(ln).startswith("s32[") or "s8[" in ln]
-    s8_transpose = [n for n, ln in instr.items()
-                    if "transpose" in n and re.search(r"=\s*s8\[", ln)]
-    barriers = sum(1 for n, ln in instr.items()
-                   if _opcode(ln) == "opt-barrier" or n.startswith("optimization_barrier"))
+    s8_transpose = [n for n, ln in instr.items() if "transpose" in n and re.search(r"=\s*s8\[", ln)]
+    barriers = sum(
+        1
+        for n, ln in instr.items()
+        if _opcode(ln) == "opt-barrier" or n.startswith("optimization_barrier")
+    )
     return {
         "instructions": len(instr),
         "custom_call_targets": dict(targets),

@@ -32,14 +32,18 @@ def _f(v, fmt=".1f") -> str:
 
 
 def e2e_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | variant | batch | images/s | latency/batch ms (median) | min–max ms | "
-            "× bf16 | first call s | param MB | × bf16 bytes | program GB | process peak GB | "
-            "retrace |")
+    head = (
+        "| model | variant | batch | images/s | latency/batch ms (median) | min–max ms | "
+        "× bf16 | first call s | param MB | × bf16 bytes | program GB | process peak GB | "
+        "retrace |"
+    )
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['model']} | {r['variant']} | {r['batch']} | error: "
-                         f"{r['error'][:120]} |||||||||")
+            lines.append(
+                f"| {r['model']} | {r['variant']} | {r['batch']} | error: "
+                f"{r['error'][:120]} |||||||||"
+            )
             continue
         pm = (r.get("program_memory") or {}).get("total_bytes")
         dm = (r.get("device_memory") or {}).get("peak_bytes_in_use")
@@ -48,15 +52,19 @@ def e2e_table(rows: list[dict[str, Any]]) -> str:
             f"{r['latency_ms_median']:.1f} | {r['latency_ms_min']:.1f}–{r['latency_ms_max']:.1f} | "
             f"{_f(r.get('speedup_vs_bf16'), '.2f')} | {r['first_call_s']:.1f} | "
             f"{_mb(r['param_bytes'])} | {_f(r.get('param_bytes_vs_bf16'), '.3f')} | {_gb(pm)} | "
-            f"{_gb(dm)} | {'yes' if r['retraced_on_same_shape'] else 'no'} |")
+            f"{_gb(dm)} | {'yes' if r['retraced_on_same_shape'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 
 def gemm_table(rows: list[dict[str, Any]]) -> str:
     vs = ["bf16", "int8_qarray", "int8_packed", "int8_barrier", "int8_gemm_only"]
-    head = ("| layer | M×K×N | " + " | ".join(f"{v} µs" for v in vs)
-            + " | int8 roofline µs | bf16 roofline µs | barrier × bf16 | barrier % of int8 roofline"
-            " | GEMM-only TOP/s |")
+    head = (
+        "| layer | M×K×N | "
+        + " | ".join(f"{v} µs" for v in vs)
+        + " | int8 roofline µs | bf16 roofline µs | barrier × bf16 | barrier % of int8 roofline"
+        " | GEMM-only TOP/s |"
+    )
     sep = "|---|---|" + "---:|" * (len(vs) + 5)
     lines = [head, sep]
     for r in rows:
@@ -68,7 +76,8 @@ def gemm_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['name']} | {r['M']}×{r['K']}×{r['N']} | "
             + " | ".join(_f(us.get(v)) for v in vs)
             + f" | {r['roofline_int8_us']:.1f} | {r['roofline_bf16_us']:.1f} | {_f(sp, '.2f')} | "
-            f"{_f(None if fr is None else 100 * fr, '.0f')} | {_f(tops, '.0f')} |")
+            f"{_f(None if fr is None else 100 * fr, '.0f')} | {_f(tops, '.0f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -78,9 +87,11 @@ def profile_table(rows: list[dict[str, Any]]) -> str:
         prof = r.get("profile")
         if not prof or "categories_ms" not in prof:
             continue
-        out.append(f"**{r['model']} {r['variant']} batch {r['batch']}**: device kernel time "
-                   f"{prof['device_time_ms']:.1f} ms (busy {prof.get('busy_ms', 0):.1f} ms, span "
-                   f"{prof.get('span_ms', 0):.1f} ms) of a {r['latency_ms_median']:.1f} ms batch\n")
+        out.append(
+            f"**{r['model']} {r['variant']} batch {r['batch']}**: device kernel time "
+            f"{prof['device_time_ms']:.1f} ms (busy {prof.get('busy_ms', 0):.1f} ms, span "
+            f"{prof.get('span_ms', 0):.1f} ms) of a {r['latency_ms_median']:.1f} ms batch\n"
+        )
         out.append("| category | ms | share |\n|---|---:|---:|")
         tot = prof["device_time_ms"] or 1.0
         for k, v in prof["categories_ms"].items():
@@ -98,7 +109,8 @@ def plot_png(rows: list[dict[str, Any]], path: str | os.PathLike, title: str) ->
         if r.get("error") or r.get("images_per_s") is None:
             continue
         series.setdefault(f"{r['model'].replace('var-', '')} {r['variant']}", []).append(
-            (float(r["batch"]), float(r["images_per_s"])))
+            (float(r["batch"]), float(r["images_per_s"]))
+        )
     if not series:
         return
     img = line_plot(series, title=title, xlabel="batch size", ylabel="images/s")
@@ -125,8 +137,12 @@ def markdown(doc: dict[str, Any]) -> str:
             parts += ["## Profiles (device kernel time by category)", "", prof]
     if doc.get("gemm"):
         for g in doc["gemm"]:
-            parts += [f"## GEMM micro-benchmark: {g['model']} batch {g['batch']}", "",
-                      gemm_table(g["rows"]), ""]
+            parts += [
+                f"## GEMM micro-benchmark: {g['model']} batch {g['batch']}",
+                "",
+                gemm_table(g["rows"]),
+                "",
+            ]
     return "\n".join(parts) + "\n"
 
 
@@ -136,8 +152,21 @@ def combine(docs: list[dict[str, Any]]) -> dict[str, Any]:
     out = {"meta": dict(docs[0]["meta"]), "rows": [], "gemm": [], "hlo": {}, "runs": []}
     for d in docs:
         m = d["meta"]
-        out["runs"].append({k: m.get(k) for k in ("date", "time", "device", "jax", "jaxlib",
-                                                   "backend", "xla_flags", "command")})
+        out["runs"].append(
+            {
+                k: m.get(k)
+                for k in (
+                    "date",
+                    "time",
+                    "device",
+                    "jax",
+                    "jaxlib",
+                    "backend",
+                    "xla_flags",
+                    "command",
+                )
+            }
+        )
         for r in d.get("rows", []):
             r = {**r, "run": m.get("time")}
             if r.get("profile") and "top_kernels" not in r["profile"]:

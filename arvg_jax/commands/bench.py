@@ -24,11 +24,13 @@ import sys
 import tempfile
 import time
 
-NOTES = ("speed does not depend on weight or calibration values, only on shapes and dtypes; "
-         "latency = wall time of one `generate` call (VAR sampling with CFG, top-k/top-p, VQVAE "
-         "decode) ended by block_until_ready; first call = trace + compile + run; "
-         "program GB = XLA memory plan of the compiled generate (arguments + outputs + temps); "
-         "process peak = allocator peak since the process started (monotonic).")
+NOTES = (
+    "speed does not depend on weight or calibration values, only on shapes and dtypes; "
+    "latency = wall time of one `generate` call (VAR sampling with CFG, top-k/top-p, VQVAE "
+    "decode) ended by block_until_ready; first call = trace + compile + run; "
+    "program GB = XLA memory plan of the compiled generate (arguments + outputs + temps); "
+    "process peak = allocator peak since the process started (monotonic)."
+)
 
 
 def _ints(text: str) -> list[int]:
@@ -38,52 +40,105 @@ def _ints(text: str) -> list[int]:
 def add_arguments(parser) -> None:
     from arvg_jax.models import VAR_PRESETS
 
-    parser.add_argument("--model", action="append", choices=sorted(VAR_PRESETS),
-                        help="preset with random weights (repeatable; default var-d16)")
-    parser.add_argument("--precisions", default="float32,bfloat16,w8a8,w6a6",
-                        help="comma-separated variants, precision[+int8-IMPL][+attn-IMPL]")
+    parser.add_argument(
+        "--model",
+        action="append",
+        choices=sorted(VAR_PRESETS),
+        help="preset with random weights (repeatable; default var-d16)",
+    )
+    parser.add_argument(
+        "--precisions",
+        default="float32,bfloat16,w8a8,w6a6",
+        help="comma-separated variants, precision[+int8-IMPL][+attn-IMPL]",
+    )
     parser.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=int, default=5, help="most timed calls per config")
     parser.add_argument("--min-repeats", type=int, default=3, help="fewest timed calls")
-    parser.add_argument("--config-seconds", type=float, default=20.0,
-                        help="stop timing a config after this long once --min-repeats are done")
-    parser.add_argument("--time-limit", type=float, default=None,
-                        help="skip the remaining configs once this many seconds have passed")
+    parser.add_argument(
+        "--config-seconds",
+        type=float,
+        default=20.0,
+        help="stop timing a config after this long once --min-repeats are done",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="skip the remaining configs once this many seconds have passed",
+    )
     parser.add_argument("--cfg", type=float, default=1.5)
     parser.add_argument("--top-k", type=int, default=900)
     parser.add_argument("--top-p", type=float, default=0.96)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calib", type=int, default=2,
-                        help="synthetic calibration sequences for the activation quantizers")
+    parser.add_argument(
+        "--calib",
+        type=int,
+        default=2,
+        help="synthetic calibration sequences for the activation quantizers",
+    )
     parser.add_argument("--out-dir", default="out/bench")
     parser.add_argument("--no-e2e", action="store_true", help="skip end-to-end generation")
     parser.add_argument("--gemm", action="store_true", help="run the GEMM micro-benchmark")
-    parser.add_argument("--gemm-batches", default=None, help="batches of the GEMM shapes "
-                        "(default: --batches)")
-    parser.add_argument("--gemm-scales", default="-1,7",
-                        help="scale indices of the GEMM shapes (default: last and 10x10)")
-    parser.add_argument("--profile", action="store_true",
-                        help="trace one extra call per config and sum device time by category")
-    parser.add_argument("--profile-batches", default=None,
-                        help="profile only these batch sizes (default: all)")
-    parser.add_argument("--hlo", action="store_true",
-                        help="summarise the compiled HLO of every config (int8 GEMM kernels, "
-                             "Triton fusions, transposes) and keep the int8 modules' text")
-    parser.add_argument("--plan", default=None,
-                        help="explicit run order MODEL:VARIANT:BATCH,... (overrides --model, "
-                             "--precisions and --batches for the end-to-end part)")
-    parser.add_argument("--profile-match", default=None,
-                        help="profile only configs whose MODEL:VARIANT:BATCH matches this regex")
-    parser.add_argument("--hlo-keep", type=int, default=2,
-                        help="keep the full HLO text of this many quantized configs")
-    parser.add_argument("--init", choices=["fast", "flax"], default="fast",
-                        help="random weights: fast (leaf by leaf) or flax (model.init; slow)")
-    parser.add_argument("--act-fit", choices=["minmax", "calibrated"], default="minmax",
-                        help="activation quantizers: min-max on synthetic inputs, or the "
-                             "percentile-MSE search on a synthetic calibration forward")
-    parser.add_argument("--from-json", nargs="+", default=None, metavar="JSON",
-                        help="run nothing: combine these bench.json files into one "
-                             "bench.json / bench.md / bench.png in --out-dir")
+    parser.add_argument(
+        "--gemm-batches", default=None, help="batches of the GEMM shapes (default: --batches)"
+    )
+    parser.add_argument(
+        "--gemm-scales",
+        default="-1,7",
+        help="scale indices of the GEMM shapes (default: last and 10x10)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="trace one extra call per config and sum device time by category",
+    )
+    parser.add_argument(
+        "--profile-batches", default=None, help="profile only these batch sizes (default: all)"
+    )
+    parser.add_argument(
+        "--hlo",
+        action="store_true",
+        help="summarise the compiled HLO of every config (int8 GEMM kernels, "
+        "Triton fusions, transposes) and keep the int8 modules' text",
+    )
+    parser.add_argument(
+        "--plan",
+        default=None,
+        help="explicit run order MODEL:VARIANT:BATCH,... (overrides --model, "
+        "--precisions and --batches for the end-to-end part)",
+    )
+    parser.add_argument(
+        "--profile-match",
+        default=None,
+        help="profile only configs whose MODEL:VARIANT:BATCH matches this regex",
+    )
+    parser.add_argument(
+        "--hlo-keep",
+        type=int,
+        default=2,
+        help="keep the full HLO text of this many quantized configs",
+    )
+    parser.add_argument(
+        "--init",
+        choices=["fast", "flax"],
+        default="fast",
+        help="random weights: fast (leaf by leaf) or flax (model.init; slow)",
+    )
+    parser.add_argument(
+        "--act-fit",
+        choices=["minmax", "calibrated"],
+        default="minmax",
+        help="activation quantizers: min-max on synthetic inputs, or the "
+        "percentile-MSE search on a synthetic calibration forward",
+    )
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="run nothing: combine these bench.json files into one "
+        "bench.json / bench.md / bench.png in --out-dir",
+    )
     parser.add_argument("--title", default=None, help="plot title")
     parser.add_argument("--quiet", action="store_true")
 
@@ -99,8 +154,12 @@ def _plan(args, build) -> list[tuple[str, object, int]]:
             out.append((parts[0], build.Variant.parse(parts[1]), int(parts[2])))
         return out
     variants = [build.Variant.parse(v) for v in args.precisions.split(",") if v.strip()]
-    return [(m, v, b) for m in (args.model or ["var-d16"]) for v in variants
-            for b in _ints(args.batches)]
+    return [
+        (m, v, b)
+        for m in (args.model or ["var-d16"])
+        for v in variants
+        for b in _ints(args.batches)
+    ]
 
 
 def run(args) -> int:
@@ -111,8 +170,7 @@ def run(args) -> int:
     from arvg_jax.bench import build, e2e, gemm, profile, report
     from arvg_jax.models import resolve_configs
 
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr,
-                                                                  flush=True))
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     if args.from_json:
         return _render(args, report)
     try:
@@ -140,9 +198,15 @@ def run(args) -> int:
             "device": getattr(dev, "device_kind", str(dev)),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "command": _command_line(args),
-            "settings": {"cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p,
-                         "seed": args.seed, "calib": args.calib, "repeats": args.repeats,
-                         "min_repeats": args.min_repeats},
+            "settings": {
+                "cfg": args.cfg,
+                "top_k": args.top_k,
+                "top_p": args.top_p,
+                "seed": args.seed,
+                "calib": args.calib,
+                "repeats": args.repeats,
+                "min_repeats": args.min_repeats,
+            },
             "notes": NOTES,
         },
         "rows": [],
@@ -185,20 +249,26 @@ def run(args) -> int:
             break
         if model_name not in models:
             t = time.perf_counter()
-            models[model_name] = (build.fast_random_model(model_name, seed=args.seed)
-                                  if args.init == "fast" else
-                                  __import__("arvg_jax.models", fromlist=["x"]).random_model(
-                                      model_name, seed=args.seed))
+            models[model_name] = (
+                build.fast_random_model(model_name, seed=args.seed)
+                if args.init == "fast"
+                else __import__("arvg_jax.models", fromlist=["x"]).random_model(
+                    model_name, seed=args.seed
+                )
+            )
             jax.block_until_ready(models[model_name].params)
             doc["setup_s"][f"{model_name} random weights"] = time.perf_counter() - t
             log(f"{model_name}: random weights in {time.perf_counter() - t:.1f}s")
         model = models[model_name]
         if variant.bits and variant.bits not in quantized.setdefault(model_name, {}):
-            pairs = sorted({v.bits for m, v, _ in plan if m == model_name and v.bits}
-                           - set(quantized[model_name]))
+            pairs = sorted(
+                {v.bits for m, v, _ in plan if m == model_name and v.bits}
+                - set(quantized[model_name])
+            )
             t = time.perf_counter()
-            quantize = (build.quantize_fast if args.act_fit == "minmax"
-                        else build.quantize_calibrated)
+            quantize = (
+                build.quantize_fast if args.act_fit == "minmax" else build.quantize_calibrated
+            )
             quantized[model_name].update(quantize(model, pairs, calib=args.calib, seed=args.seed))
             jax.block_until_ready(quantized[model_name])
             doc["setup_s"][f"{model_name} quantize {pairs}"] = time.perf_counter() - t
@@ -206,34 +276,61 @@ def run(args) -> int:
         key = (model_name, variant.spec)
         if current.get("key") != key:
             current.clear()
-            params, var_cfg, vae_cfg = build.variant_params(model, variant,
-                                                            quantized.get(model_name, {}))
-            current.update(key=key, params=params, var_cfg=var_cfg, vae_cfg=vae_cfg,
-                           bytes=build.param_bytes(params),
-                           bf16_bytes=build.param_bytes(build.to_bfloat16(model.params)))
-        row = {"model": model_name, "variant": variant.spec, "precision": variant.precision,
-               "int8_impl": variant.int8_impl, "attention": variant.attention,
-               "blocks": variant.blocks, "batch": b, "param_bytes": current["bytes"],
-               "param_bytes_vs_bf16": current["bytes"] / current["bf16_bytes"],
-               "vae_param_bytes": build.param_bytes(model.vae_params)}
+            params, var_cfg, vae_cfg = build.variant_params(
+                model, variant, quantized.get(model_name, {})
+            )
+            current.update(
+                key=key,
+                params=params,
+                var_cfg=var_cfg,
+                vae_cfg=vae_cfg,
+                bytes=build.param_bytes(params),
+                bf16_bytes=build.param_bytes(build.to_bfloat16(model.params)),
+            )
+        row = {
+            "model": model_name,
+            "variant": variant.spec,
+            "precision": variant.precision,
+            "int8_impl": variant.int8_impl,
+            "attention": variant.attention,
+            "blocks": variant.blocks,
+            "batch": b,
+            "param_bytes": current["bytes"],
+            "param_bytes_vs_bf16": current["bytes"] / current["bf16_bytes"],
+            "vae_param_bytes": build.param_bytes(model.vae_params),
+        }
         tag = f"{model_name}:{variant.spec}:{b}"
-        want_prof = args.profile and (profile_batches is None or b in profile_batches) and (
-            profile_re is None or profile_re.search(tag) is not None)
+        want_prof = (
+            args.profile
+            and (profile_batches is None or b in profile_batches)
+            and (profile_re is None or profile_re.search(tag) is not None)
+        )
         prof_dir = tempfile.mkdtemp(prefix="arvg-bench-trace-") if want_prof else None
         try:
             res = e2e.time_generation(
-                current["params"], model.vae_params, current["var_cfg"], current["vae_cfg"], b,
-                seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                min_repeats=args.min_repeats, max_repeats=args.repeats,
-                seconds=args.config_seconds, profile_dir=prof_dir,
-                want_hlo=args.hlo or want_prof)
+                current["params"],
+                model.vae_params,
+                current["var_cfg"],
+                current["vae_cfg"],
+                b,
+                seed=args.seed,
+                cfg=args.cfg,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                min_repeats=args.min_repeats,
+                max_repeats=args.repeats,
+                seconds=args.config_seconds,
+                profile_dir=prof_dir,
+                want_hlo=args.hlo or want_prof,
+            )
             text = res.pop("_hlo_text", None)
             res.pop("_profile_dir", None)
             row.update(res)
             if want_prof and "profile_error" not in row:
                 try:
                     row["profile"] = profile.summarize_trace(
-                        prof_dir, text, wall_s=row["latency_ms_median"] / 1e3)
+                        prof_dir, text, wall_s=row["latency_ms_median"] / 1e3
+                    )
                 except Exception as e:  # noqa: BLE001
                     row["profile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             if args.hlo and text:
@@ -250,10 +347,12 @@ def run(args) -> int:
         if row.get("error"):
             log(f"{tag}: ERROR {row['error'][:300]}")
         else:
-            log(f"{model_name} {variant.spec:24s} b{b:3d}: {row['images_per_s']:8.2f} img/s "
+            log(
+                f"{model_name} {variant.spec:24s} b{b:3d}: {row['images_per_s']:8.2f} img/s "
                 f"{row['latency_ms_median']:9.1f} ms  first {row['first_call_s']:.1f}s  "
                 f"params {current['bytes'] / 2**20:,.0f} MB  "
-                f"t={time.perf_counter() - t_start:.0f}s")
+                f"t={time.perf_counter() - t_start:.0f}s"
+            )
     current.clear()
     flush()
     if hlo_texts:
@@ -303,12 +402,14 @@ def _jaxlib_version() -> str | None:
 
 def _finish_ratios(rows) -> None:
     """Speed-up over the bfloat16 row of the same model and batch (same run)."""
-    ref = {(r["model"], r["batch"]): r.get("images_per_s") for r in rows
-           if r.get("variant") == "bfloat16" and not r.get("error")}
+    ref = {
+        (r["model"], r["batch"]): r.get("images_per_s")
+        for r in rows
+        if r.get("variant") == "bfloat16" and not r.get("error")
+    }
     for r in rows:
         base = ref.get((r["model"], r["batch"]))
-        r["speedup_vs_bf16"] = (r["images_per_s"] / base
-                                if base and r.get("images_per_s") else None)
+        r["speedup_vs_bf16"] = r["images_per_s"] / base if base and r.get("images_per_s") else None
 
 
 def _write_hlo(path: str, texts: dict[str, str]) -> None:

@@ -13,10 +13,18 @@ def add_arguments(parser) -> None:
     from arvg_jax.models import add_model_arguments
 
     add_model_arguments(parser, quantized=False)
-    parser.add_argument("--quantized", nargs="+", required=True, metavar="DIR",
-                        help="quantized directories (arvg quantize) of this float model")
-    parser.add_argument("--classes", default=None,
-                        help="comma-separated class ids (default: 8 spread over the classes)")
+    parser.add_argument(
+        "--quantized",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="quantized directories (arvg quantize) of this float model",
+    )
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class ids (default: 8 spread over the classes)",
+    )
     parser.add_argument("--cfg", type=float, default=1.5)
     parser.add_argument("--top-k", type=int, default=900)
     parser.add_argument("--top-p", type=float, default=0.96)
@@ -30,8 +38,16 @@ def evaluate(float_model, q_models, classes, *, seed, cfg, top_k, top_p, batch, 
     from arvg_jax import evaluate as ev
     from arvg_jax.commands.generate import generate_images
 
-    kw = dict(seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, greedy=False, batch=batch,
-              dtype="float32", progress=progress)
+    kw = dict(
+        seed=seed,
+        cfg=cfg,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=False,
+        batch=batch,
+        dtype="float32",
+        progress=progress,
+    )
     f_img, f_tok, labels = generate_images(float_model, classes, **kw)
     f_logits = ev.teacher_forced_logits(float_model, labels, f_tok, batch)
     results, images = [], {"float": f_img}
@@ -75,20 +91,33 @@ def run(args) -> int:
             r = qm.recipe
             q_models.append((f"{r['method']} W{r['w_bits']}A{r['a_bits']}", qm))
         n_cls = float_model.cfg.num_classes
-        classes = (parse_classes(args.classes, n_cls) if args.classes
-                   else [int(c) for c in np.linspace(0, n_cls - 1, 8).round()])
+        classes = (
+            parse_classes(args.classes, n_cls)
+            if args.classes
+            else [int(c) for c in np.linspace(0, n_cls - 1, 8).round()]
+        )
     except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
         print(f"arvg evaluate: {e}", file=sys.stderr)
         return 2
-    results, images = evaluate(float_model, q_models, classes, seed=args.seed, cfg=args.cfg,
-                               top_k=args.top_k, top_p=args.top_p, batch=args.batch)
+    results, images = evaluate(
+        float_model,
+        q_models,
+        classes,
+        seed=args.seed,
+        cfg=args.cfg,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        batch=args.batch,
+    )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     imageio.write_png(out / "grid.png", side_by_side(images))
     table = "\n".join([ev.TABLE_HEADER] + [r.row() for r in results])
-    report = (f"# Fidelity: {float_model.name}\n\nclasses {classes}, seed {args.seed}, "
-              f"cfg {args.cfg}, top-k {args.top_k}, top-p {args.top_p}\n\n{table}\n\n"
-              f"Rows of grid.png: float, then {', '.join(n for n, _ in q_models)}.\n")
+    report = (
+        f"# Fidelity: {float_model.name}\n\nclasses {classes}, seed {args.seed}, "
+        f"cfg {args.cfg}, top-k {args.top_k}, top-p {args.top_p}\n\n{table}\n\n"
+        f"Rows of grid.png: float, then {', '.join(n for n, _ in q_models)}.\n"
+    )
     (out / "report.md").write_text(report)
     print(table)
     print(f"wrote {out / 'report.md'} and {out / 'grid.png'}", file=sys.stderr)

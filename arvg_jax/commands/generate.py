@@ -15,8 +15,11 @@ def add_arguments(parser) -> None:
 
     add_model_arguments(parser)
     g = parser.add_argument_group("sampling")
-    g.add_argument("--classes", required=True,
-                   help="comma-separated class ids, e.g. 207,360 (repeat ids for more samples)")
+    g.add_argument(
+        "--classes",
+        required=True,
+        help="comma-separated class ids, e.g. 207,360 (repeat ids for more samples)",
+    )
     g.add_argument("--cfg", type=float, default=1.5, help="guidance scale (official FID: 1.5)")
     g.add_argument("--top-k", type=int, default=900, help="0 disables (official FID: 900)")
     g.add_argument("--top-p", type=float, default=0.96, help="0 disables (official FID: 0.96)")
@@ -41,8 +44,9 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
     return classes
 
 
-def generate_images(model, classes, *, seed, cfg, top_k, top_p, greedy, batch, dtype,
-                    progress=True):
+def generate_images(
+    model, classes, *, seed, cfg, top_k, top_p, greedy, batch, dtype, progress=True
+):
     """Generates in fixed-size batches (the last one padded, so one compile serves all)."""
     import jax
     import jax.numpy as jnp
@@ -62,8 +66,16 @@ def generate_images(model, classes, *, seed, cfg, top_k, top_p, greedy, batch, d
         pad = b - len(chunk)
         padded = np.concatenate([chunk, np.full((pad,), chunk[-1], np.int32)]) if pad else chunk
         out = var_sampler.generate(
-            model.params, model.vae_params, model.cfg, model.vae_cfg, padded,
-            jax.random.fold_in(key, i), cfg=cfg, top_k=top_k, top_p=top_p, greedy=greedy,
+            model.params,
+            model.vae_params,
+            model.cfg,
+            model.vae_cfg,
+            padded,
+            jax.random.fold_in(key, i),
+            cfg=cfg,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
             dtype=jnp.dtype(dtype).type,
         )
         images.append(np.asarray(out["images"])[: len(chunk)])
@@ -85,13 +97,25 @@ def run(args) -> int:
     except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
         print(f"arvg generate: {e}", file=sys.stderr)
         return 2
-    kind = f"quantized {model.recipe['method']} {model.recipe['w_bits']}/{model.recipe['a_bits']}" \
-        if model.quantized else "float"
-    print(f"{model.name}: {kind}, {len(classes)} image(s), cfg {args.cfg}, seed {args.seed}",
-          file=sys.stderr)
+    kind = (
+        f"quantized {model.recipe['method']} {model.recipe['w_bits']}/{model.recipe['a_bits']}"
+        if model.quantized
+        else "float"
+    )
+    print(
+        f"{model.name}: {kind}, {len(classes)} image(s), cfg {args.cfg}, seed {args.seed}",
+        file=sys.stderr,
+    )
     images, tokens, labels = generate_images(
-        model, classes, seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-        greedy=args.greedy, batch=args.batch, dtype=args.dtype,
+        model,
+        classes,
+        seed=args.seed,
+        cfg=args.cfg,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        greedy=args.greedy,
+        batch=args.batch,
+        dtype=args.dtype,
     )
     path = imageio.write_png(args.out, imageio.make_grid(imageio.to_uint8(images)))
     if args.save_tokens:

@@ -20,11 +20,18 @@ def add_arguments(parser) -> None:
     g.add_argument("--bits", default="w8a8", help=f"wXaY, e.g. {', '.join(BITS)}")
     g.add_argument("--calib", type=int, default=128, help="calibration sequences (official: 128)")
     g.add_argument("--calib-seed", type=int, default=42, help="seed of the calibration samples")
-    g.add_argument("--dgc", choices=["shrinkage", "official", "none"], default="shrinkage",
-                   help="calibration selection: shrinkage Mahalanobis coverage (default), the "
-                        "official cond/uncond ratio rule, or cond samples only")
-    g.add_argument("--symmetric-weights", action="store_true",
-                   help="symmetric per-channel weights (zero point 0) instead of asymmetric")
+    g.add_argument(
+        "--dgc",
+        choices=["shrinkage", "official", "none"],
+        default="shrinkage",
+        help="calibration selection: shrinkage Mahalanobis coverage (default), the "
+        "official cond/uncond ratio rule, or cond samples only",
+    )
+    g.add_argument(
+        "--symmetric-weights",
+        action="store_true",
+        help="symmetric per-channel weights (zero point 0) instead of asymmetric",
+    )
     g.add_argument("--out", required=True, help="output directory (orbax; written atomically)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -54,12 +61,23 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     try:
-        recipe = Recipe.parse(args.method, args.bits, calib=args.calib, seed=args.calib_seed,
-                              dgc=args.dgc, weight_symmetric=args.symmetric_weights)
+        recipe = Recipe.parse(
+            args.method,
+            args.bits,
+            calib=args.calib,
+            seed=args.calib_seed,
+            dgc=args.dgc,
+            weight_symmetric=args.symmetric_weights,
+        )
         model = model_from_args(args)
         adapter = api.make_adapter(model.family, model.cfg)
-    except (ValueError, CheckpointError, ConversionError, FileNotFoundError,
-            NotImplementedError) as e:
+    except (
+        ValueError,
+        CheckpointError,
+        ConversionError,
+        FileNotFoundError,
+        NotImplementedError,
+    ) as e:
         print(f"arvg quantize: {e}", file=sys.stderr)
         return 2
     import pathlib
@@ -68,16 +86,26 @@ def run(args) -> int:
         print(f"arvg quantize: {args.out} exists (pass --overwrite)", file=sys.stderr)
         return 2
     progress = not args.quiet
-    print(f"{model.name}: {recipe.method} {recipe.bits}, {recipe.calib} calibration sequences "
-          f"(seed {recipe.seed}, dgc {recipe.dgc})", file=sys.stderr)
-    batch, calib_info = api.prepare_calibration(adapter, model.params, model.vae_params,
-                                                model.vae_cfg, recipe, progress=progress)
+    print(
+        f"{model.name}: {recipe.method} {recipe.bits}, {recipe.calib} calibration sequences "
+        f"(seed {recipe.seed}, dgc {recipe.dgc})",
+        file=sys.stderr,
+    )
+    batch, calib_info = api.prepare_calibration(
+        adapter, model.params, model.vae_params, model.vae_cfg, recipe, progress=progress
+    )
     qparams, summary = api.quantize(adapter, model.params, batch, recipe, progress=progress)
     summary["calibration"] = calib_info
     path = checkpoint.save(
-        args.out, qparams, family=model.family, model_config=config_to_dict(model.cfg),
-        recipe=recipe.to_dict(), vae_params=model.vae_params,
-        vae_config=config_to_dict(model.vae_cfg), summary=summary, overwrite=args.overwrite,
+        args.out,
+        qparams,
+        family=model.family,
+        model_config=config_to_dict(model.cfg),
+        recipe=recipe.to_dict(),
+        vae_params=model.vae_params,
+        vae_config=config_to_dict(model.vae_cfg),
+        summary=summary,
+        overwrite=args.overwrite,
         extra={"name": f"{model.name} {recipe.method} {recipe.bits}", "source": model.source},
     )
     print(format_summary(summary, time.perf_counter() - t0), file=sys.stderr)

@@ -167,8 +167,11 @@ def _probe(adapter, params: Params, recipe: Recipe) -> Params:
     per-output-row quantized weight and, where it has one, its ``calib_quant`` as input quantizer."""
     flat = _tree.flatten(params)
     for name in adapter.quantized_layers():
-        kernel = quantize_weight(np.asarray(flat[f"{name}/kernel"], np.float32), recipe.w_bits,
-                                 symmetric=recipe.weight_symmetric)
+        kernel = quantize_weight(
+            np.asarray(flat[f"{name}/kernel"], np.float32),
+            recipe.w_bits,
+            symmetric=recipe.weight_symmetric,
+        )
         flat[f"{name}/kernel"] = OracleKernel(kernel)
         q = flat.pop(f"{name}/{CALIB_KEY}", None)
         if q is not None:

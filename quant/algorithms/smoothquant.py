@@ -30,8 +30,13 @@ def smooth(adapter, params: dict[str, Any], batch, alpha: float = 0.5, *, progre
     """Applies SmoothQuant scales to the adapter's GPS layers; float params in, float out."""
     targets = set(adapter.gps_layers())
     absmax = collect(
-        adapter, params, batch, lambda n, x, layer: input_absmax(adapter, n, x),
-        layers=targets.__contains__, desc="smoothquant stats", progress=progress,
+        adapter,
+        params,
+        batch,
+        lambda n, x, layer: input_absmax(adapter, n, x),
+        layers=targets.__contains__,
+        desc="smoothquant stats",
+        progress=progress,
     )
     for name in adapter.gps_layers():
         kernel = np.asarray(params_get(params, name)["kernel"], np.float32)  # [C_in, C_out]
@@ -49,5 +54,10 @@ def params_get(params, name):
 
 
 def smoothquant(adapter, params, batch, recipe: Recipe, *, progress: bool = True):
-    return rtn(adapter, smooth(adapter, params, batch, recipe.sq_alpha, progress=progress),
-               batch, recipe, progress=progress)
+    return rtn(
+        adapter,
+        smooth(adapter, params, batch, recipe.sq_alpha, progress=progress),
+        batch,
+        recipe,
+        progress=progress,
+    )

@@ -67,7 +67,7 @@ class VARAdapter:
         return tuple(n for s in self.stages() for n in s.layers)
 
     def layer_kind(self, name: str) -> str:
-        """"qkv", "proj", "fc1", "fc2", "ada_lin" or "head"."""
+        """ "qkv", "proj", "fc1", "fc2", "ada_lin" or "head"."""
         last = name.split("/")[-1]
         return "ada_lin" if last == "ada_lin" else last
 
@@ -123,22 +123,29 @@ class VARAdapter:
     # ---- running ------------------------------------------------------------------------------
     def start(self, params: Mapping[str, Any], batch: Mapping[str, Any]):
         """batch: labels int [N], x int/float [N, L - 1, E] (`idx_to_var_input` of the tokens)."""
-        x, cond = self._var.apply({"params": params}, batch["labels"], batch["x"],
-                                  method=VAR.embed)
+        x, cond = self._var.apply({"params": params}, batch["labels"], batch["x"], method=VAR.embed)
         return x, cond
 
     def run_stage(self, params, stage: Stage, carry):
         x, cond = carry
         if stage.name == "head":
             logits, state = self._var.apply(
-                {"params": params}, x, cond, self._positions, method=VAR.head_logits,
+                {"params": params},
+                x,
+                cond,
+                self._positions,
+                method=VAR.head_logits,
                 mutable=["intermediates"],
             )
             out = (logits, cond)
             prefix = ""
         else:
             x, state = self._block.apply(
-                {"params": params[stage.name]}, x, cond, positions=self._positions, mask=None,
+                {"params": params[stage.name]},
+                x,
+                cond,
+                positions=self._positions,
+                mask=None,
                 mutable=["intermediates"],
             )
             out = (x, cond)
@@ -148,7 +155,6 @@ class VARAdapter:
             if k.endswith("/input"):
                 inputs[prefix + k[: -len("/input")]] = v[0] if isinstance(v, tuple) else v
         return out, inputs
-
 
     def token0_features(self, params, batch, *, chunk: int = 32) -> np.ndarray:
         """DGC features: the last block's output at token 0, float32 [N, C].
