@@ -34,7 +34,9 @@ class Dense(nn.Module):
     is used only to create params at init.
 
     The layer input is sown as `intermediates/<path>/input` for calibration (a no-op unless the
-    `intermediates` collection is mutable).
+    `intermediates` collection is mutable). An `input_quant` with a `fit_input` method (a
+    `quant.FitInput` placeholder) is fitted on the input first and sown as
+    `calibration/<path>/input_quant`.
 
     Attributes:
         features: F.
@@ -76,11 +78,20 @@ class Dense(nn.Module):
         if self.has_variable("params", "input_quant"):
             input_quant = self.get_variable("params", "input_quant")
 
+        if input_quant is not None and hasattr(input_quant, "fit_input"):
+            # Calibration placeholder (`quant.FitInput`): fit the quantizer on this very input and
+            # apply it at once, so the layers after this one see a quantized upstream and a block
+            # calibrates in one forward. The fitted quantizer is sown for the caller to keep.
+            input_quant = input_quant.fit_input(x, positions)
+            self.sow("calibration", "input_quant", input_quant)
+
         if input_quant is not None or not _is_plain_array(kernel):
             # Imported lazily: the float model must not depend on the quantization package.
             from quant import dense
 
-            return dense(x, kernel, bias, input_quant, positions).astype(self.dtype)
+            return dense(x, kernel, bias, input_quant, positions, out_dtype=self.dtype).astype(
+                self.dtype
+            )
 
         y = jnp.dot(
             x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32

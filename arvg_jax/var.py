@@ -41,10 +41,12 @@ import numpy as np
 from flax import linen as nn
 
 from arvg_jax.layers import Dense, gelu_tanh, l2_normalize, layer_norm
+from arvg_jax.sampling import parse_filter_method
 
 Array = jax.Array
 AttnMask = Literal["block_causal", "none"]
 
+SAMPLER_KV = ("prefix", "full")
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
@@ -112,6 +114,18 @@ class VARConfig:
     # jax.nn.dot_product_attention; bfloat16/float16 only) or "auto" (cudnn on a GPU backend when
     # dtype is 16-bit, else xla). Teacher forcing and calibration always use "xla".
     attention: str = "auto"
+    # Further implementation choices of cached sampling (`arvg_jax.var_sampler.generate`); none
+    # changes the function computed, only float rounding:
+    # * sampling_filter: the top-k / top-p filter, "sort" (`arvg_jax.sampling.top_k_top_p_filter`)
+    #   or "bisect" (sort-free), "bisect:<bits per pass>[:<chunk>]" (`parse_filter_method`).
+    # * sampler_kv: "prefix" attends to the written prefix [0, end) of the KV cache as a slice;
+    #   "full" attends to the whole cache with the unwritten tail masked (cuDNN:
+    #   key_value_seq_lengths), so the unrolled sampler passes each block's cache to the attention
+    #   without copying its prefix.
+    # * scan_unroll: `lax.scan` unroll factor of the stacked-blocks sampler.
+    sampling_filter: str = "sort"  # "bisect" measured slower on H100 (BENCHMARKS.md)
+    sampler_kv: str = "prefix"
+    scan_unroll: int = 1
 
     def __post_init__(self):
         if self.embed_dim is None:
@@ -123,6 +137,11 @@ class VARConfig:
             raise ValueError(f"embed_dim {self.embed_dim} not divisible by heads {self.num_heads}")
         if self.attention not in ("auto", "xla", "cudnn"):
             raise ValueError(f"attention must be 'auto', 'xla' or 'cudnn', got {self.attention!r}")
+        parse_filter_method(self.sampling_filter)  # raises on a bad spec
+        if self.sampler_kv not in SAMPLER_KV:
+            raise ValueError(f"sampler_kv must be one of {SAMPLER_KV}, got {self.sampler_kv!r}")
+        if not (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1):
+            raise ValueError(f"scan_unroll must be an int >= 1, got {self.scan_unroll!r}")
 
     # Presets (models/__init__.py build_vae_var: heads = depth, width = 64 * depth).
     @classmethod
@@ -265,7 +284,9 @@ class SelfAttention(nn.Module):
                 unwritten tail).
             cache_offset: static int, position of x[:, 0] in the cache.
             kv_len: static int or None. With a cache: attend to cache positions [0, kv_len) only
-                (the written prefix; equal to masking the rest, without computing it).
+                (the written prefix): cfg.sampler_kv "prefix" slices the cache to it (no work
+                on the tail, but the slice is a copy), "full" masks the tail instead (no copy;
+                cuDNN skips the masked keys through key_value_seq_lengths).
 
         Returns:
             [B, l, C] in cfg.dtype, and the updated cache when one was given.
@@ -297,17 +318,23 @@ class SelfAttention(nn.Module):
                 cache["v"], v.astype(cache["v"].dtype), (0, cache_offset, 0, 0)
             )
             cache = {"k": k, "v": v}
-            if kv_len is not None:
+            if kv_len is not None and cfg.sampler_kv == "prefix":
                 k, v = k[:, :kv_len], v[:, :kv_len]
                 if mask is not None:
                     mask = mask[..., :kv_len]
+        s_len = k.shape[1]
+        valid_len = None  # attend to keys [0, valid_len) of k / v by masking
+        if cache is not None and kv_len is not None and kv_len < s_len:
+            valid_len = kv_len
 
         if cache is not None and mask is None and attention_impl(cfg) == "cudnn":
+            lengths = None if valid_len is None else jnp.full((b,), valid_len, jnp.int32)
             out = jax.nn.dot_product_attention(
                 q.astype(cfg.dtype),
                 k.astype(cfg.dtype),
                 v.astype(cfg.dtype),
                 scale=softmax_scale,
+                key_value_seq_lengths=lengths,
                 implementation="cudnn",
             )  # [B, l, H, K]
             out = out.astype(cfg.dtype).reshape(b, l, c)
@@ -317,6 +344,9 @@ class SelfAttention(nn.Module):
         scores = jnp.einsum("BqHK,BkHK->BHqk", q, k, preferred_element_type=jnp.float32)
         if softmax_scale != 1.0:
             scores = scores * softmax_scale
+        if valid_len is not None:
+            written = np.arange(s_len) < valid_len  # static [S]
+            mask = written if mask is None else mask & written
         if mask is not None:
             scores = jnp.where(mask, scores, -jnp.inf)
         probs = jax.nn.softmax(scores, axis=-1)  # [B, H, l, S]

@@ -79,7 +79,9 @@ def _generate_impl(
         if return_margin:
             margins.append(sampling.top2_margin(mixed))
         key, sub = jax.random.split(key)
-        idx = sampling.sample_tokens(sub, mixed, top_k=top_k, top_p=top_p, greedy=greedy)
+        idx = sampling.sample_tokens(
+            sub, mixed, top_k=top_k, top_p=top_p, greedy=greedy, method=var_cfg.sampling_filter
+        )
         tokens.append(idx)
         f_hat, x_next = var_vqvae.next_scale_input(vae_params, vae_cfg, f_hat, idx, si)
         if si < k_scales - 1:
@@ -134,14 +136,18 @@ def unstack_blocks(params: dict) -> dict:
 def _scan_blocks(cfg: VARConfig, blocks, mods_all, x, kc, vc, si: int):
     """The blocks of scale si as a lax.scan; kc/vc are stacked caches [D, 2B, L, H, K].
 
-    Each block reads its cache prefix [0, end) (the keys written so far, as `VAR.step` attends
-    to), writes its new keys/values at [begin, end) in place, and sees exactly the inputs of the
-    unrolled `VAR.step`.
+    Each block reads its cache (cfg.sampler_kv "prefix": the prefix [0, end), the keys written
+    so far, as `VAR.step` attends to; "full": the whole [0, L) with the tail masked), writes its
+    new keys/values at [begin, end) in place, and sees exactly the inputs of the unrolled
+    `VAR.step`. Either read is a `dynamic_slice` of the stacked cache, which XLA materialises
+    (a copy) for the attention kernel; "full" copies more here and exists for the unrolled
+    sampler, where the per-block cache is passed whole (no copy).
     """
     begin, end = cfg.begin_ends[si]
     positions = np.arange(begin, end, dtype=np.int32)
     b2 = x.shape[0]
-    size = (1, b2, end, cfg.num_heads, cfg.head_dim)
+    full = cfg.sampler_kv == "full"
+    size = (1, b2, cfg.seq_len if full else end, cfg.num_heads, cfg.head_dim)
     block = VARBlock(cfg)
 
     def body(carry, xs):
@@ -154,7 +160,14 @@ def _scan_blocks(cfg: VARConfig, blocks, mods_all, x, kc, vc, si: int):
             "v": lax.dynamic_slice(vc, start, size)[0],
         }
         x, cache = block.apply(
-            {"params": p}, x, None, positions=positions, cache=cache, cache_offset=begin, mods=mods
+            {"params": p},
+            x,
+            None,
+            positions=positions,
+            cache=cache,
+            cache_offset=begin,
+            kv_len=end if full else None,
+            mods=mods,
         )
         at = (i, zero, jnp.asarray(begin, jnp.int32), zero, zero)
         kc = lax.dynamic_update_slice(kc, cache["k"][None, :, begin:end].astype(kc.dtype), at)
@@ -162,7 +175,7 @@ def _scan_blocks(cfg: VARConfig, blocks, mods_all, x, kc, vc, si: int):
         return (x, kc, vc), None
 
     idx = jnp.arange(cfg.depth, dtype=jnp.int32)
-    (x, kc, vc), _ = lax.scan(body, (x, kc, vc), (blocks, mods_all, idx))
+    (x, kc, vc), _ = lax.scan(body, (x, kc, vc), (blocks, mods_all, idx), unroll=cfg.scan_unroll)
     return x, kc, vc
 
 

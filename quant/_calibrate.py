@@ -9,6 +9,11 @@ With `sequential=True` the layers of a stage are visited in forward order and th
 after each visit, so a layer is calibrated on the output of the already-quantized layers before it
 (the official code calibrates with quantization switched on for every layer at once, so each
 quantizer sees a quantized upstream).
+
+`fit_stages` computes the same sequential calibration in one forward per stage: the layers hold
+`quant.FitInput` placeholders, `Dense` fits each on its input inside the jitted forward and uses
+it at once (`quant._fit`). The algorithms use it; `run_calibration` remains for arbitrary
+visitors (and as the test oracle of `fit_stages`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from arvg_jax.progress import Progress
 from quant import _tree
 
 Params = dict[str, Any]
+
+# Calibration programs run a handful of times each, so their compile time matters more than the
+# last percent of GEMM speed: XLA's GEMM autotuning (tens of seconds per new program at VAR-d30
+# shapes, BENCHMARKS.md) is switched off for them; cuBLAS's heuristics pick the kernels.
+CALIBRATION_COMPILER_OPTIONS = {"xla_gpu_autotune_level": 0}
 # visit(layer_name, layer_input, layer_params) -> new layer params, or None to keep them.
 Visitor = Callable[[str, jax.Array, Mapping[str, Any]], Mapping[str, Any] | None]
 
@@ -50,8 +60,12 @@ class ModelAdapter(Protocol):
     def start(self, params: Params, batch: Mapping[str, Any]) -> Any:
         """The carry entering the first stage (embeddings)."""
 
-    def run_stage(self, params: Params, stage: Stage, carry: Any) -> tuple[Any, dict[str, Any]]:
-        """Runs one stage; returns (carry out, {layer path: layer input})."""
+    def run_stage(
+        self, params: Params, stage: Stage, carry: Any, collect: str | None = "intermediates"
+    ) -> tuple[Any, dict[str, Any]]:
+        """Runs one stage; returns (carry out, {layer path: value sown in `collect`}):
+        "intermediates" gives layer inputs, "calibration" the quantizers fitted in the forward
+        by `quant.FitInput` placeholders (see `fit_stages`)."""
 
 
 def _set_layer(params: Params, name: str, layer: Mapping[str, Any]) -> Params:
@@ -133,3 +147,40 @@ def collect(
         adapter, params, batch, visit, layers=layers, sequential=False, desc=desc, progress=progress
     )
     return stats
+
+
+def fit_stages(
+    adapter: ModelAdapter,
+    params: Params,
+    batch: Mapping[str, Any],
+    *,
+    desc: str = "calibrate",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fits every `quant.FitInput` placeholder of `params` in one forward per stage.
+
+    Each placeholder is fitted on its layer's input and applied at once, so the layers after it
+    (in the same stage and in later stages) see a quantized upstream: the result equals
+    `run_calibration(..., sequential=True)` with a visitor that fits and installs the same
+    quantizer, without re-running a stage per layer.
+
+    Args:
+      adapter: the model family's adapter.
+      params: a probe tree: layers to calibrate carry a `FitInput` under `input_quant`, the others
+        whatever they should run with (float, `OracleKernel`, `QArray`, fitted quantizers).
+      batch: the calibration inputs, as `adapter.start` takes them.
+      desc: progress-bar label. progress: show it.
+
+    Returns:
+      {layer path: fitted quantizer} for every placeholder.
+    """
+    stages = adapter.stages()
+    bar = Progress(len(stages), desc, enabled=progress)
+    carry = adapter.start(params, batch)
+    fitted: dict[str, Any] = {}
+    for stage in stages:
+        carry, got = adapter.run_stage(params, stage, carry, collect="calibration")
+        fitted.update(got)
+        bar.update(postfix=stage.name)
+    bar.close()
+    return fitted

@@ -102,7 +102,9 @@ def _slow_dense(x, kernel, bias, input_quant, positions):
     return y.astype(x.dtype)
 
 
-def dense(x, kernel, bias=None, input_quant: ActQuant | None = None, positions=None):
+def dense(
+    x, kernel, bias=None, input_quant: ActQuant | None = None, positions=None, out_dtype=None
+):
     """``x @ kernel + bias`` for a float or quantized Flax kernel ``[I, O]``.
 
     Args:
@@ -112,6 +114,9 @@ def dense(x, kernel, bias=None, input_quant: ActQuant | None = None, positions=N
       input_quant: ``ActQuant`` of the input (requires a ``QArray`` kernel) or None.
       positions: int [L] absolute positions of the tokens (STWQ group lookup); ignored for a
         per-tensor ``input_quant``.
+      out_dtype: the dtype the caller casts the result to (``Dense.dtype``); lets a
+        ``PackedKernel`` take the bf16-output fused GPU kernel for a float32 input. The result
+        is still returned in x.dtype.
 
     Returns:
       float kernel: ``x @ kernel + bias`` in the promoted dtype (as ``flax.linen.Dense``).
@@ -121,7 +126,7 @@ def dense(x, kernel, bias=None, input_quant: ActQuant | None = None, positions=N
     if isinstance(kernel, OracleKernel):
         return fake_quant_dense(x, kernel.q, bias, input_quant, positions)
     if isinstance(kernel, PackedKernel):  # inference layout (quant._packed)
-        return packed_dense(x, kernel, bias, input_quant, positions)
+        return packed_dense(x, kernel, bias, input_quant, positions, out_dtype=out_dtype)
     if not isinstance(kernel, QArray):
         if input_quant is not None:
             raise ValueError("input_quant needs a QArray kernel (quantize the weight too)")

@@ -24,6 +24,13 @@ Backends (``jax.default_backend()``, chosen when the function is traced; the ker
     slower than cuBLASLt plus separate elementwise kernels on H100 (``docs/../jax_int8.md`` §8);
     the dequantization then fuses into the consumers (bias, reshape, l2-norm, GELU, the next
     quantization) instead of adding a pass.
+  * ``"pallas"`` (the GPU default where ``quant._pallas_gpu.available()``: Hopper, jax >= 0.11):
+    a Pallas Mosaic GPU int8 GEMM whose epilogue applies the zero-point corrections, scales and
+    bias to the int32 accumulator in registers and writes bf16 once, so the accumulator never
+    goes through HBM (1.7-1.9x bf16 at VAR-d30's large layers on H100, where the ``"barrier"``
+    layer runs at 0.9-1.6x; BENCHMARKS.md). Used for bfloat16 activations with at least
+    ``PALLAS_MIN_ROWS`` rows and a contraction that is a multiple of 128; other calls of the
+    same layer take ``"barrier"``.
   * anything else (CPU, TPU): ``"xla"``, the plain expression; XLA fuses as it likes.
 """
 
@@ -33,6 +40,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jax import lax
 
@@ -41,9 +49,12 @@ from quant._qarray import ActQuant, QArray
 
 __all__ = ["IMPLS", "PackedKernel", "default_impl", "pack", "pack_kernel", "packed_dense", "unpack"]
 
-IMPLS = ("xla", "barrier")
-# The GPU choice; "barrier" was chosen by the H100 measurements in BENCHMARKS.md.
+IMPLS = ("xla", "barrier", "pallas")
+# The GPU fallback when the Pallas kernel is unavailable; chosen by the H100 measurements.
 GPU_IMPL = "barrier"
+# Below this many rows the fused kernel's 256-row tiles are mostly padding (VAR's first scales,
+# the AdaLN linears on 2B rows); cuBLASLt handles those.
+PALLAS_MIN_ROWS = 1024
 
 
 @struct.dataclass
@@ -117,8 +128,12 @@ def unpack(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_impl() -> str:
-    """ "barrier" on GPU backends, "xla" elsewhere (see module doc)."""
-    return GPU_IMPL if jax.default_backend() in ("gpu", "cuda", "rocm") else "xla"
+    """ "pallas" on Hopper GPUs (jax >= 0.11), "barrier" on other GPUs, "xla" elsewhere."""
+    if jax.default_backend() not in ("gpu", "cuda", "rocm"):
+        return "xla"
+    from quant import _pallas_gpu
+
+    return "pallas" if _pallas_gpu.available() else GPU_IMPL
 
 
 def packed_dense(
@@ -129,11 +144,14 @@ def packed_dense(
     positions=None,
     *,
     impl: str | None = None,
+    out_dtype=None,
 ):
     """``x @ kernel + bias`` for a ``PackedKernel``: x [..., L, I] -> [..., L, O] in x.dtype.
 
     With ``input_quant``: the int8 path (same values as ``quant.dense`` on the ``QArray``).
     Without: weight-only (dequantize, then a float matmul with float32 accumulation).
+    ``out_dtype``: the dtype the caller keeps (default x.dtype); the "pallas" kernel, which
+    writes bfloat16, is used only when that is bfloat16.
     """
     from quant._dot_general import _check_int32_bound, _zero_point_corrected
 
@@ -154,6 +172,12 @@ def packed_dense(
     _check_int32_bound(i, input_quant.bits, z_x, kernel.bits, kernel.zero_point, "dense")
     q_x = input_quant.quantize(x, positions)  # int8 [..., L, I]
     sum_x = jnp.sum(q_x, axis=-1, keepdims=True, dtype=jnp.int32)  # [..., L, 1]
+    rows = int(np.prod(q_x.shape[:-1]))
+    if impl == "pallas":
+        keep = jnp.dtype(out_dtype or x.dtype)
+        if keep == jnp.bfloat16 and rows >= PALLAS_MIN_ROWS and i % 128 == 0:
+            return _pallas_dense(q_x, sum_x, s_x, z_x, kernel, bias).astype(x.dtype)
+        impl = GPU_IMPL
     if impl == "barrier":
         q_x, sum_x = lax.optimization_barrier((q_x, sum_x))
     acc = lax.dot_general(q_x, kernel.qvalue_t, contract, preferred_element_type=jnp.int32)
@@ -164,3 +188,24 @@ def packed_dense(
     if bias is not None:
         y = y + bias.astype(jnp.float32)
     return y.astype(x.dtype)
+
+
+def _pallas_dense(q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias):
+    """The fused Hopper kernel on [..., L, I] codes; per-token (s_x, z_x) broadcast to rows."""
+    from quant import _pallas_gpu
+
+    lead = q_x.shape[:-1]
+    m = int(np.prod(lead))
+    row_shape = lead + (1,)
+    y = _pallas_gpu.int8_dense_fused(
+        q_x.reshape(m, q_x.shape[-1]),
+        kernel.qvalue_t,
+        jnp.broadcast_to(s_x, row_shape).reshape(m),
+        jnp.broadcast_to(z_x, row_shape).reshape(m),
+        sum_x.reshape(m),
+        kernel.scale,
+        kernel.zero_point,
+        kernel.col_sum,
+        bias,
+    )
+    return y.reshape(lead + (kernel.shape[1],))

@@ -18,8 +18,10 @@ Methods: ``rtn`` (per-output-channel weights, per-tensor static activations), ``
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import jax
 import numpy as np
 
 from quant import _tree
@@ -96,7 +98,7 @@ def prepare_calibration(
 
     Returns:
       ``(batch, info)``: the calibration batch for `quantize` and a JSON-able description
-      (mode, chosen rows, labels, cond fraction, DGC details).
+      (mode, chosen rows, labels, cond fraction, DGC details, wall seconds per step).
     """
     if getattr(family_adapter, "family", None) != "var":
         raise ValueError(
@@ -106,6 +108,8 @@ def prepare_calibration(
     from quant.algorithms import dgc
     from quant.algorithms.calib_data import calibration_batch, generate_candidates
 
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
     cands = generate_candidates(
         params,
         tokenizer_params,
@@ -116,15 +120,24 @@ def prepare_calibration(
         progress=progress,
         **generation,
     )
+    seconds["generate"] = time.perf_counter() - t
     info: dict[str, Any] = {"dgc": recipe.dgc, "num_candidates": int(cands.labels.shape[0])}
+    t = time.perf_counter()
     everything = calibration_batch(tokenizer_params, tokenizer_cfg, cands)  # all 2n rows
+    jax.block_until_ready(everything)
+    seconds["teacher_forcing_inputs"] = time.perf_counter() - t
     if recipe.dgc == "none":
         indices = np.nonzero(cands.is_cond)[0]
     else:
+        t = time.perf_counter()
         feats = family_adapter.token0_features(params, everything)  # dgc.candidate_features
+        seconds["dgc_features"] = time.perf_counter() - t
+        t = time.perf_counter()
         sel = dgc.select(feats, cands, recipe.dgc, num=recipe.calib)
+        seconds["dgc_select"] = time.perf_counter() - t
         indices = sel.indices
         info["dgc_info"] = sel.info
+    info["seconds"] = seconds
     batch = {k: np.asarray(v)[indices] for k, v in everything.items()}
     info.update(
         indices=[int(i) for i in indices],
@@ -135,13 +148,13 @@ def prepare_calibration(
 
 
 def _nbytes(leaf) -> int:
+    """Bytes of a leaf, without copying device arrays to the host."""
     if isinstance(leaf, QArray):
-        return sum(int(np.asarray(a).nbytes) for a in (leaf.qvalue, leaf.scale, leaf.zero_point))
+        return sum(_nbytes(a) for a in (leaf.qvalue, leaf.scale, leaf.zero_point))
     if isinstance(leaf, ActQuant):
-        return sum(
-            int(np.asarray(a).nbytes) for a in (leaf.scale, leaf.zero_point, leaf.group_of_position)
-        )
-    return int(np.asarray(leaf).nbytes)
+        return sum(_nbytes(a) for a in (leaf.scale, leaf.zero_point, leaf.group_of_position))
+    nbytes = getattr(leaf, "nbytes", None)
+    return int(nbytes) if nbytes is not None else int(np.asarray(leaf).nbytes)
 
 
 def summarize(
@@ -178,7 +191,7 @@ def summarize(
         by_kind[kind] = by_kind.get(kind, 0) + 1
         groups_by_kind.setdefault(kind, set()).add(int(groups))
         packed += (int(np.prod(kernel.shape)) * kernel.bits + 7) // 8
-        packed += int(np.asarray(kernel.scale).nbytes + np.asarray(kernel.zero_point).nbytes)
+        packed += _nbytes(kernel.scale) + _nbytes(kernel.zero_point)
     float_layers = sorted(
         k[: -len("/kernel")]
         for k, v in flat_q.items()

@@ -85,7 +85,7 @@ def test_layout_column_sums_and_round_trip():
     np.testing.assert_array_equal(back["a"]["kernel"].qvalue, qk.qvalue)
     np.testing.assert_array_equal(back["a"]["kernel"].zero_point, qk.zero_point)
     with pytest.raises(ValueError, match="impl"):
-        _packed.pack_kernel(qk, "pallas")
+        _packed.pack_kernel(qk, "cutlass")
 
 
 def test_hlo_int8_dot_contracts_both_last_axes_and_barrier_only_when_asked():

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 PRECISIONS = ("float32", "bfloat16", "w8a8", "w6a6")
-INT8_IMPLS = ("auto", "qarray", "xla", "barrier")  # qarray: the QArray [I, O] path, unpacked
+INT8_IMPLS = ("auto", "qarray", "xla", "barrier", "pallas")  # qarray: QArray [I, O], unpacked
 ATTENTIONS = ("auto", "xla", "cudnn")
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
 

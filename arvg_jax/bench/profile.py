@@ -44,6 +44,8 @@ def _categorize(line: str | None, kernel: str) -> str:
         not ln and re.fullmatch(r"(while|conditional|call)[._]\d+", kernel)
     ):
         return "control flow"
+    if "mosaic_gpu" in k:  # the only Pallas Mosaic GPU kernel here: quant._pallas_gpu
+        return "GEMM int8 (Pallas fused epilogue)"
     if "fmha" in ln or "sdpa" in k or "fmha" in k or "flash" in k:
         return "attention (cuDNN fused)"
     if (

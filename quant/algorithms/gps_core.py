@@ -13,6 +13,10 @@ PAR and MAR); docs/ptq4arvg.md §2.3:
 
 from __future__ import annotations
 
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from quant._quantizers import fake_quant_uniform
@@ -22,15 +26,21 @@ __all__ = ["calculate_scales_hessian"]
 _F32 = np.float32
 
 
-def _sumsq(a: np.ndarray, axis: int) -> np.ndarray:
-    # float32 squares summed in float64, rounded to float32 (torch: float32 cascade sums).
+def _sumsq(a, axis: int):
+    # float32 squares summed in float64, rounded to float32 (torch: float32 cascade sums); on a
+    # jax device, summed in float32 (no float64 there).
+    if isinstance(a, jax.Array):
+        return jnp.sum(a * a, axis=axis, dtype=jnp.float32)
     return np.sum(a * a, axis=axis, dtype=np.float64).astype(_F32)
 
 
 def calculate_scales_hessian(
     x, kernel, act_delta, act_zero_point, kernel_hat, bits: int, alpha: float = 0.5
-) -> np.ndarray:
+):
     """The official GPS scales of one linear for one calibration batch.
+
+    Runs on the host (numpy, float64 sums) or, when ``x`` is a jax array, on its device
+    (``calculate_scales_hessian_jit``: float32 sums, the rest identical).
 
     Args:
       x: the linear's input ``[..., C]`` (already SmoothQuant-scaled and shifted, sink tokens
@@ -46,36 +56,56 @@ def calculate_scales_hessian(
     Returns:
       float32 [C] scales (divide x by them, multiply the kernel's input rows by them).
     """
-    x = np.asarray(x, _F32)
+    c = np.shape(x)[-1]
+    if np.shape(kernel)[0] != c or np.shape(kernel_hat) != np.shape(kernel):
+        raise ValueError(
+            f"x [..., {c}] needs kernel/kernel_hat [{c}, O]; got {np.shape(kernel)}, "
+            f"{np.shape(kernel_hat)}"
+        )
+    if np.size(act_delta) != c or np.size(act_zero_point) != c:
+        raise ValueError(
+            f"act_delta/zero_point need {c} values, got {np.size(act_delta)}/"
+            f"{np.size(act_zero_point)}"
+        )
+    if isinstance(x, jax.Array):
+        return calculate_scales_hessian_jit(
+            x, kernel, act_delta, act_zero_point, kernel_hat, bits=bits, alpha=alpha
+        )
+    return _scales(np, x, kernel, act_delta, act_zero_point, kernel_hat, bits, alpha)
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "alpha"))
+def calculate_scales_hessian_jit(x, kernel, act_delta, act_zero_point, kernel_hat, *, bits, alpha):
+    """``calculate_scales_hessian`` traced (float32 sums)."""
+    return _scales(jnp, x, kernel, act_delta, act_zero_point, kernel_hat, bits, alpha)
+
+
+def _scales(xp, x, kernel, act_delta, act_zero_point, kernel_hat, bits, alpha):
+    x = xp.asarray(x, _F32)
     c = x.shape[-1]
     l = x.reshape(-1, c)  # [M, C]   (official: [C, M])
-    w = np.asarray(kernel, _F32)
-    w_hat = np.asarray(kernel_hat, _F32)
-    if w.shape[0] != c or w_hat.shape != w.shape:
-        raise ValueError(
-            f"x [..., {c}] needs kernel/kernel_hat [{c}, O]; got {w.shape}, {w_hat.shape}"
-        )
-    a_delta = np.asarray(act_delta, _F32).reshape(-1)
-    a_zp = np.asarray(act_zero_point, _F32).reshape(-1)
-    if a_delta.shape != (c,) or a_zp.shape != (c,):
-        raise ValueError(f"act_delta/zero_point need {c} values, got {a_delta.size}/{a_zp.size}")
+    w = xp.asarray(kernel, _F32)
+    w_hat = xp.asarray(kernel_hat, _F32)
+    a_delta = xp.asarray(act_delta, _F32).reshape(-1)
+    a_zp = xp.asarray(act_zero_point, _F32).reshape(-1)
 
     range_x = (l.max(axis=0) - l.min(axis=0)).astype(_F32)  # [C]
     range_w = (w.max(axis=1) - w.min(axis=1)).astype(_F32)  # [C]
-    k = int(np.argmax(range_x))
+    k = xp.argmax(range_x)  # first on ties, as torch
     with np.errstate(divide="ignore", invalid="ignore"):  # a constant column: inf, as torch
         if alpha == 0.5:
-            s_std = _F32(np.sqrt(range_x[k]) / np.sqrt(range_w[k]))
+            s_std = (xp.sqrt(range_x[k]) / xp.sqrt(range_w[k])).astype(_F32)
         else:
-            s_std = _F32(np.power(range_x[k], _F32(alpha)) / np.power(range_w[k], _F32(1 - alpha)))
+            s_std = (
+                xp.power(range_x[k], _F32(alpha)) / xp.power(range_w[k], _F32(1 - alpha))
+            ).astype(_F32)
 
-    err_l = np.abs(l - fake_quant_uniform(l, a_delta[k], a_zp[k], bits))  # [M, C]
-    err_w = np.abs(w - w_hat)  # [C, O]
-    frac_1 = (_sumsq(l, 0) * _sumsq(err_w, 1)).astype(_F32)
-    frac_2 = (_sumsq(err_l, 0) * _sumsq(w_hat, 1)).astype(_F32)
+        err_l = xp.abs(l - fake_quant_uniform(l, a_delta[k], a_zp[k], bits))  # [M, C]
+        err_w = xp.abs(w - w_hat)  # [C, O]
+        frac_1 = (_sumsq(l, 0) * _sumsq(err_w, 1)).astype(_F32)
+        frac_2 = (_sumsq(err_l, 0) * _sumsq(w_hat, 1)).astype(_F32)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        s = (np.power(s_std, _F32(4)) * (frac_1 / frac_2).astype(_F32)).astype(_F32)
-        scales = np.sqrt(np.sqrt(s)).astype(_F32)
-    scales = np.where(frac_2 == 0, _F32(1), scales).astype(_F32)
-    scales[k] = s_std
-    return scales
+        s = (xp.power(s_std, _F32(4)) * (frac_1 / frac_2).astype(_F32)).astype(_F32)
+        scales = xp.sqrt(xp.sqrt(s)).astype(_F32)
+    scales = xp.where(frac_2 == 0, _F32(1), scales).astype(_F32)
+    return xp.where(xp.arange(c) == k, s_std, scales).astype(_F32)

@@ -51,25 +51,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from arvg_jax.progress import Progress
 from quant import _tree
-from quant._calibrate import collect, run_calibration
+from quant._calibrate import collect, fit_stages
+from quant._fit import ChannelQuant, FitInput, quantize_weight_jit
 from quant._oracle import OracleKernel
-from quant._qarray import offset_for_bits
-from quant._quantizers import (
-    fake_quant_uniform,
-    fit_act_quant,
-    fit_uniform_per_channel,
-    quantize_weight,
-)
 from quant._transforms import fold_input_transform
 from quant.algorithms.gps_core import calculate_scales_hessian
-from quant.algorithms.rtn import quantize_layer
 from quant.algorithms.shift_core import calculate_sym_shift
 from quant.algorithms.smoothquant import smooth
 from quant.recipes import Recipe
@@ -93,44 +84,10 @@ Params = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------------------------
-# The intermediate quantizer and the forward that applies it.
+# The intermediate quantizer.
 
 
-@struct.dataclass
-class ChannelQuant:
-    """Per-input-channel asymmetric fake-quantizer of a GPS layer's input (stages B-E only).
-
-    The official ``UniformQuantizer(channel_wise=True)`` on ``[N, T, C]`` activations with
-    ``sink_aware``: the first ``sink_tokens`` positions pass through unquantized
-    (``VAR/quant/quant_modules.py:66-69``). Never deployed (§7.3).
-    """
-
-    delta: jax.Array  # float32 [C]
-    zero_point: jax.Array  # float32 [C], the official unsigned z
-    bits: int = struct.field(pytree_node=False, default=8)
-    sink_tokens: int = struct.field(pytree_node=False, default=0)
-
-    @classmethod
-    def fit(cls, x, bits: int, sink_tokens: int = 0) -> ChannelQuant:
-        """Official percentile-MSE search per channel of ``x[:, sink_tokens:]`` ([N, T, C])."""
-        xs = x[:, sink_tokens:, :] if sink_tokens else x
-        delta, zp = fit_uniform_per_channel(xs, bits)
-        return cls(
-            delta=jnp.asarray(np.asarray(delta, np.float32).reshape(-1)),
-            zero_point=jnp.asarray(np.asarray(zp, np.float32).reshape(-1)),
-            bits=int(bits),
-            sink_tokens=int(sink_tokens),
-        )
-
-    def fake_quant(self, x, positions=None) -> jax.Array:
-        """``(clamp(round(x/Δ_c) + z_c, 0, 2^b - 1) - z_c)·Δ_c``; sink positions unchanged."""
-        offset_for_bits(self.bits)
-        x = x.astype(jnp.float32)
-        xq = fake_quant_uniform(x, self.delta, self.zero_point, self.bits)
-        if self.sink_tokens:
-            pos = jnp.arange(x.shape[-2]) if positions is None else jnp.asarray(positions)
-            xq = jnp.where((pos < self.sink_tokens)[:, None], x, xq)
-        return xq
+# ChannelQuant (the per-channel quantizer of stages B-E) lives in quant._fit.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,46 +119,41 @@ def _calib_quantizers(params: Params) -> dict[str, Any]:
     return {k[: -len(suffix)]: v for k, v in _tree.flatten(params).items() if k.endswith(suffix)}
 
 
-def _probe(adapter, params: Params, recipe: Recipe) -> Params:
+def _quantized_kernel(kernel, recipe: Recipe):
+    return quantize_weight_jit(
+        jnp.asarray(kernel, jnp.float32), recipe.w_bits, symmetric=recipe.weight_symmetric
+    )
+
+
+def _probe(adapter, params: Params, recipe: Recipe, fit=None) -> Params:
     """The calibration upstream of B/D: every covered layer runs the fake-quant oracle with its
-    per-output-row quantized weight and, where it has one, its ``calib_quant`` as input quantizer."""
+    per-output-row quantized weight and, where it has one, its ``calib_quant`` as input quantizer.
+
+    ``fit``: {layer: FitInput} placeholders installed as ``input_quant`` (fitted in the forward
+    by ``fit_stages``)."""
     flat = _tree.flatten(params)
     for name in adapter.quantized_layers():
-        kernel = quantize_weight(
-            np.asarray(flat[f"{name}/kernel"], np.float32),
-            recipe.w_bits,
-            symmetric=recipe.weight_symmetric,
-        )
-        flat[f"{name}/kernel"] = OracleKernel(kernel)
+        flat[f"{name}/kernel"] = OracleKernel(_quantized_kernel(flat[f"{name}/kernel"], recipe))
         q = flat.pop(f"{name}/{CALIB_KEY}", None)
+        if fit and name in fit:
+            q = fit[name]
         if q is not None:
             flat[f"{name}/input_quant"] = q
     return _tree.unflatten(flat)
 
 
-def _initial_quantizer(adapter, name: str, x, recipe: Recipe):
+def _initial_fit(adapter, name: str, recipe: Recipe) -> FitInput:
     """Stage B/D input quantizer: per channel (GPS layers), else the layer's STWQ granularity."""
     if name in set(adapter.gps_layers()):
         sink = adapter.sink_tokens if adapter.sink_excluded(name) else 0
-        return ChannelQuant.fit(x, recipe.a_bits, sink)
-    granularity = adapter.stwq_granularity(name)
-    if granularity == "tensor":
-        return fit_act_quant(x, recipe.a_bits)
-    return fit_act_quant(x, recipe.a_bits, group_of_position=adapter.group_table(granularity))
+        return FitInput("channel", recipe.a_bits, sink_tokens=sink)
+    return FitInput.groups(recipe.a_bits, adapter.group_table(adapter.stwq_granularity(name)))
 
 
 def _stats_input(adapter, name: str, x):
     """A layer input with the sink tokens removed where the official statistics skip them."""
     if adapter.sink_excluded(name) and x.ndim == 3:
         return x[:, adapter.sink_tokens :, :]
-    return x
-
-
-def _for_search(x):
-    """Activations for the percentile search: host numpy on a CPU backend (``np.partition``, no
-    per-shape compilation of device sorts), the device array elsewhere (sorted on device)."""
-    if isinstance(x, jax.Array) and all(d.platform == "cpu" for d in x.devices()):
-        return np.asarray(x)
     return x
 
 
@@ -226,24 +178,11 @@ def initial_calibration(adapter, params: Params, batch, recipe: Recipe, *, progr
     layers before it (official ``set_weight_quantize_params`` + ``set_act_quantize_params`` with
     quantization on). Returns the float params with a ``calib_quant`` leaf on every covered layer.
     """
-    found: dict[str, Any] = {}
-
-    def visit(name, x, layer):
-        q = _initial_quantizer(adapter, name, _for_search(x), recipe)
-        found[name] = q
-        kernel = quantize_weight(
-            np.asarray(layer["kernel"], np.float32),
-            recipe.w_bits,
-            symmetric=recipe.weight_symmetric,
-        )
-        return {**layer, "kernel": OracleKernel(kernel), "input_quant": q}
-
-    run_calibration(
+    fit = {name: _initial_fit(adapter, name, recipe) for name in adapter.quantized_layers()}
+    found = fit_stages(
         adapter,
-        params,
+        _probe(adapter, params, recipe, fit),
         batch,
-        visit,
-        layers=_covered(adapter).__contains__,
         desc="ptq4arvg B calibrate",
         progress=progress,
     )
@@ -280,20 +219,11 @@ def recalibrate_gps_inputs(
     The upstream is quantized: all covered kernels per output row, the other layers' B quantizers
     (official ``reset_weight_quantize_params`` + ``reset_act_quantize_params``).
     """
-    found: dict[str, Any] = {}
-
-    def visit(name, x, layer):
-        q = _initial_quantizer(adapter, name, _for_search(x), recipe)
-        found[name] = q
-        return {**layer, "input_quant": q}
-
-    gps = set(adapter.gps_layers())
-    run_calibration(
+    fit = {name: _initial_fit(adapter, name, recipe) for name in adapter.gps_layers()}
+    found = fit_stages(
         adapter,
-        _probe(adapter, params, recipe),
+        _probe(adapter, params, recipe, fit),
         batch,
-        visit,
-        layers=gps.__contains__,
         desc="ptq4arvg D recalibrate",
         progress=progress,
     )
@@ -313,14 +243,13 @@ def gps_stage(adapter, params: Params, batch, recipe: Recipe, *, progress: bool 
         q = layer.get(CALIB_KEY)
         if not isinstance(q, ChannelQuant):
             raise TypeError(f"{name}: stage E needs the per-channel quantizer of stage D")
-        kernel = np.asarray(layer["kernel"], np.float32)
-        kernel_hat = np.asarray(
-            quantize_weight(kernel, recipe.w_bits, symmetric=recipe.weight_symmetric).dequantize()
-        )
-        xs = np.asarray(_stats_input(adapter, name, x), np.float32)
-        return calculate_scales_hessian(
+        kernel = jnp.asarray(layer["kernel"], jnp.float32)
+        kernel_hat = _quantized_kernel(kernel, recipe).dequantize()
+        xs = _stats_input(adapter, name, x)  # on the device of the calibration forward
+        s = calculate_scales_hessian(
             xs, kernel, q.delta, q.zero_point, kernel_hat, recipe.a_bits, alpha=recipe.sq_alpha
         )
+        return np.asarray(s, np.float32)
 
     scales = collect(
         adapter,
@@ -353,19 +282,20 @@ def final_calibration(adapter, params: Params, batch, recipe: Recipe, *, progres
     if _calib_quantizers(params):
         raise ValueError("final_calibration: run stwq_stage first (calib_quant leaves remain)")
 
-    def visit(name, x, layer):
+    flat = _tree.flatten(params)
+    probe = dict(flat)
+    for name in adapter.quantized_layers():
+        flat[f"{name}/kernel"] = _quantized_kernel(flat[f"{name}/kernel"], recipe)
         table = adapter.group_table(adapter.stwq_granularity(name))
-        return quantize_layer(layer, _for_search(x), recipe, group_of_position=table)
-
-    return run_calibration(
-        adapter,
-        params,
-        batch,
-        visit,
-        layers=_covered(adapter).__contains__,
-        desc="ptq4arvg G calibrate",
-        progress=progress,
+        # The upstream runs the fake-quant oracle (the official set_quant_state(True, True)
+        # forward) on the same codes the deployed int8 path uses.
+        probe[f"{name}/kernel"] = OracleKernel(flat[f"{name}/kernel"])
+        probe[f"{name}/input_quant"] = FitInput.groups(recipe.a_bits, table)
+    found = fit_stages(
+        adapter, _tree.unflatten(probe), batch, desc="ptq4arvg G calibrate", progress=progress
     )
+    flat.update({f"{name}/input_quant": q for name, q in found.items()})
+    return _tree.unflatten(flat)
 
 
 Stage = Callable[..., Params]

@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
-from quant._calibrate import run_calibration
+from quant import _tree
+from quant._calibrate import fit_stages
+from quant._fit import FitInput, quantize_weight_jit
+from quant._oracle import OracleKernel
 from quant._quantizers import fit_act_quant, quantize_weight
 from quant.recipes import Recipe
 
@@ -31,14 +35,25 @@ def quantize_layer(
 
 
 def rtn(adapter, params: dict[str, Any], batch, recipe: Recipe, *, progress: bool = True):
-    """Quantizes every layer the adapter covers; returns a new param tree."""
-    covered = set(adapter.quantized_layers())
-    return run_calibration(
-        adapter,
-        params,
-        batch,
-        lambda name, x, layer: quantize_layer(layer, x, recipe),
-        layers=covered.__contains__,
-        desc=f"rtn {recipe.bits}",
-        progress=progress,
+    """Quantizes every layer the adapter covers; returns a new param tree.
+
+    One forward per stage (`fit_stages`): each layer's per-tensor quantizer is fitted on the
+    output of the already-quantized layers before it, the weights on device.
+    """
+    flat = _tree.flatten(params)
+    for name in adapter.quantized_layers():
+        flat[f"{name}/kernel"] = quantize_weight_jit(
+            jnp.asarray(flat[f"{name}/kernel"], jnp.float32),
+            recipe.w_bits,
+            symmetric=recipe.weight_symmetric,
+        )
+    probe = dict(flat)
+    for name in adapter.quantized_layers():
+        # Calibration upstream: the fake-quant oracle (the official forward) on the same codes.
+        probe[f"{name}/kernel"] = OracleKernel(flat[f"{name}/kernel"])
+        probe[f"{name}/input_quant"] = FitInput("tensor", recipe.a_bits)
+    found = fit_stages(
+        adapter, _tree.unflatten(probe), batch, desc=f"rtn {recipe.bits}", progress=progress
     )
+    flat.update({f"{name}/input_quant": q for name, q in found.items()})
+    return _tree.unflatten(flat)

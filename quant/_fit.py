@@ -1,0 +1,299 @@
+"""Quantizer fitting inside a traced program: the official percentile-MSE search under ``jit``.
+
+Why. PTQ4ARVG calibrates every layer on the output of the already-quantized layers before it
+(``docs/ptq4arvg.md`` §2.2). Done from the outside, that means re-running a block once per layer
+and moving each layer input to the search (``quant._calibrate.run_calibration``). Here the search
+is a traced function, so a ``FitInput`` placeholder in the param tree lets ``Dense`` fit its
+input quantizer on its very input, inside one jitted forward of the block: each layer still sees
+the quantized layers before it (they were fitted earlier in the same forward), and a block runs
+once per stage. ``quantize_weight_jit`` does the per-output-row weight search on device.
+
+Exactness against the host search (``quant._quantizers``):
+  * order statistics: exact (a sort of the monotone uint32 image of the float32 bit pattern; a
+    plain unsigned sort, which XLA hands to CUB on GPU);
+  * candidate ranges (Δ, z) from them: exact, computed by the same host code
+    (``_quantizers._candidates``, float64 lerp) through ``jax.pure_callback`` on a few values;
+  * the MSE of each candidate: summed in float32 on device (the host sums in float64), so a
+    choice between two candidates whose MSEs agree to ~1e-6 relative can differ. The tests
+    measure how often (``tests/quant_fit_test.py``).
+
+Dims: ``R`` independent quantizers, ``n`` values per quantizer, ``N`` sequences, ``T`` tokens,
+``C`` channels, ``I``/``O`` kernel input/output features.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax import lax
+
+from quant._qarray import ActQuant, QArray, offset_for_bits
+from quant._quantizers import (
+    PERCENTILES,
+    _candidates,
+    _method_for,
+    _plan,
+    fake_quant_uniform,
+    fit_uniform_per_channel,
+    group_table,
+)
+
+__all__ = ["ChannelQuant", "FitInput", "quantize_weight_jit", "search_rows"]
+
+_F32 = np.float32
+_SIGN = np.uint32(0x80000000)
+
+
+# ----------------------------------------------------------------------------------------------
+# Order statistics and the search.
+
+
+def _sortable(x):
+    """float32 -> uint32 with the same order (negatives reversed, then offset above them)."""
+    bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >= _SIGN, ~bits, bits | _SIGN)
+
+
+def _unsortable(k):
+    bits = jnp.where(k >= _SIGN, k & ~_SIGN, ~k)
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _rank_plan(n: int, percentiles: Sequence[float]) -> tuple[str, tuple[int, ...]]:
+    method = _method_for(n)
+    ks = set()
+    for p in percentiles:
+        for upper in (True, False):
+            k0, k1, _ = _plan(n, p, upper, method)
+            ks.update((k0, k1))
+    return method, tuple(sorted(ks))
+
+
+def order_stats_rows(x2, ks: Sequence[int]):
+    """The k-th smallest value of each row of ``x2`` [R, n] for every k: float32 [R, len(ks)]."""
+    s = lax.sort(_sortable(x2), dimension=1)
+    return _unsortable(s[:, np.asarray(ks)])
+
+
+def _host_candidates(picked, *, n, ks, bits, include_zero, percentiles, method):
+    """[P, 4, R]: per candidate (Δ, z) and the fallback (Δ, z) used if it wins degenerate."""
+    picked = np.asarray(picked, _F32)
+    stats = {k: picked[:, i] for i, k in enumerate(ks)}
+    out = []
+    for delta, zp, lo, hi in _candidates(stats, n, bits, include_zero, percentiles, method):
+        # As `_quantizers._search_2d`: a constant quantizer (hi == lo) would divide by zero in
+        # the official code; keep the value representable: Δ = max(|lo|, |hi|)/(2**b - 1) or 1.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            span = np.maximum(np.abs(lo), np.abs(hi)) / _F32(2**bits - 1)
+            span = np.where(np.isfinite(span) & (span > 0), span, _F32(1)).astype(_F32)
+            fb_zp = np.round(-lo / span).astype(_F32)
+        out.append(np.stack([delta, zp, span, fb_zp]))
+    return np.stack(out).astype(_F32)
+
+
+def search_rows(x2, bits: int, *, include_zero: bool = False, percentiles=PERCENTILES):
+    """Official percentile-MSE ``(Δ, z)`` of each row of ``x2`` [R, n]; traceable.
+
+    Same candidates and tie rule as ``_quantizers._search_2d`` (strictly smaller MSE wins, ties
+    keep the lower percentile; degenerate ranges get the same representable fallback).
+
+    Returns:
+      ``(delta, zero_point)`` float32 [R] (the official unsigned z).
+    """
+    offset_for_bits(bits)
+    x2 = x2.astype(jnp.float32)
+    r, n = x2.shape
+    if n == 0:
+        raise ValueError("cannot calibrate a quantizer on zero values")
+    percentiles = tuple(float(p) for p in percentiles)
+    method, ks = _rank_plan(n, percentiles)
+    picked = order_stats_rows(x2, ks)
+    cands = jax.pure_callback(
+        functools.partial(
+            _host_candidates,
+            n=n,
+            ks=ks,
+            bits=bits,
+            include_zero=include_zero,
+            percentiles=percentiles,
+            method=method,
+        ),
+        jax.ShapeDtypeStruct((len(percentiles), 4, r), jnp.float32),
+        picked,
+    )
+    best = None
+    for i in range(len(percentiles)):
+        delta, zp, fb_delta, fb_zp = (cands[i, j] for j in range(4))
+        e = x2 - fake_quant_uniform(x2, delta[:, None], zp[:, None], bits)
+        sse = jnp.sum(e * e, axis=1)
+        sse = jnp.where(jnp.isnan(sse), jnp.inf, sse)
+        cur = (sse, delta, zp, fb_delta, fb_zp)
+        if best is None:
+            best = cur
+            continue
+        take = sse < best[0]  # strictly smaller: ties keep the lower percentile
+        best = tuple(jnp.where(take, a, b) for a, b in zip(cur, best))
+    _, delta, zp, fb_delta, fb_zp = best
+    bad = ~(jnp.isfinite(delta) & (delta > 0))
+    return jnp.where(bad, fb_delta, delta), jnp.where(bad, fb_zp, zp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights.
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "symmetric", "include_zero"))
+def quantize_weight_jit(
+    kernel, bits: int, symmetric: bool = False, include_zero: bool = False
+) -> QArray:
+    """``quant._quantizers.quantize_weight`` on device: per output channel of a ``[I, O]`` kernel.
+
+    Codes equal the host function's whenever the search picks the same candidate (module doc).
+    """
+    w = kernel.astype(jnp.float32)
+    if w.ndim != 2:
+        raise ValueError(f"quantize_weight needs a 2-D [in, out] kernel, got {w.shape}")
+    off = offset_for_bits(bits)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        amax = jnp.max(jnp.abs(w), axis=0, keepdims=True)
+        # A barrier keeps XLA from turning the division by a constant into a multiplication by
+        # its rounded reciprocal (not the same float32 result as numpy's division).
+        levels = lax.optimization_barrier(jnp.full_like(amax, _F32(qmax)))
+        scale = jnp.where(amax > 0, amax / levels, _F32(1))
+        q = jnp.clip(jnp.round(w / scale), -qmax, qmax).astype(jnp.int8)
+        return QArray(qvalue=q, scale=scale, zero_point=jnp.zeros_like(scale), bits=bits)
+    delta, zp = search_rows(w.T, bits, include_zero=include_zero)
+    delta, zp = delta[None, :], zp[None, :]
+    q = jnp.clip(jnp.round(w / delta) + zp, 0, 2**bits - 1) - _F32(off)
+    return QArray(qvalue=q.astype(jnp.int8), scale=delta, zero_point=zp - _F32(off), bits=bits)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations: the calibration-time per-channel quantizer and the in-forward placeholder.
+
+
+@struct.dataclass
+class ChannelQuant:
+    """Per-input-channel asymmetric fake-quantizer of a GPS layer's input (PTQ4ARVG B-E only).
+
+    The official ``UniformQuantizer(channel_wise=True)`` on ``[N, T, C]`` activations with
+    ``sink_aware``: the first ``sink_tokens`` positions pass through unquantized
+    (``VAR/quant/quant_modules.py:66-69``). Never deployed (``docs/ptq4arvg.md`` §7.3).
+    """
+
+    delta: jax.Array  # float32 [C]
+    zero_point: jax.Array  # float32 [C], the official unsigned z
+    bits: int = struct.field(pytree_node=False, default=8)
+    sink_tokens: int = struct.field(pytree_node=False, default=0)
+
+    @classmethod
+    def fit(cls, x, bits: int, sink_tokens: int = 0) -> ChannelQuant:
+        """Official percentile-MSE search per channel of ``x[:, sink_tokens:]`` ([N, T, C]), on
+        the host (numpy) or, for a jax array, on its device; not traceable (see ``fit_traced``)."""
+        xs = x[:, sink_tokens:, :] if sink_tokens else x
+        delta, zp = fit_uniform_per_channel(xs, bits)
+        return cls(
+            delta=jnp.asarray(np.asarray(delta, np.float32).reshape(-1)),
+            zero_point=jnp.asarray(np.asarray(zp, np.float32).reshape(-1)),
+            bits=int(bits),
+            sink_tokens=int(sink_tokens),
+        )
+
+    @classmethod
+    def fit_traced(cls, x, bits: int, sink_tokens: int = 0) -> ChannelQuant:
+        """``fit`` as a traceable function (``search_rows`` over ``[C, N·(T - sinks)]``)."""
+        xs = x[:, sink_tokens:, :] if sink_tokens else x
+        rows = xs.reshape(-1, xs.shape[-1]).T
+        delta, zp = search_rows(rows, bits)
+        return cls(delta=delta, zero_point=zp, bits=int(bits), sink_tokens=int(sink_tokens))
+
+    def fake_quant(self, x, positions=None) -> jax.Array:
+        """``(clamp(round(x/Δ_c) + z_c, 0, 2^b - 1) - z_c)·Δ_c``; sink positions unchanged."""
+        x = x.astype(jnp.float32)
+        xq = fake_quant_uniform(x, self.delta, self.zero_point, self.bits)
+        if self.sink_tokens:
+            pos = jnp.arange(x.shape[-2]) if positions is None else jnp.asarray(positions)
+            xq = jnp.where((pos < self.sink_tokens)[:, None], x, xq)
+        return xq
+
+
+def _act_quant_traced(delta, zp, bits: int, table: np.ndarray | None) -> ActQuant:
+    """``ActQuant.from_official`` for traced Δ/z."""
+    off = _F32(offset_for_bits(bits))
+    gop = np.zeros((1,), np.int32) if table is None else np.asarray(table, np.int32)
+    return ActQuant(
+        scale=delta.reshape(-1).astype(jnp.float32),
+        zero_point=(zp.reshape(-1) - off).astype(jnp.float32),
+        group_of_position=jnp.asarray(gop),
+        bits=int(bits),
+    )
+
+
+@struct.dataclass
+class FitInput:
+    """An input quantizer still to be fitted: ``Dense`` fits it on its own input, in the forward.
+
+    Put under a layer's ``input_quant`` key for calibration (see ``quant._calibrate.fit_stages``);
+    the fitted quantizer is sown in the ``calibration`` collection and used at once, so the
+    layers after it see a quantized upstream. The input must span the whole sequence (positions
+    0..T-1, as calibration runs it) for token groups.
+
+    Attributes:
+      kind: "channel" (``ChannelQuant``, sinks bypassed), "tensor" or "groups" (``ActQuant``).
+      bits: 2..8.
+      sink_tokens: "channel": leading positions excluded from the statistics and not quantized.
+      table: "groups": the position -> group table (a tuple, static).
+      include_zero: RAR/MAR range clamp.
+    """
+
+    kind: str = struct.field(pytree_node=False)
+    bits: int = struct.field(pytree_node=False)
+    sink_tokens: int = struct.field(pytree_node=False, default=0)
+    table: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+    include_zero: bool = struct.field(pytree_node=False, default=False)
+
+    @classmethod
+    def groups(cls, bits: int, group_of_position, include_zero: bool = False) -> FitInput:
+        t = np.asarray(group_of_position, np.int32).reshape(-1)
+        if t.size == 1:
+            return cls("tensor", int(bits), include_zero=include_zero)
+        group_table(group_of_position=t)  # validates
+        return cls("groups", int(bits), table=tuple(int(v) for v in t), include_zero=include_zero)
+
+    def fit_input(self, x, positions=None):
+        """Fits on ``x`` [N, T, C] (traceable); returns the quantizer the layer then applies."""
+        del positions  # calibration inputs cover the whole sequence
+        if self.kind == "channel":
+            if self.include_zero:
+                raise NotImplementedError("per-channel fits with include_zero")
+            return ChannelQuant.fit_traced(x, self.bits, self.sink_tokens)
+        if self.kind == "tensor":
+            d, z = search_rows(x.reshape(1, -1), self.bits, include_zero=self.include_zero)
+            return _act_quant_traced(d, z, self.bits, None)
+        if self.kind == "groups":
+            return self._fit_groups(x)
+        raise ValueError(f"unknown FitInput kind {self.kind!r}")
+
+    def _fit_groups(self, x) -> ActQuant:
+        table = np.asarray(self.table, np.int32)
+        if x.ndim != 3 or x.shape[1] != table.size:
+            raise ValueError(
+                f"token-group calibration needs [N, {table.size}, C] inputs, got {x.shape}"
+            )
+        num = int(table.max()) + 1
+        sizes = np.bincount(table, minlength=num)
+        deltas, zps = [None] * num, [None] * num
+        for s in np.unique(sizes):  # equal-size groups searched together, as the host search
+            ids = np.nonzero(sizes == s)[0]
+            idx = np.stack([np.nonzero(table == g)[0] for g in ids])  # [G_s, s]
+            rows = jnp.transpose(x[:, idx, :], (1, 0, 2, 3)).reshape(len(ids), -1)
+            d, z = search_rows(rows, self.bits, include_zero=self.include_zero)
+            for j, g in enumerate(ids):
+                deltas[g], zps[g] = d[j], z[j]
+        return _act_quant_traced(jnp.stack(deltas), jnp.stack(zps), self.bits, table)

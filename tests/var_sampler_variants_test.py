@@ -1,0 +1,111 @@
+"""Sampler implementation options (VARConfig.sampling_filter / sampler_kv / scan_unroll, and the
+unrolled vs stacked block layouts) generate the tokens of the baseline sampler: greedy, and with
+the same PRNG key. Every variant that scripts/sampler_variants.py times is checked here; none
+may change what is generated, only how fast."""
+
+import dataclasses
+import functools
+import pathlib
+import runpy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arvg_jax import var_sampler
+from arvg_jax.models import random_model
+from arvg_jax.var import VAR, VARBlock, VARConfig
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "sampler_variants.py"
+_SCRIPT = runpy.run_path(str(SCRIPT))  # plain data at import: VARIANTS, BASELINE_OPTIONS
+BASELINE = _SCRIPT["BASELINE_OPTIONS"]
+# name: (stacked blocks?, VARConfig overrides), for every variant the script can time.
+VARIANTS = {
+    name: (blocks == "scan", options)
+    for name, (blocks, options, _) in _SCRIPT["VARIANTS"].items()
+    if name != "baseline"
+}
+
+
+@functools.cache
+def _model(depth: int):
+    """Random tiny VAR of the given depth (3: an odd depth, so unroll 2 leaves a remainder)."""
+    m = random_model("var-tiny", seed=1)
+    if depth == m.cfg.depth:
+        return m
+    cfg = dataclasses.replace(m.cfg, depth=depth)
+    x = np.zeros((1, cfg.seq_len - cfg.first_l, cfg.cvae), np.float32)
+    params = VAR(cfg).init(jax.random.PRNGKey(2), np.zeros((1,), np.int32), x)["params"]
+    return dataclasses.replace(m, cfg=cfg, params=params)
+
+
+def _generate(m, stacked, overrides, dtype, **kw):
+    params = var_sampler.stack_blocks(m.params) if stacked else m.params
+    cfg = dataclasses.replace(m.cfg, **{**BASELINE, **overrides})
+    labels = np.array([1, 3, 5, 10], np.int32)
+    return var_sampler.generate(
+        params, m.vae_params, cfg, m.vae_cfg, labels, jax.random.PRNGKey(7), dtype=dtype, **kw
+    )
+
+
+def _assert_same_tokens(m, variants, dtype, runs):
+    for run, kw in runs.items():
+        ref = _generate(m, True, {}, dtype, **kw)
+        if "return_logits_margin" in kw:  # no near-tie that rounding differences could flip
+            assert np.asarray(ref["top2_margin"]).min() > (1e-4 if dtype == jnp.float32 else 1e-3)
+        for name in variants:
+            stacked, overrides = VARIANTS[name]
+            out = _generate(m, stacked, overrides, dtype, **kw)
+            np.testing.assert_array_equal(out["tokens"], ref["tokens"], err_msg=f"{name} {run}")
+            atol = 1e-5 if dtype == jnp.float32 else 2e-2
+            np.testing.assert_allclose(out["images"], ref["images"], atol=atol, err_msg=name)
+
+
+GREEDY = {"greedy": {"greedy": True, "return_logits_margin": True}}
+# top-k 10 of V 37 and top-p 0.8: both filters cut (the defaults 900 / 0.96 would not).
+SAMPLED = {"sampled": {"top_k": 10, "top_p": 0.8}}
+
+
+def test_variants_generate_the_baseline_tokens():
+    _assert_same_tokens(_model(2), list(VARIANTS), jnp.float32, GREEDY)
+    # Keyed draws: where the filter differs, and the layout furthest from the baseline.
+    _assert_same_tokens(_model(2), ["bisect_filter", "unrolled_kv_full"], jnp.float32, SAMPLED)
+
+
+def test_scan_unroll_with_a_remainder():
+    _assert_same_tokens(_model(3), ["scan_unroll2"], jnp.float32, GREEDY)
+
+
+def test_kv_variants_in_bfloat16():
+    _assert_same_tokens(_model(2), ["kv_full", "unrolled_kv_full"], jnp.bfloat16, GREEDY)
+
+
+def test_kv_full_attends_only_to_the_written_prefix():
+    """With sampler_kv="full" the unwritten cache tail is masked: garbage there changes nothing."""
+    m = _model(2)
+    cfg = dataclasses.replace(m.cfg, sampler_kv="full")
+    b, si = 2, 1
+    begin, end = cfg.begin_ends[si]
+    x = jax.random.normal(jax.random.PRNGKey(0), (b, end - begin, cfg.embed_dim))
+    ada = jax.random.normal(jax.random.PRNGKey(1), (b, cfg.embed_dim))
+    block = m.params["blocks_0"]
+    shape = (b, cfg.seq_len, cfg.num_heads, cfg.head_dim)
+    clean = {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}
+    noisy = {k: v.at[:, end:].set(1e3) for k, v in clean.items()}
+    kw = {"positions": np.arange(begin, end), "cache_offset": begin, "kv_len": end}
+    outs = [
+        VARBlock(c).apply({"params": block}, x, ada, cache=cache, **kw)[0]
+        for c, cache in ((cfg, clean), (cfg, noisy), (m.cfg, clean))
+    ]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], outs[2], rtol=1e-6, atol=1e-6)  # = "prefix"
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="sampler_kv"):
+        VARConfig.tiny(sampler_kv="ring")
+    with pytest.raises(ValueError, match="scan_unroll"):
+        VARConfig.tiny(scan_unroll=0)
+    with pytest.raises(ValueError, match="filter method"):
+        VARConfig.tiny(sampling_filter="heap")
