@@ -123,6 +123,21 @@ def stack_blocks(params: dict) -> dict:
     return out
 
 
+def inference_layout(params: dict) -> dict:
+    """The sampler's fast layout of a float or quantized VAR tree (same values, idempotent).
+
+    * Quantized kernels (``QArray``) become ``quant._packed.PackedKernel``: int8 ``[out, in]``,
+      the K-major layout of the int8 GEMMs (no transpose per call), routed on Hopper GPUs to the
+      fused Pallas kernel (``quant._pallas_gpu``).
+    * Blocks are stacked (`stack_blocks`): one ``lax.scan`` per scale, a program about depth
+      times smaller to compile.
+    """
+    from quant import _packed  # only quantized trees need it; float trees pass through
+
+    out = _packed.pack(params)
+    return out if STACKED_KEY in out else stack_blocks(out)
+
+
 def unstack_blocks(params: dict) -> dict:
     """Inverse of `stack_blocks`."""
     stacked = params[STACKED_KEY]

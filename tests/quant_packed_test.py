@@ -111,9 +111,12 @@ def test_hlo_int8_dot_contracts_both_last_axes_and_barrier_only_when_asked():
 
 
 def test_backend_choice_is_automatic():
+    from quant import _pallas_gpu
+
     gpu = jax.default_backend() in ("gpu", "cuda", "rocm")
-    assert _packed.default_impl() == (_packed.GPU_IMPL if gpu else "xla")
-    assert _packed.GPU_IMPL in _packed.IMPLS
+    on_gpu = "pallas" if _pallas_gpu.available() else _packed.GPU_IMPL
+    assert _packed.default_impl() == (on_gpu if gpu else "xla")
+    assert _packed.GPU_IMPL in _packed.IMPLS and "pallas" in _packed.IMPLS
 
 
 def test_weight_only_packed_kernel():
@@ -142,6 +145,7 @@ def test_quantized_model_generates_the_same_tokens_packed_and_stacked():
         "qarray": qtree,
         "packed": _packed.pack(qtree, impl="xla"),
         "barrier_stacked": var_sampler.stack_blocks(_packed.pack(qtree, impl="barrier")),
+        "inference_layout": var_sampler.inference_layout(qtree),  # what `arvg generate` runs
     }.items():
         outs[name] = var_sampler.generate(
             params,
@@ -154,6 +158,24 @@ def test_quantized_model_generates_the_same_tokens_packed_and_stacked():
             top_k=0,
             top_p=0.0,
         )
-    for name in ("packed", "barrier_stacked"):
+    for name in ("packed", "barrier_stacked", "inference_layout"):
         np.testing.assert_array_equal(outs[name]["tokens"], outs["qarray"]["tokens"])
         np.testing.assert_allclose(outs[name]["images"], outs["qarray"]["images"], atol=1e-5)
+
+
+def test_inference_layout_is_idempotent_and_packs_only_quantized_kernels():
+    from arvg_jax import var_sampler
+
+    x, kernel, bias = _problem(9)
+    qk = quant.quantize_weight(kernel, 8)
+    tree = {
+        "blocks_0": {"fc": {"kernel": qk, "bias": bias}},
+        "blocks_1": {"fc": {"kernel": qk, "bias": bias}},
+        "head": {"kernel": kernel},
+    }
+    once = var_sampler.inference_layout(tree)
+    assert isinstance(once["blocks"]["fc"]["kernel"], _packed.PackedKernel)
+    assert once["blocks"]["fc"]["kernel"].qvalue_t.shape == (2,) + qk.qvalue.T.shape
+    assert isinstance(once["head"]["kernel"], type(kernel))
+    twice = var_sampler.inference_layout(once)
+    assert jax.tree_util.tree_structure(twice) == jax.tree_util.tree_structure(once)

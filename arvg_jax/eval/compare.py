@@ -278,15 +278,13 @@ def compare(
         each bit width each method, e.g. "PTQ4ARVG W6A6".
     """
     from arvg_jax import evaluate as ev
-    from arvg_jax import var_sampler
     from arvg_jax.commands.generate import generate_images as _generate_images
     from quant import api
 
     def generate_images(m, classes, **kw):
-        # Blocks stacked for sampling (one lax.scan per scale): same values, a program about
-        # depth times smaller to compile; teacher forcing keeps the per-block layout.
-        stacked = dataclasses.replace(m, params=var_sampler.stack_blocks(m.params))
-        return _generate_images(stacked, classes, **kw)
+        # `_generate_images` samples with `var_sampler.inference_layout` (stacked blocks, packed
+        # int8 kernels); teacher forcing keeps the per-block layout of `m`.
+        return _generate_images(m, classes, **kw)
 
     s = settings
     say = log or (lambda _msg: None)
