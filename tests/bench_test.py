@@ -212,3 +212,15 @@ def test_quantized_variants_have_the_ptq4arvg_layout(fit):
     assert isinstance(params["blocks"]["attn"]["qkv"]["kernel"], PackedKernel)
     assert var_cfg.dtype == np.dtype("bfloat16")
     assert build.param_bytes(params) < build.param_bytes(build.to_bfloat16(model.params))
+
+
+def test_font_glyphs_are_5x7():
+    """Every glyph string of the plot font spans at most 7 rows of 5 (longer ones misalign)."""
+    from arvg_jax.bench import plot
+
+    for ch, rows in plot._FONT_ROWS.items():
+        if len(ch) == 1:
+            assert len(rows) <= 35, ch
+            assert plot._GLYPHS[ch].shape == (7, 5)
+    # q is p mirrored: its bowl and stem sit on the right.
+    assert plot._GLYPHS["q"][:, -1].sum() == 5 and plot._GLYPHS["p"][:, 0].sum() == 5
