@@ -24,7 +24,7 @@ Official sequence (BienLuky/PTQ4ARVG f249fe9, ``VAR/sample_quant.py:106-131``) a
                               ``adapter.stwq_granularity`` (VAR: qkv/fc1 one group per scale, proj/fc2
                               sink vs rest, ada_lin and head per tensor).
   G ``final_calibration``     every weight and activation quantizer re-fitted, layer by layer on the
-                              output of the already-quantized layers before it (int8 path).
+                              output of the already fake-quantized layers before it.
 
 Intermediate state. Between B and F each covered layer carries its calibration-time input quantizer
 under the params key ``calib_quant`` next to its *float* kernel, so the folds of C and E stay exact.
@@ -32,7 +32,10 @@ under the params key ``calib_quant`` next to its *float* kernel, so the folds of
 needs). The quantized upstream of B and D is an explicit probe tree (``_probe``): each covered
 kernel becomes an ``OracleKernel`` (per-output-row quantized weight run by the fake-quant oracle)
 with its ``calib_quant`` as ``input_quant``, i.e. the official fake-quant forward with
-``set_quant_state(True, True)``; nothing intercepts the model.
+``set_quant_state(True, True)``; nothing intercepts the model. The layers being calibrated (B, D,
+G) hold a ``quant._fit.FitInput`` placeholder instead: ``Dense`` fits it on its input inside the
+jitted block forward and applies it at once (``quant._calibrate.fit_stages``), so one forward per
+block and stage gives the layer-by-layer, quantized-upstream calibration.
 
 Deviations from the official code:
   * Calibration statistics are computed on the whole calibration set in one pass (as the official
@@ -42,6 +45,9 @@ Deviations from the official code:
     yet, so neither the calibration upstream nor the deployed model quantizes them.
   * Weight quantizers are re-fitted from the current weight whenever it is used; the official code
     re-fits exactly the ones whose weight changed, so the values are the same.
+  * The percentile search's MSE is summed in float32 on device (torch: float32 too; our host
+    search: float64), so a near-tie between two candidates can resolve differently than on the
+    host (``quant._fit``).
 
 Dims: N calibration sequences, L tokens, C input channels of a layer, O its output channels.
 """
@@ -92,10 +98,6 @@ Params = dict[str, Any]
 
 # ----------------------------------------------------------------------------------------------
 # Tree helpers.
-
-
-def _covered(adapter) -> set[str]:
-    return set(adapter.quantized_layers())
 
 
 def _layer(params: Params, name: str) -> dict[str, Any]:
