@@ -67,6 +67,7 @@ from quant._fit import ChannelQuant, FitInput, quantize_weight_jit
 from quant._oracle import OracleKernel
 from quant._transforms import fold_input_transform
 from quant.algorithms.gps_core import calculate_scales_hessian
+from quant.algorithms.rtn import quantize_layers
 from quant.algorithms.shift_core import calculate_sym_shift
 from quant.algorithms.smoothquant import smooth
 from quant.recipes import Recipe
@@ -152,6 +153,15 @@ def _initial_fit(adapter, name: str, recipe: Recipe) -> FitInput:
     return FitInput.groups(recipe.a_bits, adapter.group_table(adapter.stwq_granularity(name)))
 
 
+def _fit_calib_quant(adapter, params, batch, recipe, layers, what: str, progress: bool):
+    """B/D: fits `_initial_fit` quantizers of ``layers`` on the `_probe` upstream, stored as
+    their ``calib_quant`` leaves (the other layers keep theirs)."""
+    fit = {name: _initial_fit(adapter, name, recipe) for name in layers}
+    probe = _probe(adapter, params, recipe, fit)
+    found = fit_stages(adapter, probe, batch, desc=f"ptq4arvg {what}", progress=progress)
+    return _with_calib(params, found)
+
+
 def _stats_input(adapter, name: str, x):
     """A layer input with the sink tokens removed where the official statistics skip them."""
     if adapter.sink_excluded(name) and x.ndim == 3:
@@ -180,15 +190,8 @@ def initial_calibration(adapter, params: Params, batch, recipe: Recipe, *, progr
     layers before it (official ``set_weight_quantize_params`` + ``set_act_quantize_params`` with
     quantization on). Returns the float params with a ``calib_quant`` leaf on every covered layer.
     """
-    fit = {name: _initial_fit(adapter, name, recipe) for name in adapter.quantized_layers()}
-    found = fit_stages(
-        adapter,
-        _probe(adapter, params, recipe, fit),
-        batch,
-        desc="ptq4arvg B calibrate",
-        progress=progress,
-    )
-    return _with_calib(params, found)
+    layers = adapter.quantized_layers()
+    return _fit_calib_quant(adapter, params, batch, recipe, layers, "B calibrate", progress)
 
 
 def zero_center_shift(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True):
@@ -221,15 +224,8 @@ def recalibrate_gps_inputs(
     The upstream is quantized: all covered kernels per output row, the other layers' B quantizers
     (official ``reset_weight_quantize_params`` + ``reset_act_quantize_params``).
     """
-    fit = {name: _initial_fit(adapter, name, recipe) for name in adapter.gps_layers()}
-    found = fit_stages(
-        adapter,
-        _probe(adapter, params, recipe, fit),
-        batch,
-        desc="ptq4arvg D recalibrate",
-        progress=progress,
-    )
-    return _with_calib(params, found)
+    layers = adapter.gps_layers()
+    return _fit_calib_quant(adapter, params, batch, recipe, layers, "D recalibrate", progress)
 
 
 def gps_stage(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True):
@@ -284,20 +280,12 @@ def final_calibration(adapter, params: Params, batch, recipe: Recipe, *, progres
     if _calib_quantizers(params):
         raise ValueError("final_calibration: run stwq_stage first (calib_quant leaves remain)")
 
-    flat = _tree.flatten(params)
-    probe = dict(flat)
-    for name in adapter.quantized_layers():
-        flat[f"{name}/kernel"] = _quantized_kernel(flat[f"{name}/kernel"], recipe)
-        table = adapter.group_table(adapter.stwq_granularity(name))
-        # The upstream runs the fake-quant oracle (the official set_quant_state(True, True)
-        # forward) on the same codes the deployed int8 path uses.
-        probe[f"{name}/kernel"] = OracleKernel(flat[f"{name}/kernel"])
-        probe[f"{name}/input_quant"] = FitInput.groups(recipe.a_bits, table)
-    found = fit_stages(
-        adapter, _tree.unflatten(probe), batch, desc="ptq4arvg G calibrate", progress=progress
+    def stwq(name):
+        return FitInput.groups(recipe.a_bits, adapter.group_table(adapter.stwq_granularity(name)))
+
+    return quantize_layers(
+        adapter, params, batch, recipe, stwq, desc="ptq4arvg G calibrate", progress=progress
     )
-    flat.update({f"{name}/input_quant": q for name, q in found.items()})
-    return _tree.unflatten(flat)
 
 
 Stage = Callable[..., Params]

@@ -6,7 +6,7 @@ static (Δ, z) calibrated on the output of the already-quantized layers before i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -34,26 +34,46 @@ def quantize_layer(
     return {**layer, "kernel": kernel, "input_quant": aq}
 
 
-def rtn(adapter, params: dict[str, Any], batch, recipe: Recipe, *, progress: bool = True):
-    """Quantizes every layer the adapter covers; returns a new param tree.
+def quantize_layers(
+    adapter,
+    params: dict[str, Any],
+    batch,
+    recipe: Recipe,
+    input_spec: Callable[[str], FitInput],
+    *,
+    desc: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Quantizes every covered layer: QArray kernel + the input quantizer ``input_spec(name)``
+    fitted on the output of the already fake-quantized layers before it.
 
-    One forward per stage (`fit_stages`): each layer's per-tensor quantizer is fitted on the
-    output of the already-quantized layers before it, the weights on device.
+    One forward per stage (`fit_stages`); the weights are searched on device, and the calibration
+    upstream runs the fake-quant oracle (the official quantized forward) on the same codes that
+    the deployed int8 path uses.
     """
     flat = _tree.flatten(params)
+    probe = dict(flat)
     for name in adapter.quantized_layers():
         flat[f"{name}/kernel"] = quantize_weight_jit(
             jnp.asarray(flat[f"{name}/kernel"], jnp.float32),
             recipe.w_bits,
             symmetric=recipe.weight_symmetric,
         )
-    probe = dict(flat)
-    for name in adapter.quantized_layers():
-        # Calibration upstream: the fake-quant oracle (the official forward) on the same codes.
         probe[f"{name}/kernel"] = OracleKernel(flat[f"{name}/kernel"])
-        probe[f"{name}/input_quant"] = FitInput("tensor", recipe.a_bits)
-    found = fit_stages(
-        adapter, _tree.unflatten(probe), batch, desc=f"rtn {recipe.bits}", progress=progress
-    )
+        probe[f"{name}/input_quant"] = input_spec(name)
+    found = fit_stages(adapter, _tree.unflatten(probe), batch, desc=desc, progress=progress)
     flat.update({f"{name}/input_quant": q for name, q in found.items()})
     return _tree.unflatten(flat)
+
+
+def rtn(adapter, params: dict[str, Any], batch, recipe: Recipe, *, progress: bool = True):
+    """Quantizes every layer the adapter covers (per-tensor inputs); returns a new param tree."""
+    return quantize_layers(
+        adapter,
+        params,
+        batch,
+        recipe,
+        lambda name: FitInput("tensor", recipe.a_bits),
+        desc=f"rtn {recipe.bits}",
+        progress=progress,
+    )
