@@ -40,13 +40,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from arvg_jax import stacked_kv
 from arvg_jax.layers import Dense, gelu_tanh, l2_normalize, layer_norm
 from arvg_jax.sampling import parse_filter_method
 
 Array = jax.Array
 AttnMask = Literal["block_causal", "none"]
 
-SAMPLER_KV = ("prefix", "full")
+SAMPLER_KV = ("prefix", "full", "stacked")
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
@@ -121,10 +122,13 @@ class VARConfig:
     # * sampler_kv: "prefix" attends to the written prefix [0, end) of the KV cache as a slice;
     #   "full" attends to the whole cache with the unwritten tail masked (cuDNN:
     #   key_value_seq_lengths), so the unrolled sampler passes each block's cache to the attention
-    #   without copying its prefix.
+    #   without copying its prefix; "stacked" (stacked-blocks sampler only) writes the new keys
+    #   into the layer-stacked cache and attends to the block's pages of it in place
+    #   (`arvg_jax.stacked_kv`: cuDNN paged attention on GPU, the same pages gathered elsewhere);
+    #   with per-block caches (the unrolled sampler) it slices like "prefix".
     # * scan_unroll: `lax.scan` unroll factor of the stacked-blocks sampler.
     sampling_filter: str = "sort"  # "bisect" measured slower on H100 (BENCHMARKS.md)
-    sampler_kv: str = "prefix"
+    sampler_kv: str = "stacked"  # 36 ms faster than "prefix" at VAR-d30 b64 (BENCHMARKS.md)
     scan_unroll: int = 1
 
     def __post_init__(self):
@@ -281,7 +285,9 @@ class SelfAttention(nn.Module):
             mask: bool [l, S] (True = may attend) or None.
             cache: None, or {"k", "v"}: [B, L, H, K]. The keys/values of `x` are written at
                 `cache_offset` and attention runs over the whole cache (`mask` must hide the
-                unwritten tail).
+                unwritten tail). Or {"k", "v", "layer"}: the stacked sampler's layer-stacked
+                caches [D, B, Lp, H, K] and this block's index (`arvg_jax.stacked_kv`); the
+                updated caches are returned in the same form.
             cache_offset: static int, position of x[:, 0] in the cache.
             kv_len: static int or None. With a cache: attend to cache positions [0, kv_len) only
                 (the written prefix): cfg.sampler_kv "prefix" slices the cache to it (no work
@@ -310,6 +316,26 @@ class SelfAttention(nn.Module):
         else:
             softmax_scale = 0.25 / math.sqrt(k_dim)
 
+        if cache is not None and "layer" in cache:
+            # Layer-stacked cache (sampler_kv "stacked"): write this scale's keys into block
+            # `layer` in place, then attend to that block's pages without slicing it out.
+            layer = cache["layer"]
+            kc = stacked_kv.write(cache["k"], k, layer, cache_offset)
+            vc = stacked_kv.write(cache["v"], v, layer, cache_offset)
+            use_cudnn = attention_impl(cfg) == "cudnn" and stacked_kv.available()
+            out = stacked_kv.stacked_attention(
+                q.astype(cfg.dtype),
+                kc,
+                vc,
+                layer,
+                kv_len,
+                scale=softmax_scale,
+                implementation="cudnn" if use_cudnn else "xla",
+            )
+            out = out.astype(cfg.dtype).reshape(b, l, c)
+            out = Dense(c, dtype=cfg.dtype, name="proj")(out, positions)
+            return out, {"k": kc, "v": vc, "layer": layer}
+
         if cache is not None:
             k = jax.lax.dynamic_update_slice(
                 cache["k"], k.astype(cache["k"].dtype), (0, cache_offset, 0, 0)
@@ -318,7 +344,8 @@ class SelfAttention(nn.Module):
                 cache["v"], v.astype(cache["v"].dtype), (0, cache_offset, 0, 0)
             )
             cache = {"k": k, "v": v}
-            if kv_len is not None and cfg.sampler_kv == "prefix":
+            # "stacked" needs the stacked sampler's cache; per-block caches slice like "prefix".
+            if kv_len is not None and cfg.sampler_kv in ("prefix", "stacked"):
                 k, v = k[:, :kv_len], v[:, :kv_len]
                 if mask is not None:
                     mask = mask[..., :kv_len]

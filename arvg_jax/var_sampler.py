@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from arvg_jax import sampling
+from arvg_jax import sampling, stacked_kv
 from arvg_jax.tokenizers import var_vqvae
 from arvg_jax.var import VAR, VARBlock, VARConfig, block_modulation, init_kv_caches
 
@@ -53,7 +53,10 @@ def _generate_impl(
         blocks = var_params[STACKED_KEY]
         # The modulations depend on the condition only: once per generation, not per scale.
         mods_all = lax.map(lambda p: block_modulation(var_cfg, p, ada), blocks)  # [D, 2B, 6, C]
-        kv_shape = (var_cfg.depth, 2 * b, var_cfg.seq_len, var_cfg.num_heads, var_cfg.head_dim)
+        cache_len = var_cfg.seq_len
+        if var_cfg.sampler_kv == "stacked":  # whole pages (arvg_jax.stacked_kv)
+            cache_len = stacked_kv.padded_len(cache_len)
+        kv_shape = (var_cfg.depth, 2 * b, cache_len, var_cfg.num_heads, var_cfg.head_dim)
         kc = jnp.zeros(kv_shape, var_cfg.dtype)
         vc = jnp.zeros(kv_shape, var_cfg.dtype)
     else:
@@ -162,8 +165,31 @@ def _scan_blocks(cfg: VARConfig, blocks, mods_all, x, kc, vc, si: int):
     positions = np.arange(begin, end, dtype=np.int32)
     b2 = x.shape[0]
     full = cfg.sampler_kv == "full"
-    size = (1, b2, cfg.seq_len if full else end, cfg.num_heads, cfg.head_dim)
     block = VARBlock(cfg)
+    if cfg.sampler_kv == "stacked":
+        # The block writes its keys into the stacked carry and attends to its pages in place
+        # (`SelfAttention` with a "layer" cache): no per-block slice, no write-back.
+        def body_stacked(carry, xs):
+            x, kc, vc = carry
+            p, mods, i = xs
+            x, cache = block.apply(
+                {"params": p},
+                x,
+                None,
+                positions=positions,
+                cache={"k": kc, "v": vc, "layer": i},
+                cache_offset=begin,
+                kv_len=end,
+                mods=mods,
+            )
+            return (x, cache["k"], cache["v"]), None
+
+        idx = jnp.arange(cfg.depth, dtype=jnp.int32)
+        (x, kc, vc), _ = lax.scan(
+            body_stacked, (x, kc, vc), (blocks, mods_all, idx), unroll=cfg.scan_unroll
+        )
+        return x, kc, vc
+    size = (1, b2, cfg.seq_len if full else end, cfg.num_heads, cfg.head_dim)
 
     def body(carry, xs):
         x, kc, vc = carry

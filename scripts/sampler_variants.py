@@ -73,6 +73,14 @@ VARIANTS = {
             "unrolled_kv_full"
         ),
     ),
+    "kv_stacked": (
+        "scan",
+        {"sampler_kv": "stacked"},
+        (
+            "write the new keys into the layer-stacked cache, attend to the block's pages in "
+            "place (cuDNN paged attention): no KV slice, no write-back"
+        ),
+    ),
     "unrolled": (
         "unrolled",
         {},

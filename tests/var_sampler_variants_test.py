@@ -70,7 +70,9 @@ SAMPLED = {"sampled": {"top_k": 10, "top_p": 0.8}}
 def test_variants_generate_the_baseline_tokens():
     _assert_same_tokens(_model(2), list(VARIANTS), jnp.float32, GREEDY)
     # Keyed draws: where the filter differs, and the layout furthest from the baseline.
-    _assert_same_tokens(_model(2), ["bisect_filter", "unrolled_kv_full"], jnp.float32, SAMPLED)
+    _assert_same_tokens(
+        _model(2), ["bisect_filter", "unrolled_kv_full", "kv_stacked"], jnp.float32, SAMPLED
+    )
 
 
 def test_scan_unroll_with_a_remainder():
@@ -78,7 +80,9 @@ def test_scan_unroll_with_a_remainder():
 
 
 def test_kv_variants_in_bfloat16():
-    _assert_same_tokens(_model(2), ["kv_full", "unrolled_kv_full"], jnp.bfloat16, GREEDY)
+    _assert_same_tokens(
+        _model(2), ["kv_full", "unrolled_kv_full", "kv_stacked"], jnp.bfloat16, GREEDY
+    )
 
 
 def test_kv_full_attends_only_to_the_written_prefix():
@@ -96,7 +100,11 @@ def test_kv_full_attends_only_to_the_written_prefix():
     kw = {"positions": np.arange(begin, end), "cache_offset": begin, "kv_len": end}
     outs = [
         VARBlock(c).apply({"params": block}, x, ada, cache=cache, **kw)[0]
-        for c, cache in ((cfg, clean), (cfg, noisy), (m.cfg, clean))
+        for c, cache in (
+            (cfg, clean),
+            (cfg, noisy),
+            (dataclasses.replace(cfg, sampler_kv="prefix"), clean),
+        )
     ]
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_allclose(outs[0], outs[2], rtol=1e-6, atol=1e-6)  # = "prefix"
