@@ -127,9 +127,14 @@ class VARConfig:
     #   (`arvg_jax.stacked_kv`: cuDNN paged attention on GPU, the same pages gathered elsewhere);
     #   with per-block caches (the unrolled sampler) it slices like "prefix".
     # * scan_unroll: `lax.scan` unroll factor of the stacked-blocks sampler.
+    # * fuse_ffn_quant: with packed int8 fc1/fc2 on the fused Hopper kernel
+    #   (`quant._packed` impl "pallas"), fc1's epilogue applies GELU and fc2's input quantizer
+    #   and writes int8 codes (`quant._packed.packed_dense_act_quant`) instead of bf16
+    #   activations that a separate XLA pass quantizes. Other backends never fuse.
     sampling_filter: str = "sort"  # "bisect" measured slower on H100 (BENCHMARKS.md)
     sampler_kv: str = "stacked"  # 36 ms faster than "prefix" at VAR-d30 b64 (BENCHMARKS.md)
     scan_unroll: int = 1
+    fuse_ffn_quant: bool = True
 
     def __post_init__(self):
         if self.embed_dim is None:
@@ -258,7 +263,10 @@ def attention_impl(cfg: VARConfig) -> str:
     if cfg.attention != "auto":
         return cfg.attention
     half = jnp.dtype(cfg.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if half and jax.default_backend() in ("gpu", "cuda") else "xla"
+    # cuDNN flash attention needs a head dim that is a multiple of 8, at most 256 (Hopper);
+    # other widths (the tiny test models) run the XLA attention instead of failing to compile.
+    fits = cfg.head_dim % 8 == 0 and cfg.head_dim <= 256
+    return "cudnn" if half and fits and jax.default_backend() in ("gpu", "cuda") else "xla"
 
 
 def init_kv_caches(cfg: VARConfig, batch: int) -> tuple[dict[str, Array], ...]:
@@ -393,9 +401,55 @@ class FFN(nn.Module):
     @nn.compact
     def __call__(self, x, *, positions):
         cfg = self.cfg
+        fused = self._fused_int8_params() if cfg.fuse_ffn_quant else None
+        if fused is not None:
+            from quant import _packed
+
+            fc1, fc2 = fused
+            # fc1's kernel epilogue: + bias, GELU, fc2's input quantizer -> int8 codes and
+            # their row sums; fc2 then runs from the codes (no bf16 activation in HBM).
+            q, q_sum = _packed.packed_dense_act_quant(
+                x,
+                fc1["kernel"],
+                fc1.get("bias"),
+                fc1["input_quant"],
+                positions,
+                fc2["input_quant"],
+                activation="gelu_tanh",
+            )
+            y = _packed.packed_dense_codes(
+                q,
+                q_sum,
+                fc2["kernel"],
+                fc2.get("bias"),
+                fc2["input_quant"],
+                positions,
+                cfg.dtype,
+            )
+            return y.astype(cfg.dtype)
         x = Dense(cfg.mlp_dim, dtype=cfg.dtype, name="fc1")(x, positions)
         x = gelu_tanh(x)
         return Dense(cfg.embed_dim, dtype=cfg.dtype, name="fc2")(x, positions)
+
+    def _fused_int8_params(self):
+        """(fc1, fc2) params when both are packed int8 layers with static input quantizers on
+        the fused Hopper kernel (bfloat16 compute), else None: calibration placeholders, float,
+        QArray or weight-only kernels, and the portable int8 paths keep the unfused layers."""
+        if jnp.dtype(self.cfg.dtype) != jnp.bfloat16 or not self.has_variable("params", "fc1"):
+            return None
+        from quant import _packed
+        from quant._qarray import ActQuant
+
+        params = self.variables["params"]
+        fc1, fc2 = params.get("fc1", {}), params.get("fc2", {})
+        for layer in (fc1, fc2):
+            if not isinstance(layer.get("kernel"), _packed.PackedKernel):
+                return None
+            if type(layer.get("input_quant")) is not ActQuant:
+                return None
+        if _packed._resolve_impl(fc1["kernel"], None) != "pallas":
+            return None
+        return fc1, fc2
 
 
 class VARBlock(nn.Module):

@@ -32,6 +32,13 @@ Backends (``jax.default_backend()``, chosen when the function is traced; the ker
     ``PALLAS_MIN_ROWS`` rows and a contraction that is a multiple of 128; other calls of the
     same layer take ``"barrier"``.
   * anything else (CPU, TPU): ``"xla"``, the plain expression; XLA fuses as it likes.
+
+``packed_dense`` is ``input_quant.quantize`` followed by ``packed_dense_codes`` (the int8 Dense
+from codes and their row sums). For a quantized FFN (VAR's fc1 -> GELU(tanh) -> fc2),
+``packed_dense_act_quant`` returns fc2's input codes and row sums directly: with "pallas", from
+the kernel's quantizing epilogue, so fc1's bf16 activations never go through HBM (and XLA's
+separate GELU + quantize pass disappears); otherwise the same values through XLA. fc2 then runs
+``packed_dense_codes`` on them.
 """
 
 from __future__ import annotations
@@ -47,7 +54,17 @@ from jax import lax
 from quant import _tree
 from quant._qarray import ActQuant, QArray
 
-__all__ = ["IMPLS", "PackedKernel", "default_impl", "pack", "pack_kernel", "packed_dense", "unpack"]
+__all__ = [
+    "IMPLS",
+    "PackedKernel",
+    "default_impl",
+    "pack",
+    "pack_kernel",
+    "packed_dense",
+    "packed_dense_act_quant",
+    "packed_dense_codes",
+    "unpack",
+]
 
 IMPLS = ("xla", "barrier", "pallas")
 # The GPU fallback when the Pallas kernel is unavailable; chosen by the H100 measurements.
@@ -55,6 +72,16 @@ GPU_IMPL = "barrier"
 # Below this many rows the fused kernel's 256-row tiles are mostly padding (VAR's first scales,
 # the AdaLN linears on 2B rows); cuBLASLt handles those.
 PALLAS_MIN_ROWS = 1024
+# The kernel's quantizing epilogue (``packed_dense_act_quant``) needs the output features to be a
+# multiple of its column tile (``int8_dense_fused``'s default ``block_n``); VAR's fc1 (O = 4C) is.
+PALLAS_OUT_QUANT_COLUMNS = 128
+# Off: the epilogue's GELU uses libdevice's tanhf, and the fused codes equal the unfused XLA
+# sequence's exactly on H100 (scripts/probe_act_quant.py, BENCHMARKS.md). On, the hardware tanh
+# (`tanh.approx.f32`) makes fc1 at VAR-d30's last scale 991 us instead of 1125 us (H100,
+# 2026-11-27; unfused bf16 kernel + XLA pass: 1287 us) but moves ~1e-6 to ~1e-3 of the codes by
+# one (its ~2^-11 relative error crosses a bf16 rounding boundary; approximate math also makes
+# the quantization's division `div.approx`). Exactness wins by default.
+PALLAS_ACT_APPROX_MATH = False
 
 
 @struct.dataclass
@@ -136,6 +163,46 @@ def default_impl() -> str:
     return "pallas" if _pallas_gpu.available() else GPU_IMPL
 
 
+def _resolve_impl(kernel: PackedKernel, impl: str | None) -> str:
+    impl = impl or (kernel.impl if kernel.impl != "auto" else default_impl())
+    if impl not in IMPLS:
+        raise ValueError(f"packed_dense: impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def _check_input(x, kernel: PackedKernel) -> None:
+    i, o = kernel.shape
+    if x.shape[-1] != i:
+        raise ValueError(f"dense: x [..., {x.shape[-1]}] does not match kernel ({i}, {o})")
+
+
+def _quantize_input(x, input_quant: ActQuant, positions):
+    """(int8 codes [..., L, I], int32 Σ_i codes [..., L, 1]) of the layer input."""
+    q_x = input_quant.quantize(x, positions)
+    return q_x, jnp.sum(q_x, axis=-1, keepdims=True, dtype=jnp.int32)
+
+
+def _input_scales(kernel: PackedKernel, input_quant: ActQuant, positions):
+    """Per-token (s_x, z_x) of the input quantizer ([L, 1] or [1, 1]), once the int32
+    accumulator is known not to overflow."""
+    from quant._dot_general import _check_int32_bound
+
+    s_x, z_x = input_quant.for_positions(positions)
+    i = kernel.shape[0]
+    _check_int32_bound(i, input_quant.bits, z_x, kernel.bits, kernel.zero_point, "dense")
+    return s_x, z_x
+
+
+def _pallas_eligible(q_x, kernel: PackedKernel, keep_dtype) -> bool:
+    """Whether the "pallas" impl takes the fused kernel for this call (module doc)."""
+    rows = int(np.prod(q_x.shape[:-1]))
+    return (
+        jnp.dtype(keep_dtype) == jnp.bfloat16
+        and rows >= PALLAS_MIN_ROWS
+        and kernel.shape[0] % 128 == 0
+    )
+
+
 def packed_dense(
     x,
     kernel: PackedKernel,
@@ -148,38 +215,68 @@ def packed_dense(
 ):
     """``x @ kernel + bias`` for a ``PackedKernel``: x [..., L, I] -> [..., L, O] in x.dtype.
 
-    With ``input_quant``: the int8 path (same values as ``quant.dense`` on the ``QArray``).
+    With ``input_quant``: the int8 path (same values as ``quant.dense`` on the ``QArray``):
+    quantize, then ``packed_dense_codes``.
     Without: weight-only (dequantize, then a float matmul with float32 accumulation).
     ``out_dtype``: the dtype the caller keeps (default x.dtype); the "pallas" kernel, which
     writes bfloat16, is used only when that is bfloat16.
     """
-    from quant._dot_general import _check_int32_bound, _zero_point_corrected
-
-    i, o = kernel.shape
-    if x.shape[-1] != i:
-        raise ValueError(f"dense: x [..., {x.shape[-1]}] does not match kernel ({i}, {o})")
-    contract = (((x.ndim - 1,), (1,)), ((), ()))  # x [..., I] . w [O, I]
+    _check_input(x, kernel)
     if input_quant is None:
+        contract = (((x.ndim - 1,), (1,)), ((), ()))  # x [..., I] . w [O, I]
         w_t = kernel.to_qarray().dequantize(jnp.float32).T.astype(x.dtype)  # [O, I]
         y = lax.dot_general(x, w_t, contract, preferred_element_type=jnp.float32)
         if bias is not None:
             y = y + bias.astype(jnp.float32)
         return y.astype(x.dtype)
-    impl = impl or (kernel.impl if kernel.impl != "auto" else default_impl())
-    if impl not in IMPLS:
-        raise ValueError(f"packed_dense: impl must be one of {IMPLS}, got {impl!r}")
-    s_x, z_x = input_quant.for_positions(positions)  # [L, 1] or [1, 1]
-    _check_int32_bound(i, input_quant.bits, z_x, kernel.bits, kernel.zero_point, "dense")
-    q_x = input_quant.quantize(x, positions)  # int8 [..., L, I]
-    sum_x = jnp.sum(q_x, axis=-1, keepdims=True, dtype=jnp.int32)  # [..., L, 1]
-    rows = int(np.prod(q_x.shape[:-1]))
+    impl = _resolve_impl(kernel, impl)
+    q_x, sum_x = _quantize_input(x, input_quant, positions)
+    return packed_dense_codes(
+        q_x,
+        sum_x,
+        kernel,
+        bias,
+        input_quant,
+        positions,
+        x.dtype,
+        impl=impl,
+        keep_dtype=out_dtype or x.dtype,
+    )
+
+
+def packed_dense_codes(
+    q_x,
+    sum_x,
+    kernel: PackedKernel,
+    bias,
+    input_quant: ActQuant,
+    positions,
+    out_dtype,
+    *,
+    impl: str | None = None,
+    keep_dtype=None,
+):
+    """The int8 Dense from already-quantized inputs: ``[..., L, O]`` in ``out_dtype``.
+
+    ``q_x`` int8 ``[..., L, I]`` are ``input_quant``'s codes of the input and ``sum_x`` int32
+    ``[..., L, 1]`` their sum over I (e.g. from ``packed_dense_act_quant``, which produces both
+    for the next layer: VAR's fc2). Same values and routing as ``packed_dense``;
+    ``keep_dtype`` (default ``out_dtype``) is the dtype the caller keeps, and the "pallas"
+    kernel (bf16 output) is used only when it is bfloat16.
+    """
+    from quant._dot_general import _zero_point_corrected
+
+    _check_input(q_x, kernel)
+    i = kernel.shape[0]
+    impl = _resolve_impl(kernel, impl)
+    s_x, z_x = _input_scales(kernel, input_quant, positions)
     if impl == "pallas":
-        keep = jnp.dtype(out_dtype or x.dtype)
-        if keep == jnp.bfloat16 and rows >= PALLAS_MIN_ROWS and i % 128 == 0:
-            return _pallas_dense(q_x, sum_x, s_x, z_x, kernel, bias).astype(x.dtype)
+        if _pallas_eligible(q_x, kernel, keep_dtype or out_dtype):
+            return _pallas_dense(q_x, sum_x, s_x, z_x, kernel, bias).astype(out_dtype)
         impl = GPU_IMPL
     if impl == "barrier":
         q_x, sum_x = lax.optimization_barrier((q_x, sum_x))
+    contract = (((q_x.ndim - 1,), (1,)), ((), ()))  # q_x [..., I] . w [O, I]
     acc = lax.dot_general(q_x, kernel.qvalue_t, contract, preferred_element_type=jnp.int32)
     if impl == "barrier":
         acc = lax.optimization_barrier(acc)
@@ -187,25 +284,106 @@ def packed_dense(
     y = y_int.astype(jnp.float32) * (s_x * kernel.scale)
     if bias is not None:
         y = y + bias.astype(jnp.float32)
-    return y.astype(x.dtype)
+    return y.astype(out_dtype)
 
 
-def _pallas_dense(q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias):
-    """The fused Hopper kernel on [..., L, I] codes; per-token (s_x, z_x) broadcast to rows."""
+def packed_dense_act_quant(
+    x,
+    kernel: PackedKernel,
+    bias,
+    input_quant: ActQuant,
+    positions,
+    next_quant: ActQuant,
+    activation: str | None = "gelu_tanh",
+    *,
+    impl: str | None = None,
+):
+    """A bf16 int8 Dense, its activation and the next layer's input quantization, as codes.
+
+    For VAR's fc1 -> GELU(tanh) -> fc2: returns ``(q_next int8 [..., L, O], sum_next int32
+    [..., L, 1])``, ``next_quant``'s codes of ``activation(bf16(x @ kernel + bias))`` and their
+    sum over O, ready for ``packed_dense_codes`` (fc2). The values are those of the unfused
+    sequence: this layer's output rounded to bf16, the activation in float32 rounded to bf16
+    again (``quant._pallas_gpu._activation_input``), then ``next_quant.quantize``.
+
+    With the "pallas" impl (and a call ``packed_dense`` would send to the kernel, with O a
+    multiple of ``PALLAS_OUT_QUANT_COLUMNS``) the Hopper kernel's quantizing epilogue produces
+    the codes and their sums without writing the bf16 activations to HBM. Otherwise:
+    ``packed_dense_codes`` to bf16, then the activation and the quantization in XLA. The two
+    give the same codes (exactly, on CPU in interpret mode) up to the GPU's float32 tanh (the
+    kernel's libdevice ``tanhf`` and XLA's own approximation can differ in the last bit) and to
+    how each GPU compiler contracts multiply-adds: a code moves by one, rarely.
+    """
     from quant import _pallas_gpu
 
+    if activation not in _pallas_gpu.ACTIVATIONS:
+        raise ValueError(
+            f"packed_dense_act_quant: activation must be one of {_pallas_gpu.ACTIVATIONS}, got"
+            f" {activation!r}"
+        )
+    _check_input(x, kernel)
+    impl = _resolve_impl(kernel, impl)
+    q_x, sum_x = _quantize_input(x, input_quant, positions)
+    if (
+        impl == "pallas"
+        and _pallas_eligible(q_x, kernel, jnp.bfloat16)
+        and kernel.shape[1] % PALLAS_OUT_QUANT_COLUMNS == 0
+    ):
+        s_x, z_x = _input_scales(kernel, input_quant, positions)
+        return _pallas_dense_act_quant(
+            q_x, sum_x, s_x, z_x, kernel, bias, next_quant, positions, activation
+        )
+    y = packed_dense_codes(
+        q_x, sum_x, kernel, bias, input_quant, positions, jnp.bfloat16, impl=impl
+    )
+    q = next_quant.quantize(_pallas_gpu._activation_input(y, activation), positions)
+    return q, jnp.sum(q, axis=-1, keepdims=True, dtype=jnp.int32)
+
+
+def _rows(v, lead):
+    """A per-token [..., L, 1] or per-tensor [1, 1] vector as [prod(lead)] rows."""
+    return jnp.broadcast_to(v, lead + (1,)).reshape(-1)
+
+
+def _kernel_args(q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias):
+    """``int8_dense_fused``'s positional arguments for [..., L, I] codes, flattened to rows."""
     lead = q_x.shape[:-1]
     m = int(np.prod(lead))
-    row_shape = lead + (1,)
-    y = _pallas_gpu.int8_dense_fused(
+    return (
         q_x.reshape(m, q_x.shape[-1]),
         kernel.qvalue_t,
-        jnp.broadcast_to(s_x, row_shape).reshape(m),
-        jnp.broadcast_to(z_x, row_shape).reshape(m),
+        _rows(s_x, lead),
+        _rows(z_x, lead),
         sum_x.reshape(m),
         kernel.scale,
         kernel.zero_point,
         kernel.col_sum,
         bias,
     )
-    return y.reshape(lead + (kernel.shape[1],))
+
+
+def _pallas_dense(q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias):
+    """The fused Hopper kernel on [..., L, I] codes; per-token (s_x, z_x) broadcast to rows."""
+    from quant import _pallas_gpu
+
+    y = _pallas_gpu.int8_dense_fused(*_kernel_args(q_x, sum_x, s_x, z_x, kernel, bias))
+    return y.reshape(q_x.shape[:-1] + (kernel.shape[1],))
+
+
+def _pallas_dense_act_quant(
+    q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias, next_quant: ActQuant, positions, activation
+):
+    """``packed_dense_act_quant`` through the kernel's quantizing epilogue."""
+    from quant import _pallas_gpu
+
+    lead = q_x.shape[:-1]
+    s_next, z_next = next_quant.for_positions(positions)
+    q, partial_sums = _pallas_gpu.int8_dense_fused(
+        *_kernel_args(q_x, sum_x, s_x, z_x, kernel, bias),
+        out_quant=(_rows(s_next, lead), _rows(z_next, lead), next_quant.bits),
+        activation=activation,
+        approx_math=PALLAS_ACT_APPROX_MATH and activation is not None,
+    )
+    # partial_sums [O / 128, rows]: one row per output column tile (its TMA-friendly layout).
+    sums = jnp.sum(partial_sums, axis=0, dtype=jnp.int32)
+    return q.reshape(lead + (kernel.shape[1],)), sums.reshape(lead + (1,))

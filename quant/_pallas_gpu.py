@@ -18,14 +18,16 @@ s_x [M] / s_w [N] their scales::
     acc[m, n] = sum_k q_x[m, k] q_w[n, k]                         (wgmma s8 x s8 -> s32)
     y[m, n]   = sum_k (q_x - z_x)(q_w - z_w)
               = acc - z_w[n] sum_x[m] - z_x[m] (colsum_w[n] - K z_w[n])     (exact in int32)
-    out[m, n] = bf16(float32(y) * s_x[m] * s_w[n] + bias[n])
+    out[m, n] = bf16(float32(y) * (s_x[m] s_w[n]) + bias[n])
 
 where ``sum_x = sum_k q_x`` and ``colsum_w = sum_k q_w`` (``PackedKernel.col_sum``). The wrapper folds
 ``c_w = colsum_w - K z_w`` (O(N)); the kernel does the two rank-1 int32 corrections, one int32 ->
 float32 conversion, two float multiplies and the bias add on the accumulator registers, then stores
 bf16 through shared memory with a TMA copy. It is the same integer algebra as
 ``quant._dot_general._zero_point_corrected`` (int32 wrap-around cancels as long as the true ``y``
-fits, which ``_check_int32_bound`` guarantees for the callers).
+fits, which ``_check_int32_bound`` guarantees for the callers), and the same float32 operations in
+the same order as ``packed_dense``'s XLA path (the scale product ``s_x s_w`` first), so both
+routes round to the same bf16 values (on GPU, up to how each compiler contracts multiply-adds).
 
 Layout requirements
 -------------------
@@ -39,10 +41,26 @@ Layout requirements
   ``block_m % 64 == 0`` (wgmma M) and ``block_n`` a multiple of 64 up to 256 (the bf16 output's
   128-byte swizzle span; wgmma's largest N), at most 128 x 128 (128 registers per thread of a
   warpgroup).
-* M, N, K that are not multiples of the CTA tile are zero-padded by the wrapper (zero codes add
-  nothing to ``acc``; the corrections use the true K and the sums of the real codes). Padding
-  ``q_x`` costs a copy of the activations: keep K a multiple of ``block_k`` and M, N multiples of
-  the CTA tile (VAR: 1920 = 15 x 128, 7680 = 60 x 128, M = 2 B h w) to avoid it.
+* Ragged M and N cost no copy of the operands. The tile grid is ``ceil(M / tile)`` and the last
+  row tile starts at ``M - tile`` instead of ``m_idx * tile`` (likewise for columns), so it
+  overlaps rows that the previous tile also computes. Both CTAs compute the overlap from the same
+  inputs with the same instructions, so they store bit-identical values and the order of the two
+  stores does not matter. The per-row / per-column vectors use the same clamped slices. (VAR-d30:
+  M = 128 x 169 = 21632 rows in 256-row tiles recompute 128 of them, 0.6%, where padding copied
+  the whole int8 activation matrix, ~12 ms per batch in an H100 profile.) With a 2-CTA cluster
+  each CTA clamps its own tile; the operand the pair multicasts is indexed by the dimension the
+  two CTAs share (the weight's columns for ``cluster="m"``, the activation rows for ``"n"``),
+  whose start both compute identically, so the multicast stays sound. When less than one CTA
+  tile remains past the last full cluster tile, both CTAs of the last cluster clamp to the same
+  tile and compute it twice (identical values again).
+* What is still padded (``_padded_extents``): Mosaic's tiled TMA views a global array in whole
+  SMEM tiles (and checks this when lowering), so M and N must be multiples of the operand tiles'
+  8 rows and N of the output tile's ``EPI_N = 64`` columns; a clamped start then stays on a
+  whole tile (``pl.multiple_of``). M or N below one CTA tile is padded up to it. K is padded to a
+  multiple of ``block_k``. Each of these copies the operand concerned (zero codes add nothing to
+  ``acc``; the corrections use the true K and the sums of the real codes; padded rows / columns
+  are sliced off the output, another copy). VAR's shapes need none: K = 1920 or 7680, N a
+  multiple of 128, M = 2 B h w with B a multiple of 4.
 
 Variants (``variant=``)
 -----------------------
@@ -67,11 +85,47 @@ of the WGMMA register layout (``plgpu.Layout.WGMMA.reduce(1)`` / ``.reduce(0)``)
 onto the accumulator 64 columns at a time, and writes each bf16 chunk to a swizzled SMEM buffer
 that a TMA store sends to HBM.
 
+Output quantization (``out_quant``, variant "ws")
+-------------------------------------------------
+In VAR's FFN, fc1's bf16 output goes through GELU(tanh) and is quantized per row (token group)
+for fc2, which also needs ``sum_x = sum_n q``; unfused, XLA runs that as a separate pass over the
+bf16 activations (~35 ms per VAR-d30 batch on H100). With ``out_quant=(s_out, z_out, bits)`` the
+epilogue does it on the registers instead and writes int8 codes (1 byte per output instead of 2,
+and no second pass)::
+
+    y = float32(bf16(out_f32))                          # fc1's bf16 output
+    y = float32(bf16(gelu_tanh(y)))                     # activation="gelu_tanh", in float32
+    q = clip(round_half_even(y / s_out[m]) + z_out[m], -2**(bits-1), 2**(bits-1) - 1)
+
+exactly the unfused sequence, both bf16 roundings included, as the official bf16 autocast
+forward computes it (``_activation_input``; the XLA paths round with ``round_to_bf16``, which
+XLA's excess-precision rewrites cannot drop), with the division as XLA lowers
+``ActQuant.quantize`` on the platform (``xla_divides``: a true division on GPU, a multiply by the
+reciprocal on CPU, which interpret mode therefore uses). On CPU (interpret mode) the codes
+equal ``int8_dense_reference``'s and the XLA path's exactly; on GPU the kernel's float32 tanh
+(libdevice ``tanhf``, or ``tanh.approx.f32`` with ``approx_math``) and XLA's own tanh may differ
+in the last bits, which moves a code by one, rarely (and each compiler may contract
+multiply-adds differently).
+
+Besides the codes ``[M, N]``, each consumer warpgroup writes the row sums of its tile,
+``partial_sums[t, m] = sum of q[m, t block_n : (t + 1) block_n]`` (int32 ``[N / block_n, M]``):
+the tile's ``block_m`` sums are contiguous in that layout, so one bulk copy stores them (16-byte
+aligned since M and the row starts are multiples of 8), and the caller's ``partial_sums.sum(0)``
+is the next layer's ``sum_x``. The sums accumulate across the epilogue's column chunks in the row
+slice of the WGMMA layout (a few registers), in float32, exact for these small integers. N must be
+a multiple of ``block_n`` (a padded column would add codes of its own) and at least one CTA tile;
+a clamped last column tile then starts on a multiple of ``block_n`` too, so it rewrites exactly
+the partial-sum rows of the tiles it overlaps, with the same values. The int8 tile goes through
+SMEM in ``EPI_Q = 32``-column chunks (32-byte swizzle): the activation adds live temporaries, and
+64-column chunks spilled under the register cap.
+
 Checked without a GPU (jax 0.11.2 on CPU): every variant matches the exact reference in Mosaic
-GPU interpret mode (``interpret=plgpu.InterpretGPUParams()``), and lowers and compiles through
-ptxas for sm_90a (cross-platform lowering ``.lower(lowering_platforms=("cuda",))`` plus the CUDA
-plugin's Mosaic compiler): 168 registers (the cap of a 384-thread CTA), no spills without a
-cluster, a few dozen bytes with one. Timing and hardware synchronization need the GPU
+GPU interpret mode (``interpret=plgpu.InterpretGPUParams()``; its race detector flags only the
+intended identical writes of overlapping last tiles), and lowers and compiles through ptxas for
+sm_90a (cross-platform lowering ``.lower(lowering_platforms=("cuda",))`` plus the CUDA plugin's
+Mosaic compiler): 168 registers (the cap of a 384-thread CTA); no spills for "ws" with
+``block_k=128`` (bf16 or ``out_quant``) nor for "pipeline", 30-60 bytes with a cluster or
+``block_k=64``. Timing and hardware synchronization need the GPU
 (``scripts/probe_pallas_int8.py``).
 
 What XLA does instead: ``lax.dot_general(q_x, q_w, preferred_element_type=int32)`` becomes a
@@ -89,9 +143,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 try:  # Mosaic GPU Pallas (jax >= 0.11 for the API used here); absent or different elsewhere.
@@ -105,7 +161,9 @@ except (ImportError, AttributeError, RuntimeError, TypeError) as e:  # pragma: n
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 __all__ = [
+    "ACTIVATIONS",
     "FusedConfig",
+    "api_unavailable_reason",
     "available",
     "int8_dense_fused",
     "int8_dense_reference",
@@ -151,8 +209,9 @@ def _jax_version() -> tuple[int, ...]:
     return tuple(parts)
 
 
-def unavailable_reason() -> str | None:
-    """None if the fused kernel can run here, else why not (for skips and logs)."""
+def api_unavailable_reason() -> str | None:
+    """None if this jax has the Mosaic GPU Pallas API the kernel is written against (so it can
+    be traced, lowered for CUDA from any host, or interpreted), else why not."""
     if _IMPORT_ERROR is not None:
         return f"jax.experimental.pallas.mosaic_gpu does not import ({_IMPORT_ERROR})"
     if _jax_version() < MIN_JAX:
@@ -162,6 +221,13 @@ def unavailable_reason() -> str | None:
     missing = [name for name in _NEEDED_API if not hasattr(plgpu, name)]
     if missing:
         return f"jax {jax.__version__} plgpu lacks {missing}"
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """None if the fused kernel can run here, else why not (for skips and logs)."""
+    if (reason := api_unavailable_reason()) is not None:
+        return reason
     try:
         gpus = jax.devices("gpu")
     except RuntimeError:
@@ -200,6 +266,10 @@ class FusedConfig:
     # the activation tile) in a 2-CTA cluster whose TMA loads multicast the shared operand
     semantics: str = "warpgroup"  # Mosaic GPU lowering: "warpgroup" (0.11 default) or "lane"
     num_ctas: int | None = None  # ws: persistent CTAs (default: the device's SM count)
+    # Mosaic GPU approximate math: the quantizing epilogue's tanh becomes one `tanh.approx.f32`
+    # (MUFU) instead of libdevice's tanhf (dozens of instructions per element, which the
+    # epilogue pays with the tensor cores idle). See `int8_dense_fused`.
+    approx_math: bool = False
 
     def cta_tile(self) -> tuple[int, int]:
         """Output tile of one CTA (both consumer warpgroups)."""
@@ -211,7 +281,7 @@ class FusedConfig:
         return self.block_m, self.block_n
 
     def cluster_tile(self) -> tuple[int, int]:
-        """Output tile of one cluster: M and N must be (and are padded to) multiples of it."""
+        """Output tile of one cluster (the persistent loop's unit of work)."""
         cta_m, cta_n = self.cta_tile()
         return cta_m * (2 if self.cluster == "m" else 1), cta_n * (2 if self.cluster == "n" else 1)
 
@@ -248,15 +318,19 @@ class FusedConfig:
             raise ValueError(f"stages must be >= 1, got {self.stages}")
 
 
-def smem_bytes(cfg: FusedConfig) -> int:
-    """Shared memory the kernel allocates per CTA (operand slots, bf16 output tile, vectors)."""
+def smem_bytes(cfg: FusedConfig, out_quant: bool = False) -> int:
+    """Shared memory the kernel allocates per CTA (operand slots, output tile, vectors).
+
+    ``out_quant``: the quantizing epilogue (int8 output tile, two more row vectors and the
+    partial row sums) instead of the bf16 one.
+    """
     cta_m, cta_n = cfg.cta_tile()
     operands = cfg.stages * (cta_m + cta_n) * cfg.block_k
-    out = cta_m * cta_n * 2
+    out = cta_m * cta_n * (1 if out_quant else 2)
+    row_vectors = 3 + (3 if out_quant else 0)  # s_x, z_x, sum_x (+ 1/s_out, z_out, row sums)
+    vectors = (row_vectors * cfg.block_m + 4 * cfg.block_n) * 4
     if cfg.variant == "ws":
-        vectors = 2 * (3 * cfg.block_m + 4 * cfg.block_n) * 4  # per consumer warpgroup
-    else:
-        vectors = (3 * cfg.block_m + 4 * cfg.block_n) * 4
+        vectors *= 2  # per consumer warpgroup
     return operands + out + vectors + 4096  # + reduction scratch, barriers, alignment
 
 
@@ -291,43 +365,168 @@ def _num_sms() -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# The epilogue (shared by both variants): int32 zero-point terms, float32 scales, bias, bf16.
+# The epilogues (shared by both variants): int32 zero-point terms, float32 scales, bias, then
+# either bf16 (``_epilogue``) or the next layer's int8 codes and their row sums
+# (``_epilogue_quant``).
 
 
-EPI_N = 64  # epilogue column chunk: one 128-byte swizzle span of the bf16 output tile
+EPI_N = 64  # bf16 epilogue column chunk: one 128-byte swizzle span of the bf16 output tile
+# int8 epilogue column chunk: 32 int8 columns, one 32-byte swizzle span of the int8 output tile.
+# Half of EPI_N: the activation and the rounding keep more temporaries live than the bf16
+# epilogue, and with 64-column chunks the "ws" kernel spilled (32-40 bytes at the 168-register
+# cap; ptxas for sm_90a); 32 columns also halve the replicated column vectors (8 registers each)
+# and compile without spills.
+EPI_Q = 32
+ACTIVATIONS = (None, "gelu_tanh")
+
+
+def _bcast_row(v, chunk):
+    """[rows] in ``WGMMA.reduce(1)`` -> ``chunk`` in the accumulator's layout."""
+    return plgpu.layout_cast(lax.broadcast_in_dim(v, chunk, (0,)), plgpu.Layout.WGMMA)
+
+
+def _bcast_col(ref, cs, chunk):
+    """Columns ``cs`` of an SMEM column vector, broadcast onto ``chunk`` (accumulator layout)."""
+    wgmma = plgpu.Layout.WGMMA
+    v = plgpu.load(ref.at[cs], layout=wgmma.reduce(0))
+    return plgpu.layout_cast(lax.broadcast_in_dim(v, chunk, (1,)), wgmma)
+
+
+def _dequant_chunks(acc, row_vals, col_refs, shape, chunk_n):
+    """Yields ``(c, f)``: float32 ``(acc - z_w sum_x - z_x c_w) * (s_x s_w) + b`` of column
+    chunk ``c`` (``chunk_n`` columns) of the int32 accumulator.
+
+    ``row_vals`` = (s_x f32, z_x i32, sum_x i32) loaded in ``WGMMA.reduce(1)``;
+    ``col_refs`` = (s_w f32, z_w i32, c_w i32, bias f32) SMEM refs of length ``shape[1]``.
+    The explicit ``layout_cast`` pins each broadcast to the accumulator's layout. Working on
+    ``chunk_n`` columns at a time keeps the replicated column vectors at 16 registers each (64
+    columns) instead of 32 (the full-width form spilled under the 168-register cap of the
+    3-warpgroup kernel).
+    """
+    tm, tn = shape
+    chunk = (tm, chunk_n)
+    sx, zx, sumx = row_vals
+    sw_ref, zw_ref, cw_ref, b_ref = col_refs
+    for c in range(tn // chunk_n):
+        cs = slice(c * chunk_n, (c + 1) * chunk_n)
+        y = acc[:, cs] - _bcast_col(zw_ref, cs, chunk) * _bcast_row(sumx, chunk)
+        y = y - _bcast_row(zx, chunk) * _bcast_col(cw_ref, cs, chunk)
+        # (s_x s_w) first, like packed_dense's XLA path (module doc): the same two multiplies.
+        scale = _bcast_row(sx, chunk) * _bcast_col(sw_ref, cs, chunk)
+        yield c, y.astype(jnp.float32) * scale + _bcast_col(b_ref, cs, chunk)
 
 
 def _epilogue(acc, row_refs, col_refs, out_chunks, shape):
-    """Stores bf16 ``(acc - z_w sum_x - z_x c_w) * s_x * s_w + b`` of the int32 accumulator.
+    """Stores bf16 ``(acc - z_w sum_x - z_x c_w) * (s_x s_w) + b`` of the int32 accumulator.
 
     ``row_refs`` = (s_x f32, z_x i32, sum_x i32) SMEM refs of length ``shape[0]``;
-    ``col_refs`` = (s_w f32, z_w i32, c_w i32, bias f32) SMEM refs of length ``shape[1]``;
-    ``out_chunks(c)``: the swizzled SMEM ref ``[shape[0], EPI_N]`` receiving column chunk ``c``.
-    Vectors are loaded in the row / column slices of the WGMMA layout and broadcast (the explicit
-    ``layout_cast`` pins each broadcast to the accumulator's layout). Working on EPI_N columns at a
-    time keeps the replicated column vectors at 16 registers each instead of 32 (the full-width
-    form spilled under the 168-register cap of the 3-warpgroup kernel).
+    ``col_refs`` as in ``_dequant_chunks``; ``out_chunks(c)``: the swizzled SMEM ref
+    ``[shape[0], EPI_N]`` receiving column chunk ``c``.
     """
-    tm, tn = shape
-    wgmma = plgpu.Layout.WGMMA
-    chunk = (tm, EPI_N)
-
-    def bcast_row(v):
-        return plgpu.layout_cast(lax.broadcast_in_dim(v, chunk, (0,)), wgmma)
-
-    def col(ref, cs):
-        v = plgpu.load(ref.at[cs], layout=wgmma.reduce(0))
-        return plgpu.layout_cast(lax.broadcast_in_dim(v, chunk, (1,)), wgmma)
-
-    sx, zx, sumx = (plgpu.load(ref, layout=wgmma.reduce(1)) for ref in row_refs)
-    sw_ref, zw_ref, cw_ref, b_ref = col_refs
-    for c in range(tn // EPI_N):
-        cs = slice(c * EPI_N, (c + 1) * EPI_N)
-        y = acc[:, cs] - col(zw_ref, cs) * bcast_row(sumx)
-        y = y - bcast_row(zx) * col(cw_ref, cs)
-        f = y.astype(jnp.float32) * bcast_row(sx)
-        f = f * col(sw_ref, cs) + col(b_ref, cs)
+    rows = tuple(plgpu.load(ref, layout=plgpu.Layout.WGMMA.reduce(1)) for ref in row_refs)
+    for c, f in _dequant_chunks(acc, rows, col_refs, shape, EPI_N):
         out_chunks(c)[...] = f.astype(jnp.bfloat16)
+
+
+def round_to_bf16(x):
+    """float32 ``x`` rounded to the nearest bfloat16 (ties to even), kept in float32, by integer
+    arithmetic on the bit pattern.
+
+    Same value as ``x.astype(bf16).astype(float32)`` for finite inputs, but XLA cannot drop it:
+    with ``xla_allow_excess_precision`` (XLA's default) the GPU compiler may elide such a
+    convert pair inside a fusion and keep float32, which moved ~0.6 % of the fused epilogue's
+    codes by one against an XLA reference on H200 (2026-11-27). The kernel's own converts are
+    real ``cvt.rn.bf16.f32`` instructions, so it rounds with ``astype``.
+    """
+    u = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    lsb = (u >> 16) & jnp.uint32(1)
+    u = (u + jnp.uint32(0x7FFF) + lsb) & jnp.uint32(0xFFFF0000)
+    return lax.bitcast_convert_type(u, jnp.float32)
+
+
+def _activation_input(f, activation, *, exact_rounding: bool = True):
+    """What the next layer quantizes, from the float32 epilogue value ``f`` of this layer.
+
+    The unfused sequence (``packed_dense_act_quant``'s XLA path) materialises this layer's output
+    in bf16 and applies the activation in float32 to that, rounding the result to bf16 again;
+    both roundings are reproduced so the fused codes equal the unfused ones. ``jax.nn.gelu(approximate=True)`` is the model's own
+    function (``arvg_jax.layers.gelu_tanh``), called here so the formula and its operation order
+    are shared; inside the kernel it lowers to Mosaic GPU's float32 ``math.tanh``.
+    """
+    if exact_rounding:  # XLA: rounding it cannot elide (`round_to_bf16`)
+        rnd = round_to_bf16
+    else:  # inside the kernel: plain converts
+
+        def rnd(v):
+            return v.astype(jnp.bfloat16).astype(jnp.float32)
+
+    y = rnd(f)
+    if activation == "gelu_tanh":
+        y = rnd(jax.nn.gelu(y, approximate=True))
+    return y
+
+
+def xla_divides() -> bool:
+    """Whether XLA on the default backend keeps ``x / broadcast(s)`` a true division.
+
+    ``ActQuant.quantize`` divides by the per-token scale, as the official code does. XLA:CPU's
+    algebraic simplifier rewrites ``x / broadcast(s)`` into ``x * broadcast(1 / s)`` (visible in
+    the optimized HLO; eager calls too, since ``jnp.divide`` broadcasts inside its own jit);
+    XLA:GPU keeps the IEEE division (on H100 a reciprocal-multiplying epilogue disagreed with
+    the XLA path on 0.12 % of the codes, each at a tie ``k + 0.5``, 2026-11-27). The quantizing
+    epilogue follows the platform's XLA so the fused codes equal the unfused ones on both: the
+    real kernel (GPU) divides, interpret mode on CPU multiplies by the reciprocal.
+    """
+    return jax.default_backend() != "cpu"
+
+
+def _quantize_codes(y, s, z, bits: int, divide: bool):
+    """Float codes ``clip(round(y / s) + z)`` (round half to even, float32 zero point), still
+    float32 (integer-valued): ``s`` is the scale (``divide``) or its reciprocal ``1 / s`` as XLA
+    computes it (``xla_divides``)."""
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return jnp.clip(jnp.round(y / s if divide else y * s) + z, lo, hi)
+
+
+def _epilogue_quant(acc, row_refs, col_refs, out_chunks, sum_ref, shape, bits, activation, divide):
+    """Stores the next layer's int8 codes of this layer's output and their per-row sum.
+
+    ``row_refs`` = (s_x, z_x, sum_x, s_out f32 (or 1 / s_out: ``divide``), z_out f32) SMEM refs
+    of length ``shape[0]``;
+    ``out_chunks(c)``: the swizzled int8 SMEM ref ``[shape[0], EPI_Q]`` of column chunk ``c``;
+    ``sum_ref``: int32 SMEM ``[shape[0]]`` receiving ``sum_n q[m, n]`` over this tile's columns.
+    The sum accumulates in the row slice of the WGMMA layout (``WGMMA.reduce(1)``, a few
+    registers) across chunks, in float32: the codes are integers with ``|sum| <= 128 * block_n <
+    2**24``, so float32 addition is exact and needs no per-element int32 conversion.
+    """
+    tm, _ = shape
+    chunk = (tm, EPI_Q)
+    vals = tuple(plgpu.load(ref, layout=plgpu.Layout.WGMMA.reduce(1)) for ref in row_refs)
+    s_out, z_out = vals[3:]
+    total = None
+    for c, f in _dequant_chunks(acc, vals[:3], col_refs, shape, EPI_Q):
+        y = _activation_input(f, activation, exact_rounding=False)
+        s_c, z_c = _bcast_row(s_out, chunk), _bcast_row(z_out, chunk)
+        q = _quantize_codes(y, s_c, z_c, bits, divide)
+        out_chunks(c)[...] = q.astype(jnp.int8)
+        part = jnp.sum(q, axis=1)
+        total = part if total is None else total + part
+    sum_ref[...] = total.astype(jnp.int32)
+
+
+def _tile_start(idx, tile: int, extent: int, exact: bool):
+    """First row (column) of tile ``idx``: ``idx * tile``, clamped to ``extent - tile``.
+
+    The clamp makes the last tile of a ragged extent overlap the one before it instead of
+    reading and writing past the end (module doc, "Layout requirements"); ``exact`` (the extent
+    is a multiple of the (cluster) tile) skips it. Both candidates are multiples of
+    ``gcd(extent, tile)`` (8 for rows, 64 for columns: ``_padded_extents``); ``pl.multiple_of``
+    tells Mosaic so, since a TMA slice of a tiled SMEM ref must start on a whole tile.
+    """
+    start = idx * tile
+    if exact:
+        return start
+    return pl.multiple_of(jnp.minimum(start, jnp.int32(extent - tile)), math.gcd(extent, tile))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +534,12 @@ def _epilogue(acc, row_refs, col_refs, out_chunks, shape):
 
 
 _ROW_DTYPES = (jnp.float32, jnp.int32, jnp.int32)  # s_x, z_x, sum_x
+_QROW_DTYPES = (jnp.float32, jnp.float32)  # 1 / s_out, z_out (integer-valued, as ActQuant)
 _COL_DTYPES = (jnp.float32, jnp.int32, jnp.int32, jnp.float32)  # s_w, z_w, c_w, bias
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
 
 
 def _pipeline_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
@@ -350,10 +554,10 @@ def _pipeline_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
         # Scratch refs arrive by name (scratch_types is a dict).
         out_smem, vec_bar = scratch["out_smem"], scratch["vec_bar"]
         row_smem, col_smem = scratch["row_smem"], scratch["col_smem"]
-        pid_m = lax.axis_index("m")
-        pid_n = lax.axis_index("n")
-        rows_ds = pl.ds(pid_m * tm, tm)
-        cols_ds = pl.ds(pid_n * tn, tn)
+        row0 = _tile_start(lax.axis_index("m"), tm, m, m % tm == 0)
+        col0 = _tile_start(lax.axis_index("n"), tn, n, n % tn == 0)
+        rows_ds = pl.ds(row0, tm)
+        cols_ds = pl.ds(col0, tn)
         # The per-row / per-column vectors travel while the K loop runs.
         for g, s in zip((sx_g, zx_g, sumx_g), row_smem):
             plgpu.copy_gmem_to_smem(g.at[rows_ds], s, vec_bar)
@@ -386,7 +590,7 @@ def _pipeline_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
         _epilogue(acc, row_smem, col_smem, lambda c: out_smem.at[c], (tm, tn))
         plgpu.commit_smem()
         for c in range(tn // EPI_N):
-            out_cols = pl.ds(pid_n * tn + c * EPI_N, EPI_N)
+            out_cols = pl.ds(col0 + c * EPI_N, EPI_N)
             plgpu.copy_smem_to_gmem(out_smem.at[c], out_g.at[rows_ds, out_cols])
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
@@ -400,9 +604,12 @@ def _pipeline_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
             "col_smem": [plgpu.SMEM((tn,), dt) for dt in _COL_DTYPES],
             "vec_bar": plgpu.Barrier(num_arrivals=len(_ROW_DTYPES) + len(_COL_DTYPES)),
         },
-        grid=(m // tm, n // tn),  # the last grid axis is CUDA's fastest: CTAs walk along N
+        # The last grid axis is CUDA's fastest: CTAs walk along N.
+        grid=(pl.cdiv(m, tm), pl.cdiv(n, tn)),
         grid_names=("m", "n"),
-        compiler_params=plgpu.CompilerParams(lowering_semantics=_semantics(cfg)),
+        compiler_params=plgpu.CompilerParams(
+            lowering_semantics=_semantics(cfg), approx_math=cfg.approx_math
+        ),
         **kw,
     )(q_x, q_w, *rows, *cols)
 
@@ -411,14 +618,17 @@ def _pipeline_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
 # Variant "ws": persistent, warp-specialized (1 producer + 2 consumer warpgroups).
 
 
-def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
+def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
+    """``quant``: None (bf16 ``[M, N]`` output), or ``(bits, activation, divide)`` with ``rows``
+    extended by (s_out or 1 / s_out, z_out): outputs int8 codes ``[M, N]`` and int32 partial row sums
+    ``[N // block_n, M]``. M and N as ``_padded_extents`` makes them."""
     m, k = q_x.shape
     n = q_w.shape[0]
     tm, tn, tk = cfg.block_m, cfg.block_n, cfg.block_k
     cta_m, cta_n = cfg.cta_tile()
     clu_m, clu_n = cfg.cluster_tile()
     cl_size = 2 if cfg.cluster else 1
-    m_iters, n_iters, k_iters = m // clu_m, n // clu_n, k // tk
+    m_iters, n_iters, k_iters = pl.cdiv(m, clu_m), pl.cdiv(n, clu_n), k // tk
     num_tiles = m_iters * n_iters  # cluster tiles
     num_clusters = max(1, min((cfg.num_ctas or _num_sms()) // cl_size, num_tiles))
     split_m = cfg.split == "m"
@@ -427,7 +637,20 @@ def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
     a_collective = ("cluster",) if cfg.cluster == "n" else None
     w_collective = ("cluster",) if cfg.cluster == "m" else None
     op_tf = _tile_transforms(tk, jnp.int8)
-    out_tf = _tile_transforms(EPI_N, jnp.bfloat16)
+    n_rows = len(rows)
+    if quant is None:
+        chunk_n, out_dtype = EPI_N, jnp.bfloat16
+        out_type = jax.ShapeDtypeStruct((m, n), jnp.bfloat16)
+    else:
+        bits, activation, divide = quant  # the wrapper checked N % tn == 0 and N >= cta_n
+        chunk_n, out_dtype = EPI_Q, jnp.int8
+        out_type = (
+            jax.ShapeDtypeStruct((m, n), jnp.int8),
+            jax.ShapeDtypeStruct((n // tn, m), jnp.int32),
+        )
+    out_tf = _tile_transforms(chunk_n, out_dtype)
+    row_dtypes = _ROW_DTYPES + (_QROW_DTYPES if quant is not None else ())
+    assert len(row_dtypes) == n_rows, (len(row_dtypes), n_rows)
 
     def get_pipeline(body, compute_context):
         return plgpu.emit_pipeline_warp_specialized(
@@ -456,14 +679,15 @@ def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
             compute_context=compute_context,
         )
 
-    def kernel(qx_g, qw_g, sx_g, zx_g, sumx_g, sw_g, zw_g, cw_g, b_g, out_g):
-        row_g = (sx_g, zx_g, sumx_g)
-        col_g = (sw_g, zw_g, cw_g, b_g)
+    def kernel(qx_g, qw_g, *refs):
+        row_g = refs[:n_rows]
+        col_g = refs[n_rows : n_rows + len(_COL_DTYPES)]
+        out_g = refs[n_rows + len(_COL_DTYPES) :]
 
         def ignore(*args, **kwargs):
             del args, kwargs
 
-        def scope(pipe_allocs, out_smem, row_smem, col_smem, vec_bar):
+        def scope(pipe_allocs, out_smem, row_smem, col_smem, vec_bar, sum_smem=None):
             wg = lax.axis_index("wg")  # 0, 1: consumers; 2: producer (only inside the pipeline)
 
             @plgpu.nd_loop((num_tiles,), collective_axes="sm")
@@ -475,14 +699,17 @@ def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
                     m_idx = m_idx * 2 + lax.axis_index("cluster")
                 elif cfg.cluster == "n":
                     n_idx = n_idx * 2 + lax.axis_index("cluster")
-                cta_rows = pl.ds(m_idx * cta_m, cta_m)
-                cta_cols = pl.ds(n_idx * cta_n, cta_n)
+                # Each CTA clamps its own tile; the exactness test is on the cluster tile, since
+                # with m % clu_m != 0 a cluster's second CTA tile may start past the end.
+                row0 = _tile_start(m_idx, cta_m, m, m % clu_m == 0)
+                col0 = _tile_start(n_idx, cta_n, n, n % clu_n == 0)
+                cta_rows = pl.ds(row0, cta_m)
+                cta_cols = pl.ds(col0, cta_n)
                 if split_m:
-                    rows_ds = pl.ds(m_idx * cta_m + wg * tm, tm)
-                    col0 = n_idx * cta_n
+                    row0 = row0 + wg * tm
                 else:
-                    rows_ds = pl.ds(m_idx * cta_m, tm)
-                    col0 = n_idx * cta_n + wg * tn
+                    col0 = col0 + wg * tn
+                rows_ds = pl.ds(row0, tm)
                 cols_ds = pl.ds(col0, tn)
 
                 def compute_context(eval_pipeline):
@@ -497,19 +724,37 @@ def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
                         eval_pipeline(acc_ref)
                         acc = acc_ref[...]
                         plgpu.barrier_wait(vec_bar.at[wg])
-                        # The previous tile's TMA stores must have read out_smem[wg].
+                        # The previous tile's TMA stores must have read out_smem[wg] (and
+                        # sum_smem[wg]).
                         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-                        _epilogue(
-                            acc,
-                            tuple(s.at[wg] for s in row_smem),
-                            tuple(s.at[wg] for s in col_smem),
-                            lambda c: out_smem.at[wg, c],
-                            (tm, tn),
-                        )
+                        wg_rows = tuple(s.at[wg] for s in row_smem)
+                        wg_cols = tuple(s.at[wg] for s in col_smem)
+                        if quant is None:
+                            _epilogue(acc, wg_rows, wg_cols, lambda c: out_smem.at[wg, c], (tm, tn))
+                        else:
+                            _epilogue_quant(
+                                acc,
+                                wg_rows,
+                                wg_cols,
+                                lambda c: out_smem.at[wg, c],
+                                sum_smem.at[wg],
+                                (tm, tn),
+                                bits,
+                                activation,
+                                divide,
+                            )
                         plgpu.commit_smem()
-                        for c in range(tn // EPI_N):
-                            out_cols = pl.ds(col0 + c * EPI_N, EPI_N)
-                            plgpu.copy_smem_to_gmem(out_smem.at[wg, c], out_g.at[rows_ds, out_cols])
+                        for c in range(tn // chunk_n):
+                            out_cols = pl.ds(col0 + c * chunk_n, chunk_n)
+                            plgpu.copy_smem_to_gmem(
+                                out_smem.at[wg, c], out_g[0].at[rows_ds, out_cols]
+                            )
+                        if quant is not None:
+                            # Row t of the partial sums belongs to columns [t tn, (t + 1) tn):
+                            # col0 is a multiple of tn, also for a clamped last tile, because N
+                            # is (the wrapper checks).
+                            t = lax.div(col0, jnp.int32(tn))
+                            plgpu.copy_smem_to_gmem(sum_smem.at[wg], out_g[1].at[t, rows_ds])
 
                 def mma_body(_, a_smem, w_smem, acc_ref):
                     a = a_smem.at[pl.ds(wg * tm, tm)] if split_m else a_smem
@@ -529,29 +774,33 @@ def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret):
 
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-        pl.run_scoped(
-            scope,
-            pipe_allocs=get_pipeline(ignore, ignore).get_allocations(qx_g, qw_g),
-            out_smem=plgpu.SMEM((2, tn // EPI_N, tm, EPI_N), jnp.bfloat16, transforms=out_tf),
-            row_smem=[plgpu.SMEM((2, tm), dt) for dt in _ROW_DTYPES],
-            col_smem=[plgpu.SMEM((2, tn), dt) for dt in _COL_DTYPES],
-            vec_bar=plgpu.Barrier(num_arrivals=len(_ROW_DTYPES) + len(_COL_DTYPES), num_barriers=2),
-            collective_axes="wg",
-        )
+        scratch = {
+            "pipe_allocs": get_pipeline(ignore, ignore).get_allocations(qx_g, qw_g),
+            "out_smem": plgpu.SMEM((2, tn // chunk_n, tm, chunk_n), out_dtype, transforms=out_tf),
+            "row_smem": [plgpu.SMEM((2, tm), dt) for dt in row_dtypes],
+            "col_smem": [plgpu.SMEM((2, tn), dt) for dt in _COL_DTYPES],
+            "vec_bar": plgpu.Barrier(num_arrivals=n_rows + len(_COL_DTYPES), num_barriers=2),
+        }
+        if quant is not None:  # this warpgroup's partial row sums, stored after the codes
+            scratch["sum_smem"] = plgpu.SMEM((2, tm), jnp.int32)
+        pl.run_scoped(scope, **scratch, collective_axes="wg")
 
     kw = {} if interpret is False else {"interpret": interpret}
     if cfg.cluster:
         kw.update(cluster=(2,), cluster_names=("cluster",))
-    return plgpu.kernel(
+    out = plgpu.kernel(
         kernel,
-        out_type=jax.ShapeDtypeStruct((m, n), jnp.bfloat16),
+        out_type=out_type if quant is not None else (out_type,),
         grid=(num_clusters,),
         grid_names=("sm",),
         num_threads=3,
         thread_name="wg",
-        compiler_params=plgpu.CompilerParams(lowering_semantics=_semantics(cfg)),
+        compiler_params=plgpu.CompilerParams(
+            lowering_semantics=_semantics(cfg), approx_math=cfg.approx_math
+        ),
         **kw,
     )(q_x, q_w, *rows, *cols)
+    return out if quant is not None else out[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -572,14 +821,31 @@ def _vector(v, length: int, dtype, name: str):
     return jnp.broadcast_to(v.astype(dtype), (length,))
 
 
-def _pad_to(x, axis: int, multiple: int):
-    size = x.shape[axis]
-    pad = -size % multiple
+def _pad_to(x, axis: int, size: int):
+    """``x`` zero-padded along ``axis`` to ``size`` (unchanged, no copy, if already that long)."""
+    pad = size - x.shape[axis]
     if pad == 0:
         return x
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, pad)
     return jnp.pad(x, widths)
+
+
+def _padded_extents(cfg: FusedConfig, m: int, n: int, k: int) -> tuple[int, int, int]:
+    """(M, N, K) the kernel runs on; the wrapper zero-pads the operands to them.
+
+    Mosaic's tiled TMA views a global array in whole SMEM tiles, so the row counts of q_x and
+    q_w (and of the output) must be multiples of the operand tiles' 8 rows, and the output's
+    columns multiples of its SMEM tile width (EPI_N bf16 / EPI_Q int8 columns); K must be a
+    multiple of block_k. Beyond that, M and N are padded only when smaller than one CTA tile:
+    larger ragged extents clamp their last tile instead (module doc, "Layout requirements").
+    """
+    cta_m, cta_n = cfg.cta_tile()
+    return (
+        max(_round_up(m, 8), cta_m),
+        max(_round_up(n, EPI_N), cta_n),  # EPI_Q divides EPI_N
+        _round_up(k, cfg.block_k),
+    )
 
 
 def _normalize(q_x, q_w, s_x, z_x, sum_x, s_w, z_w, colsum_w, bias):
@@ -603,6 +869,28 @@ def _normalize(q_x, q_w, s_x, z_x, sum_x, s_w, z_w, colsum_w, bias):
     return rows, cols
 
 
+def _normalize_out_quant(out_quant, activation, m: int, divide: bool):
+    """((s_out or 1 / s_out (not ``divide``) f32 [M], z_out f32 [M]), bits) of ``out_quant``;
+    checks ``activation``."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if out_quant is None:
+        if activation is not None:
+            raise ValueError("activation is applied only with out_quant (the quantized output)")
+        return None
+    try:
+        s_out, z_out, bits = out_quant
+    except (TypeError, ValueError):
+        raise ValueError("out_quant must be a tuple (s_out, z_out, bits)") from None
+    if not isinstance(bits, (int, np.integer)) or not 2 <= int(bits) <= 8:
+        raise ValueError(f"out_quant bits must be an int in [2, 8], got {bits!r}")
+    # z_out stays float32 (integer-valued), added to the rounded float like ActQuant.quantize.
+    # The scale, or its reciprocal as XLA:CPU computes it for ActQuant.quantize (`xla_divides`).
+    s_out = _vector(s_out, m, jnp.float32, "s_out")
+    qrows = (s_out if divide else 1.0 / s_out, _vector(z_out, m, jnp.float32, "z_out"))
+    return qrows, int(bits)
+
+
 def int8_dense_reference(
     q_x,
     q_w,
@@ -616,14 +904,22 @@ def int8_dense_reference(
     *,
     out_dtype=jnp.bfloat16,
     barrier: bool = False,
+    out_quant=None,
+    activation: str | None = None,
+    block_n: int = 128,
 ):
     """The XLA path with the fused kernel's exact arithmetic: s32 ``dot_general`` + epilogue.
 
     ``barrier=True`` wraps the int32 accumulator in ``lax.optimization_barrier`` (cuBLASLt GEMM,
     then a separate fusion: the ``"barrier"`` GPU impl of ``quant._packed``).
     ``out_dtype=jnp.float32`` returns the value before the bf16 rounding (for tolerance checks).
+    ``out_quant`` / ``activation``: as ``int8_dense_fused`` (returns ``(q int8 [M, N], partial
+    sums int32 [N // block_n, M])``; ``block_n`` is the kernel's column tile of the sums).
     """
     rows, cols = _normalize(q_x, q_w, s_x, z_x, sum_x, s_w, z_w, colsum_w, bias)
+    m, n = q_x.shape[0], q_w.shape[0]
+    # The reference divides and lets XLA lower it as it lowers ActQuant.quantize (`xla_divides`).
+    oq = _normalize_out_quant(out_quant, activation, m, divide=True)
     sx, zx, sumx = rows
     sw, zw, cw, b = cols
     acc = lax.dot_general(q_x, q_w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
@@ -631,9 +927,16 @@ def int8_dense_reference(
         acc = lax.optimization_barrier(acc)
     y = acc - zw[None, :] * sumx[:, None]
     y = y - zx[:, None] * cw[None, :]
-    f = y.astype(jnp.float32) * sx[:, None]
-    f = f * sw[None, :] + b[None, :]
-    return f.astype(out_dtype)
+    f = y.astype(jnp.float32) * (sx[:, None] * sw[None, :]) + b[None, :]
+    if oq is None:
+        return f.astype(out_dtype)
+    (s_out, z_out), bits = oq
+    if n % block_n:
+        raise ValueError(f"out_quant needs N % block_n == 0, got N={n}, block_n={block_n}")
+    y = _activation_input(f, activation)
+    q = _quantize_codes(y, s_out[:, None], z_out[:, None], bits, divide=True).astype(jnp.int8)
+    sums = jnp.sum(q.reshape(m, n // block_n, block_n), axis=2, dtype=jnp.int32)
+    return q, sums.T
 
 
 def int8_dense_fused(
@@ -647,6 +950,8 @@ def int8_dense_fused(
     colsum_w,
     bias=None,
     *,
+    out_quant=None,
+    activation: str | None = None,
     block_m: int = 128,
     block_n: int = 128,
     block_k: int = 128,
@@ -656,6 +961,7 @@ def int8_dense_fused(
     cluster: str | None = None,
     semantics: str = "warpgroup",
     num_ctas: int | None = None,
+    approx_math: bool = False,
     interpret=False,
 ):
     """bf16 ``[M, N]`` = ``s_x s_w ((q_x - z_x) . (q_w - z_w)^T) + bias`` in one Hopper kernel.
@@ -667,6 +973,13 @@ def int8_dense_fused(
         (int32); each ``[M]``, ``[M, 1]`` or a scalar.
       s_w, z_w, colsum_w, bias: per-column scale, zero point, ``sum_k q_w`` (int32) and bias
         (float32, or None); each ``[N]``, ``[1, N]`` or a scalar.
+      out_quant: None, or ``(s_out, z_out, bits)``: quantize the output for the next layer in
+        the epilogue (module doc, "Output quantization"): per-row float32 scale and
+        integer-valued zero point (``[M]``, ``[M, 1]`` or scalars, as ``ActQuant.for_positions``
+        gives them), ``bits`` in [2, 8]. Needs N a multiple of ``block_n`` and at least one CTA
+        tile wide; variant "ws" only.
+      activation: with ``out_quant``: None or ``"gelu_tanh"`` (``jax.nn.gelu(approximate=True)``
+        applied between this layer's bf16 output and the quantization).
       block_m, block_n, block_k: one consumer warpgroup's accumulator tile and the K step.
       stages: SMEM slots of the K pipeline (default 3 for "ws", 2 for "pipeline").
       variant: "ws" (persistent warp-specialized) or "pipeline" (see module doc).
@@ -676,9 +989,15 @@ def int8_dense_fused(
       semantics: Mosaic GPU lowering semantics, "warpgroup" (jax 0.11's default) or "lane".
       num_ctas: "ws" only: persistent CTAs (default: number of SMs; rounded down to whole
         clusters).
+      approx_math: let Mosaic GPU use approximate transcendental instructions (the GELU's
+        ``tanh.approx.f32``; relative error ~2^-11, below the bf16 rounding that follows it,
+        so a code moves by one only where the value sits at a rounding boundary).
       interpret: passed to Pallas (e.g. ``plgpu.InterpretGPUParams()`` to run on CPU).
 
-    Returns bf16 ``[M, N]``. Callable inside ``jax.jit``; shapes and options are static.
+    Returns bf16 ``[M, N]``; with ``out_quant``, ``(q int8 [M, N], partial_sums int32
+    [N // block_n, M])`` where ``partial_sums[t, m]`` is the sum of ``q[m, t block_n : (t + 1)
+    block_n]`` (so ``partial_sums.sum(0)`` is the next layer's ``sum_x``). Callable inside
+    ``jax.jit``; shapes and options are static.
     """
     if plgpu is None:
         raise RuntimeError(f"int8_dense_fused: {unavailable_reason()}")
@@ -694,22 +1013,49 @@ def int8_dense_fused(
         cluster=cluster,
         semantics=semantics,
         num_ctas=num_ctas,
+        approx_math=approx_math,
     )
     cfg.validate()
-    if (need := smem_bytes(cfg)) > SMEM_LIMIT:
+    if (need := smem_bytes(cfg, out_quant=out_quant is not None)) > SMEM_LIMIT:
         raise ValueError(
             f"int8_dense_fused: {cfg} needs ~{need // 1024} KiB of shared memory per CTA, more than"
             f" {SMEM_LIMIT // 1024} KiB; lower stages or the tile"
         )
     rows, cols = _normalize(q_x, q_w, s_x, z_x, sum_x, s_w, z_w, colsum_w, bias)
     m, n = q_x.shape[0], q_w.shape[0]
-    cta_m, cta_n = cfg.cluster_tile()
-    q_x = _pad_to(_pad_to(q_x, 0, cta_m), 1, cfg.block_k)
-    q_w = _pad_to(_pad_to(q_w, 0, cta_n), 1, cfg.block_k)
-    rows = tuple(_pad_to(v, 0, cta_m) for v in rows)
-    cols = tuple(_pad_to(v, 0, cta_n) for v in cols)
-    call = _ws_call if cfg.variant == "ws" else _pipeline_call
-    out = call(q_x, q_w, rows, cols, cfg, interpret)
-    if out.shape != (m, n):
-        out = out[:m, :n]
-    return out
+    cta_n = cfg.cta_tile()[1]
+    divide = xla_divides()
+    oq = _normalize_out_quant(out_quant, activation, m, divide)
+    quant = None
+    if oq is not None:
+        if cfg.variant != "ws":
+            raise NotImplementedError(
+                "int8_dense_fused: out_quant (the quantizing epilogue) is implemented for"
+                " variant='ws' only"
+            )
+        if n % cfg.block_n or n < cta_n:
+            # Partial sums are per block_n columns; a padded column would add codes of its own.
+            raise ValueError(
+                f"int8_dense_fused: out_quant needs N a multiple of block_n={cfg.block_n} and at"
+                f" least the CTA tile width {cta_n}, got N={n}"
+            )
+        qrows, bits = oq
+        rows = rows + qrows
+        quant = (bits, activation, divide)
+    m_k, n_k, k_k = _padded_extents(cfg, m, n, q_x.shape[1])
+    q_x = _pad_to(_pad_to(q_x, 0, m_k), 1, k_k)
+    q_w = _pad_to(_pad_to(q_w, 0, n_k), 1, k_k)
+    rows = tuple(_pad_to(v, 0, m_k) for v in rows)
+    cols = tuple(_pad_to(v, 0, n_k) for v in cols)
+    if cfg.variant == "ws":
+        out = _ws_call(q_x, q_w, rows, cols, cfg, interpret, quant)
+    else:
+        out = _pipeline_call(q_x, q_w, rows, cols, cfg, interpret)
+    if quant is None:
+        return out if out.shape == (m, n) else out[:m, :n]
+    q, sums = out
+    if q.shape[0] != m:
+        q = q[:m]
+    if sums.shape[1] != m:
+        sums = sums[:, :m]
+    return q, sums

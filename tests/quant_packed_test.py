@@ -10,6 +10,7 @@ import pytest
 
 import quant
 from quant import _packed
+from quant import _pallas_gpu as pg
 
 F32 = np.float32
 B, L, C_IN, C_OUT = 2, 7, 11 * 13, 19
@@ -166,7 +167,7 @@ def test_quantized_model_generates_the_same_tokens_packed_and_stacked():
 def test_inference_layout_is_idempotent_and_packs_only_quantized_kernels():
     from arvg_jax import var_sampler
 
-    x, kernel, bias = _problem(9)
+    _, kernel, bias = _problem(9)
     qk = quant.quantize_weight(kernel, 8)
     tree = {
         "blocks_0": {"fc": {"kernel": qk, "bias": bias}},
@@ -179,3 +180,62 @@ def test_inference_layout_is_idempotent_and_packs_only_quantized_kernels():
     assert isinstance(once["head"]["kernel"], type(kernel))
     twice = var_sampler.inference_layout(once)
     assert jax.tree_util.tree_structure(twice) == jax.tree_util.tree_structure(once)
+
+
+@pytest.mark.parametrize("impl", _packed.IMPLS)
+@pytest.mark.parametrize("grouped", (False, True), ids=("per_tensor", "groups"))
+@pytest.mark.parametrize("dtype", (jnp.float32, jnp.bfloat16), ids=("f32", "bf16"))
+def test_packed_dense_codes_is_packed_dense_from_codes(impl, grouped, dtype):
+    """packed_dense == quantize + packed_dense_codes (the fc2 entry point), for every route."""
+    x, kernel, bias = _problem(11 + grouped, dtype)
+    qk, aq = _quantizers(x, kernel, 8, 8, grouped)
+    pk = _packed.pack_kernel(qk, impl)
+    q_x = aq.quantize(x, POS)
+    sum_x = jnp.sum(q_x, axis=-1, keepdims=True, dtype=jnp.int32)
+    for keep in (None, jnp.bfloat16):
+        want = _packed.packed_dense(x, pk, bias, aq, POS, out_dtype=keep)
+        got = _packed.packed_dense_codes(q_x, sum_x, pk, bias, aq, POS, x.dtype, keep_dtype=keep)
+        assert got.dtype == want.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def _ffn_problem(seed):
+    """fc1 (C_IN -> 3 * 128) with token-group quantizers of its input and of the GELU output."""
+    rng = np.random.default_rng(seed)
+    x, _, _ = _problem(seed, jnp.bfloat16)
+    kernel = (rng.standard_normal((C_IN, 3 * 128)) / np.sqrt(C_IN)).astype(F32)
+    bias = jnp.asarray(rng.normal(0, 0.3, size=3 * 128).astype(F32))
+    qk, aq = _quantizers(x, kernel, 8, 8, True)
+    h = jax.nn.gelu(quant.dense(x, qk, bias, aq, POS).astype(jnp.float32), approximate=True)
+    next_quant = quant.fit_act_quant(np.asarray(h), 8, GROUPS)
+    return x, qk, bias, aq, next_quant
+
+
+@pytest.mark.parametrize("impl", ("xla", "barrier", "pallas"))
+def test_packed_dense_act_quant_is_the_unfused_sequence(impl):
+    """The XLA route of the fused fc1 -> GELU -> quantize: bit-identical to quantizing the bf16
+    GELU (computed in float32) of packed_dense's bf16 output, with the codes' row sums. ("pallas"
+    on CPU: the kernel is unavailable, the same XLA route.) Both bf16 roundings are explicit
+    (`round_to_bf16`): on GPU, XLA's excess precision may drop a plain convert pair."""
+    x, qk, bias, aq, nq = _ffn_problem(21)
+    pk = _packed.pack_kernel(qk, impl)
+    q, s = jax.jit(lambda x: _packed.packed_dense_act_quant(x, pk, bias, aq, POS, nq))(x)
+
+    def unfused(x):
+        y = _packed.packed_dense(x, pk, bias, aq, POS)  # bf16
+        g = jax.nn.gelu(pg.round_to_bf16(y.astype(jnp.float32)), approximate=True)
+        return nq.quantize(pg.round_to_bf16(g), POS)
+
+    want = jax.jit(unfused)(x)
+    assert q.dtype == jnp.int8 and q.shape == (B, L, 3 * 128)
+    assert s.dtype == jnp.int32 and s.shape == (B, L, 1)
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(s), np.asarray(want, np.int64).sum(-1, keepdims=True))
+    assert np.ptp(np.asarray(q, np.int32)) > 100  # the codes use the range
+
+    # Without an activation: the codes of the bf16 output itself.
+    q_lin, _ = _packed.packed_dense_act_quant(x, pk, bias, aq, POS, nq, activation=None)
+    y = _packed.packed_dense(x, pk, bias, aq, POS)
+    np.testing.assert_array_equal(np.asarray(q_lin), np.asarray(nq.quantize(y, POS)))
+    with pytest.raises(ValueError, match="activation"):
+        _packed.packed_dense_act_quant(x, pk, bias, aq, POS, nq, activation="relu")

@@ -2,9 +2,12 @@
 
 The kernel needs a Hopper GPU (wgmma) and jax >= 0.11: every GPU test is skipped elsewhere with
 the reason ``unavailable_reason()`` gives. ``test_interpret_mode_*`` runs the same kernels on CPU
-in Mosaic GPU interpret mode (logic, indexing, padding; not the hardware lowering) when the
-installed jax has it (jax >= 0.11.2).
+in Mosaic GPU interpret mode (logic, indexing, padding, the overlapping last tile, the quantizing
+epilogue; not the hardware lowering) when the installed jax has it (jax >= 0.11.2). Tests that
+only trace the wrapper or check its arguments need the jax >= 0.11 API, no GPU.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +23,25 @@ _HAS_INTERPRET = (
     and hasattr(pg.plgpu, "InterpretGPUParams")
     and pg._jax_version() >= (0, 11, 2)
 )
-interpret_only = pytest.mark.skipif(
+_interpret_skip = pytest.mark.skipif(
     not _HAS_INTERPRET, reason=f"Mosaic GPU interpret mode needs jax >= 0.11.2 ({jax.__version__})"
+)
+
+
+_ON_CPU = jax.default_backend() == "cpu"
+
+
+def interpret_only(test):
+    """Skip without interpret mode, and on GPU machines: the exact comparisons are a property of
+    the CPU's float32 arithmetic (interpret mode on a GPU backend evaluates the epilogue with the
+    GPU's tanh and its own convert elisions), and there the GPU tests run the kernel itself."""
+    reason = "interpret-mode exactness is checked on CPU; this machine runs the GPU tests"
+    return _interpret_skip(pytest.mark.skipif(not _ON_CPU, reason=reason)(test))
+
+
+api_only = pytest.mark.skipif(
+    pg.api_unavailable_reason() is not None,
+    reason=f"Mosaic GPU Pallas API unavailable: {pg.api_unavailable_reason()}",
 )
 
 ERR_LIMIT = 2.0**-8 * 1.02 + 1e-4  # bf16 rounding + float32 reassociation
@@ -33,8 +53,21 @@ CONFIGS = {
     "pipe": {"variant": "pipeline"},
     "pipe_lane": {"variant": "pipeline", "semantics": "lane"},
 }
-# Prime-ish sizes: every dimension needs padding (M to 128/256, N to 128/256, K to 64/128).
+# Prime-ish sizes: K needs padding to 64/128, M to a multiple of 8 and N of 64 (TMA tiles) and
+# then the last tile overlaps its neighbour (257, 389, 520), or M / N are smaller than one tile.
 SHAPES = [(257, 300, 131), (127, 1000, 389), (1, 128, 64), (520, 256, 256)]
+# Ragged extents that need no padding at all: M (N) at least one CTA tile but not a multiple of
+# it, and multiples of 8 rows (64 columns). The last row (column) tile starts at M - tile
+# (N - tile) and overlaps the one before it; with a cluster, both CTAs of the last cluster may
+# clamp to the same tile ("ws_clm": 520 rows, cluster tile 512: the second cluster's two CTAs
+# both start at row 264).
+OVERLAP = {
+    "ws_m": ((384, 128, 192), {"variant": "ws", "split": "m"}),  # CTA 256x128
+    "ws_n": ((136, 128, 384), {"variant": "ws", "split": "n"}),  # CTA 128x256
+    "ws_clm": ((520, 128, 128), {"variant": "ws", "split": "m", "cluster": "m"}),
+    "ws_cln": ((136, 128, 320), {"variant": "ws", "split": "n", "cluster": "n"}),
+    "pipe": ((200, 128, 192), {"variant": "pipeline"}),  # CTA 128x128
+}
 
 
 def _problem(m, k, n, seed=0, scalar_rows=False):
@@ -125,7 +158,8 @@ def test_fused_equals_packed_dense_layer():
         q_x, pk.qvalue_t, s_x, z_x, sum_x, pk.scale, pk.zero_point, pk.col_sum, bias
     )
     got = np.asarray(got.astype(jnp.float32)).reshape(b, length, c_out)
-    # packed_dense scales by (s_x s_w) in one product; the kernel by s_x then s_w: <= 1 bf16 ulp.
+    # The same float32 operations, but each compiler contracts multiply-adds its own way: <= 1
+    # bf16 ulp, rarely.
     diff = np.abs(got - want)
     assert np.all(diff <= np.maximum(np.abs(want), np.abs(got)) * 2.0**-7 + 1e-6)
     assert np.mean(diff > 0) <= 0.02
@@ -158,9 +192,7 @@ def test_config_validation_and_smem_budget():
 @interpret_only
 def test_packed_dense_routes_to_fused_kernel(monkeypatch):
     """``packed_dense(impl="pallas")`` (the Hopper default): per-token-group quantizer, [B, L, I]
-    bf16 input, same values as the XLA int8 path up to one bf16 rounding."""
-    import functools
-
+    bf16 input, the same values as the XLA int8 path (interpret mode: exactly)."""
     from quant import _packed
     from quant._qarray import ActQuant
     from quant._quantizers import quantize_weight
@@ -184,7 +216,8 @@ def test_packed_dense_routes_to_fused_kernel(monkeypatch):
     want = _packed.packed_dense(x, pk, bias, aq, pos, impl="xla")
     assert got.dtype == jnp.bfloat16 and got.shape == (b, length, c_out)
     g, w_ = (np.asarray(a.astype(jnp.float32)) for a in (got, want))
-    assert np.all(np.abs(g - w_) <= np.abs(w_) * 2.0**-7 + 1e-6)
+    # The kernel's epilogue is packed_dense's float32 arithmetic, operation for operation.
+    np.testing.assert_array_equal(g, w_)
     # A float32 input whose caller keeps bfloat16 (Dense.dtype) also takes the kernel.
     got32 = _packed.packed_dense(
         x.astype(jnp.float32), pk, bias, aq, pos, impl="pallas", out_dtype=jnp.bfloat16
@@ -197,3 +230,261 @@ def test_packed_dense_routes_to_fused_kernel(monkeypatch):
         np.asarray(_packed.packed_dense(x32, pk, bias, aq, pos, impl="pallas")),
         np.asarray(_packed.packed_dense(x32, pk, bias, aq, pos, impl="barrier")),
     )
+
+
+@api_only
+@pytest.mark.parametrize("case", list(OVERLAP))
+def test_tile_starts_clamp_inside_and_cover(case):
+    """The tile starts the kernels compute (``_tile_start``, as "ws" / "pipeline" call it): inside
+    the array, on whole TMA tiles, covering every row and column. (Interpret mode, like the TMA
+    unit, zero-fills out-of-bounds loads and drops out-of-bounds stores, so the end-to-end tests
+    pass without the clamp too; this one pins it.)"""
+    (m, _, n), cfg = OVERLAP[case]
+    cfg = pg.FusedConfig(**cfg)
+    assert m % cfg.cta_tile()[0], "each case has a ragged M"
+    for extent, tile, clu, align in zip(
+        (m, n), cfg.cta_tile(), cfg.cluster_tile(), (8, pg.EPI_N), strict=True
+    ):
+        per_cluster = clu // tile
+        starts = [
+            int(pg._tile_start(jnp.int32(i), tile, extent, extent % clu == 0))
+            for i in range(-(-extent // clu) * per_cluster)
+        ]
+        assert all(0 <= s <= extent - tile and s % align == 0 for s in starts), starts
+        covered = np.zeros(extent, bool)
+        for s in starts:
+            covered[s : s + tile] = True
+        assert covered.all(), starts
+
+
+@interpret_only
+@pytest.mark.parametrize("case", list(OVERLAP))
+def test_interpret_mode_overlapping_last_tile(case):
+    shape, cfg = OVERLAP[case]
+    args = _problem(*shape, seed=sum(shape))
+    kw = dict(cfg, interpret=pg.plgpu.InterpretGPUParams())
+    if kw["variant"] == "ws":
+        kw["num_ctas"] = 2
+    _check(pg.int8_dense_fused(*args, **kw), args)
+
+
+def _specs(m, k, n):
+    s = jax.ShapeDtypeStruct
+    vec = [(m, jnp.float32), (m, jnp.int32), (m, jnp.int32)]
+    vec += [(n, jnp.float32), (n, jnp.int32), (n, jnp.int32), (n, jnp.float32)]
+    return (s((m, k), jnp.int8), s((n, k), jnp.int8), *(s((d,), t) for d, t in vec))
+
+
+@api_only
+def test_ragged_m_reads_the_activations_in_place():
+    """M = 384 rows in 256-row CTA tiles (ws, split "m"): q_x goes to the kernel as it is (the
+    last tile overlaps), no pad copy; M = 100, less than one tile, is still padded."""
+
+    def kernel_reads_q_x_directly(m):
+        jaxpr = jax.make_jaxpr(lambda *a: pg.int8_dense_fused(*a, num_ctas=132))(
+            *_specs(m, 256, 256)
+        ).jaxpr
+        q_x, q_w = jaxpr.invars[:2]
+        # The kernel call: the equation that consumes the weight codes (never padded here).
+        [call] = [e for e in jaxpr.eqns if any(v is q_w for v in e.invars)]
+        users = [e for e in jaxpr.eqns if any(v is q_x for v in e.invars)]
+        return call.invars[0] is q_x and users == [call]
+
+    assert kernel_reads_q_x_directly(384)
+    assert not kernel_reads_q_x_directly(100)
+
+
+def _out_quant(args, bits, seed, activation="gelu_tanh"):
+    """Per-row (s_out, z_out, bits) that put most codes inside the range and clip a few."""
+    rng = np.random.default_rng(seed)
+    f = pg.int8_dense_reference(*args, out_dtype=jnp.float32)
+    y = np.asarray(pg._activation_input(f, activation))
+    m = y.shape[0]
+    top = 2 ** (bits - 1)
+    s_out = np.abs(y).max(axis=1) / (top - 4) * rng.uniform(0.8, 1.2, m)
+    z_out = rng.integers(-4, 5, m).astype(np.float32)
+    return jnp.asarray(s_out.astype(np.float32)), jnp.asarray(z_out), bits
+
+
+def _check_codes(got, want, bits, exact):
+    (q, sums), (q_ref, sums_ref) = got, want
+    assert q.dtype == jnp.int8 and q.shape == q_ref.shape
+    assert sums.dtype == jnp.int32 and sums.shape == sums_ref.shape
+    q, q_ref = np.asarray(q, np.int32), np.asarray(q_ref, np.int32)
+    m, n = q.shape
+    # The partial sums are those of the returned codes, per 128-column tile, exactly.
+    np.testing.assert_array_equal(np.asarray(sums), q.reshape(m, n // 128, 128).sum(-1).T)
+    assert np.ptp(q_ref) >= 2 ** (bits - 2)  # the codes span the range: a meaningful comparison
+    if exact:
+        np.testing.assert_array_equal(q, q_ref)
+    else:  # the GPU's float32 tanh (libdevice here, XLA's own there) may move a code by one
+        assert np.abs(q - q_ref).max() <= 1
+        assert np.mean(q != q_ref) < 1e-3
+
+
+# The quantizing epilogue (variant "ws"): ragged M and N with overlapping last tiles.
+OUT_QUANT = {
+    "ws_m": ((264, 128, 384), {"split": "m"}, 8, "gelu_tanh"),
+    "ws_n": ((200, 128, 384), {"split": "n"}, 6, "gelu_tanh"),
+    "ws_clm_linear": ((520, 128, 256), {"split": "m", "cluster": "m"}, 8, None),
+}
+
+
+@interpret_only
+@pytest.mark.parametrize("case", list(OUT_QUANT))
+def test_interpret_mode_out_quant_matches_reference(case):
+    shape, cfg, bits, act = OUT_QUANT[case]
+    args = _problem(*shape, seed=sum(shape))
+    oq = _out_quant(args, bits, seed=1, activation=act)
+    got = pg.int8_dense_fused(
+        *args,
+        out_quant=oq,
+        activation=act,
+        num_ctas=2,
+        interpret=pg.plgpu.InterpretGPUParams(),
+        **cfg,
+    )
+    want = pg.int8_dense_reference(*args, out_quant=oq, activation=act)
+    _check_codes(got, want, bits, exact=True)
+
+
+@api_only
+def test_out_quant_argument_checks():
+    args = _problem(256, 128, 192)
+    oq = (jnp.ones((256,), jnp.float32), jnp.zeros((256,), jnp.float32), 8)
+    with pytest.raises(ValueError, match="multiple of block_n"):
+        pg.int8_dense_fused(*args, out_quant=oq)  # N = 192: a partial column tile
+    args = _problem(256, 128, 256)
+    with pytest.raises(NotImplementedError, match="variant='ws'"):
+        pg.int8_dense_fused(*args, out_quant=oq, variant="pipeline")
+    with pytest.raises(ValueError, match="only with out_quant"):
+        pg.int8_dense_fused(*args, activation="gelu_tanh")
+    with pytest.raises(ValueError, match="activation must be"):
+        pg.int8_dense_fused(*args, out_quant=oq, activation="relu")
+    with pytest.raises(ValueError, match="bits"):
+        pg.int8_dense_fused(*args, out_quant=oq[:2] + (9,))
+    assert pg.smem_bytes(pg.FusedConfig(), out_quant=True) <= pg.SMEM_LIMIT
+
+
+@gpu
+@pytest.mark.parametrize("config", ["ws_m", "ws_n", "ws_m_clN", "ws_m_clM"])
+@pytest.mark.parametrize(
+    "shape", [(2056, 384, 1024), (300, 1920, 7680)], ids=lambda s: "x".join(map(str, s))
+)
+def test_fused_out_quant_matches_reference(config, shape):
+    cfg = {
+        "ws_m": {"split": "m"},
+        "ws_n": {"split": "n"},
+        "ws_m_clN": {"split": "m", "cluster": "n"},
+        "ws_m_clM": {"split": "m", "cluster": "m"},
+    }[config]
+    args = _problem(*shape, seed=sum(shape))
+    oq = _out_quant(args, 8, seed=2)
+    fused = jax.jit(
+        lambda *a: pg.int8_dense_fused(*a[:9], out_quant=(*a[9:], 8), activation="gelu_tanh", **cfg)
+    )
+    want = jax.jit(
+        lambda *a: pg.int8_dense_reference(*a[:9], out_quant=(*a[9:], 8), activation="gelu_tanh")
+    )
+    _check_codes(fused(*args, *oq[:2]), want(*args, *oq[:2]), 8, exact=False)
+
+
+def _act_quant_layer(rows_per_batch, seed):
+    """A [2, L, 256] bf16 input, a 256 -> 384 PackedKernel, per-token-group quantizers of the
+    input and of the GELU output (the next layer's input)."""
+    from quant import _packed
+    from quant._qarray import ActQuant
+    from quant._quantizers import quantize_weight
+
+    rng = np.random.default_rng(seed)
+    b, length, c_in, c_out = 2, rows_per_batch, 256, 384
+    w = rng.normal(size=(c_in, c_out)).astype(np.float32) / 16
+    pk = _packed.pack_kernel(quantize_weight(w, 8))
+    table = (np.arange(length) > 0).astype(np.int32)  # sink token vs the rest
+    aq = ActQuant.from_official([0.05, 0.02], [130.0, 120.0], 8, group_of_position=table)
+    nq = ActQuant.from_official([0.04, 0.03], [20.0, 16.0], 8, group_of_position=table)
+    x = jnp.asarray(rng.normal(size=(b, length, c_in)), jnp.bfloat16)
+    bias = jnp.asarray(rng.normal(size=c_out), jnp.float32)
+    return x, pk, bias, aq, nq, np.arange(length)
+
+
+@interpret_only
+def test_packed_dense_act_quant_routes_to_fused_epilogue(monkeypatch):
+    """``packed_dense_act_quant(impl="pallas")``: the kernel's quantizing epilogue gives the codes
+    (and sums) of the XLA path exactly (interpret mode: same float32 tanh)."""
+    from quant import _packed
+
+    calls, kernel = [], pg.int8_dense_fused
+
+    def fused(*a, **kw):
+        calls.append(kw)
+        return kernel(*a, **kw, interpret=pg.plgpu.InterpretGPUParams())
+
+    monkeypatch.setattr(pg, "int8_dense_fused", fused)
+    monkeypatch.setattr(_packed, "PALLAS_MIN_ROWS", 64)
+    x, pk, bias, aq, nq, pos = _act_quant_layer(37, seed=4)
+    q, s = _packed.packed_dense_act_quant(x, pk, bias, aq, pos, nq, impl="pallas")
+    assert [kw["activation"] for kw in calls] == ["gelu_tanh"]
+    q_ref, s_ref = _packed.packed_dense_act_quant(x, pk, bias, aq, pos, nq, impl="xla")
+    assert q.dtype == jnp.int8 and q.shape == (2, 37, 384) and s.shape == (2, 37, 1)
+    assert np.ptp(np.asarray(q_ref, np.int32)) > 64
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(q_ref))
+    np.testing.assert_array_equal(np.asarray(s), np.asarray(s_ref))
+
+
+@gpu
+def test_packed_dense_act_quant_fused_matches_xla_path():
+    from quant import _packed
+
+    x, pk, bias, aq, nq, pos = _act_quant_layer(600, seed=6)  # 1200 rows: the kernel's path
+    got = jax.jit(
+        lambda x: _packed.packed_dense_act_quant(x, pk, bias, aq, pos, nq, impl="pallas")
+    )(x)
+    want = jax.jit(
+        lambda x: _packed.packed_dense_act_quant(x, pk, bias, aq, pos, nq, impl="barrier")
+    )(x)
+    q, s = (np.asarray(a, np.int32) for a in got)
+    q_ref = np.asarray(want[0], np.int32)
+    np.testing.assert_array_equal(s, q.sum(-1, keepdims=True))
+    assert np.abs(q - q_ref).max() <= 1 and np.mean(q != q_ref) < 1e-3
+
+
+# VAR-d30-like shapes (M = 128 x 169 rows: ragged for 256-row tiles), each config's CUDA lowering.
+LOWER_CASES = {
+    "ws_m": ((21632, 1920, 7680), {"split": "m"}, None),
+    "ws_n": ((21632, 1920, 1920), {"split": "n"}, None),
+    "ws_m_clM": ((21632, 1920, 1920), {"split": "m", "cluster": "m"}, None),
+    "pipe": ((21632, 1920, 1920), {"variant": "pipeline"}, None),
+    "ws_m_quant": ((21632, 1920, 7680), {"split": "m"}, "gelu_tanh"),
+    "ws_n_clN_quant": ((21632, 1920, 7680), {"split": "n", "cluster": "n"}, "gelu_tanh"),
+}
+
+
+@api_only
+@pytest.mark.parametrize("divide", [True, False])
+@pytest.mark.parametrize("case", list(LOWER_CASES))
+def test_lowers_for_hopper_without_a_gpu(case, divide, monkeypatch):
+    """Cross-platform lowering (``.lower(lowering_platforms=("cuda",))``, any host) runs Mosaic
+    GPU's layout inference and its TMA checks (extents and slice starts in whole SMEM tiles,
+    16-byte strides), which interpret mode does not; ptxas and the hardware are not involved.
+    At these shapes nothing is padded: no ``pad`` in the lowered module. The quantizing
+    epilogue lowers with the GPU's true division and with interpret mode's reciprocal
+    (``xla_divides``)."""
+    (m, k, n), cfg, activation = LOWER_CASES[case]
+    if not divide and activation is None:
+        pytest.skip("the bf16 epilogue does not quantize")
+    monkeypatch.setattr(pg, "xla_divides", lambda: divide)
+    specs = _specs(m, k, n)
+    if activation is None:
+        f = functools.partial(pg.int8_dense_fused, **cfg, num_ctas=132)
+    else:
+        specs += (jax.ShapeDtypeStruct((m,), jnp.float32),) * 2
+
+        def f(*a):
+            return pg.int8_dense_fused(
+                *a[:9], out_quant=(*a[9:], 8), activation=activation, **cfg, num_ctas=132
+            )
+
+    text = jax.jit(f).trace(*specs).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
+    assert "stablehlo.pad" not in text

@@ -24,7 +24,15 @@ TINY_FILES = ("var.npz", "vae.npz", "classifier.npz", "recipe.json")
 # Config fields that are runtime choices (compute dtype, attention kernel), not part of the
 # trained model: never written, and ignored when read.
 _RUNTIME_FIELDS = frozenset(
-    {"dtype", "param_dtype", "attention", "sampling_filter", "sampler_kv", "scan_unroll"}
+    {
+        "dtype",
+        "param_dtype",
+        "attention",
+        "sampling_filter",
+        "sampler_kv",
+        "scan_unroll",
+        "fuse_ffn_quant",
+    }
 )
 
 
