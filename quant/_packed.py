@@ -75,8 +75,9 @@ PALLAS_MIN_ROWS = 1024
 # The kernel's quantizing epilogue (``packed_dense_act_quant``) needs the output features to be a
 # multiple of its column tile (``int8_dense_fused``'s default ``block_n``); VAR's fc1 (O = 4C) is.
 PALLAS_OUT_QUANT_COLUMNS = 128
-# Off: the epilogue's GELU uses libdevice's tanhf, and the fused codes equal the unfused XLA
-# sequence's exactly on H100 (scripts/probe_act_quant.py, BENCHMARKS.md). On, the hardware tanh
+# Off: the epilogue's GELU uses libdevice's tanhf, and the fused codes equalled the unfused XLA
+# sequence's exactly on H100 (BENCHMARKS.md, 2026-11-27 second session; both then multiplied by
+# the reciprocal scale). On, the hardware tanh
 # (`tanh.approx.f32`) makes fc1 at VAR-d30's last scale 991 us instead of 1125 us (H100,
 # 2026-11-27; unfused bf16 kernel + XLA pass: 1287 us) but moves ~1e-6 to ~1e-3 of the codes by
 # one (its ~2^-11 relative error crosses a bf16 rounding boundary; approximate math also makes
