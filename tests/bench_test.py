@@ -122,9 +122,25 @@ def test_variant_parsing():
     )
     assert build.Variant.parse("bfloat16").blocks == "scan"
     assert build.Variant.parse("float32").bits is None
-    for bad in ("int4", "w8a8+fast", "bfloat16+int8-xla"):
+    v = build.Variant.parse("w8a8+kv-prefix+ffn-unfused")
+    assert (v.kv, v.ffn_fused, v.int8_impl) == ("prefix", False, "auto")
+    assert (build.Variant.parse("w8a8").kv, build.Variant.parse("w8a8").ffn_fused) == ("auto", True)
+    for bad in ("int4", "w8a8+fast", "bfloat16+int8-xla", "bfloat16+ffn-unfused", "w8a8+kv-ring"):
         with pytest.raises(ValueError):
             build.Variant.parse(bad)
+
+
+def test_variant_sampler_options_reach_the_config():
+    from arvg_jax.models import random_model
+
+    model = random_model("var-tiny", seed=0)
+    trees = build.quantize_fast(model, [(8, 8)], calib=2, seed=0)
+    _, cfg, _ = build.variant_params(
+        model, build.Variant.parse("w8a8+kv-prefix+ffn-unfused"), trees
+    )
+    assert (cfg.sampler_kv, cfg.fuse_ffn_quant) == ("prefix", False)
+    _, cfg, _ = build.variant_params(model, build.Variant.parse("w8a8"), trees)
+    assert (cfg.sampler_kv, cfg.fuse_ffn_quant) == (model.cfg.sampler_kv, True)
 
 
 def test_gemm_shapes_and_roofline():

@@ -32,40 +32,49 @@ PRECISIONS = ("float32", "bfloat16", "w8a8", "w6a6")
 INT8_IMPLS = ("auto", "qarray", "xla", "barrier", "pallas")  # qarray: QArray [I, O], unpacked
 ATTENTIONS = ("auto", "xla", "cudnn")
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
+KV_MODES = ("auto", "stacked", "prefix", "full")  # VARConfig.sampler_kv ("auto": its default)
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """A benchmark variant: ``precision[+int8-IMPL][+attn-IMPL][+scan|+unrolled]``, e.g.
-    ``w8a8+int8-qarray+unrolled``."""
+    """A benchmark variant:
+    ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+ffn-unfused][+scan|+unrolled]``, e.g.
+    ``w8a8+int8-qarray+unrolled`` or ``w8a8+kv-prefix+ffn-unfused`` (the sampler before the
+    in-place KV cache and the fused fc1 quantization, for A/B rows in one run)."""
 
     spec: str
     precision: str
     int8_impl: str = "auto"
     attention: str = "auto"
     blocks: str = "scan"
+    kv: str = "auto"
+    ffn_fused: bool = True
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
         base, *opts = spec.strip().split("+")
         if base not in PRECISIONS:
             raise ValueError(f"unknown precision {base!r} in {spec!r}; choose from {PRECISIONS}")
-        kw: dict[str, str] = {}
+        kw: dict = {}
         for o in opts:
             if o.startswith("int8-") and o[5:] in INT8_IMPLS:
                 kw["int8_impl"] = o[5:]
             elif o.startswith("attn-") and o[5:] in ATTENTIONS:
                 kw["attention"] = o[5:]
+            elif o.startswith("kv-") and o[3:] in KV_MODES:
+                kw["kv"] = o[3:]
+            elif o == "ffn-unfused":
+                kw["ffn_fused"] = False
             elif o in BLOCKS:
                 kw["blocks"] = o
             else:
                 choices = (
                     f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
-                    f"{' or '.join(BLOCKS)}"
+                    f"kv-{{{','.join(KV_MODES)}}}, ffn-unfused, {' or '.join(BLOCKS)}"
                 )
                 raise ValueError(f"unknown option {o!r} in {spec!r} ({choices})")
-        if "int8_impl" in kw and base in ("float32", "bfloat16"):
-            raise ValueError(f"{spec!r}: int8-* options apply to quantized precisions only")
+        if ("int8_impl" in kw or "ffn_fused" in kw) and base in ("float32", "bfloat16"):
+            raise ValueError(f"{spec!r}: int8-* and ffn-unfused apply to quantized precisions only")
         return cls(spec=spec.strip(), precision=base, **kw)
 
     @property
@@ -274,7 +283,14 @@ def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
     from arvg_jax import var_sampler
     from quant import _packed
 
-    var_cfg = dataclasses.replace(model.cfg, dtype=variant.dtype, attention=variant.attention)
+    var_cfg = dataclasses.replace(
+        model.cfg,
+        dtype=variant.dtype,
+        attention=variant.attention,
+        fuse_ffn_quant=variant.ffn_fused,
+    )
+    if variant.kv != "auto":
+        var_cfg = dataclasses.replace(var_cfg, sampler_kv=variant.kv)
     vae_cfg = dataclasses.replace(model.vae_cfg, dtype=variant.dtype)
     if variant.precision == "float32":
         params = model.params
