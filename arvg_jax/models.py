@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from arvg_jax import assets
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
 from arvg_jax.var import VARConfig
 
@@ -47,30 +48,12 @@ class Model:
         return self.recipe is not None
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-able dict of a frozen config (dtype stored by name)."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if f.name in ("dtype", "param_dtype"):
-            v = np.dtype(v).name
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
-    return out
-
-
-def config_from_dict(cls, d: dict[str, Any]):
-    import jax.numpy as jnp
-
-    kw = dict(d)
-    for k in ("dtype", "param_dtype"):
-        if k in kw:
-            kw[k] = jnp.dtype(kw[k]).type
-    for k, v in kw.items():
-        if isinstance(v, list):
-            kw[k] = tuple(v)
-    return cls(**kw)
+# One serialisation of configs for every file we write (quantized checkpoints, packaged tiny
+# models): architecture fields only. Runtime choices (compute dtype, sampler implementation
+# options: `arvg_jax.assets._RUNTIME_FIELDS`) are never pinned by a file, so a checkpoint gets
+# today's defaults, and older checkpoints that stored them still load.
+config_to_dict = assets.config_to_dict
+config_from_dict = assets.config_from_dict
 
 
 def resolve_configs(
@@ -156,8 +139,11 @@ def load_quantized(directory: str | os.PathLike) -> Model:
     params, vae_params, meta = checkpoint.load(directory)
     if meta["family"] != "var":
         raise ValueError(f"{directory}: family {meta['family']!r} is not supported yet")
-    cfg = config_from_dict(VARConfig, meta["model_config"])
-    vae_cfg = config_from_dict(VQVAEConfig, meta["vae_config"])
+    try:
+        cfg = config_from_dict(VARConfig, meta["model_config"])
+        vae_cfg = config_from_dict(VQVAEConfig, meta["vae_config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{directory}: model_config / vae_config in its metadata: {e}") from e
     if vae_params is None:
         raise ValueError(f"{directory}: has no tokenizer params (vae/)")
     return Model(

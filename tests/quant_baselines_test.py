@@ -146,3 +146,28 @@ def test_checkpoint_roundtrip_bit_exact(fixture, tmp_path):
     assert "QArray int8" in text and "blocks_0/attn/qkv/kernel" in text
     meta = json.loads((d / "arvg.json").read_text())
     assert meta["recipe"]["method"] == "rtn"
+
+
+def test_checkpoint_config_pins_no_runtime_choice(fixture, tmp_path):
+    """Checkpoints store architecture fields only: an older file's runtime fields (compute dtype,
+    the sampler's KV mode) are ignored on load, so it samples with today's defaults; a field the
+    config does not have is an error naming the checkpoint."""
+    import dataclasses
+
+    from arvg_jax.models import config_to_dict, load_quantized
+
+    m, batch = fixture
+    recipe = Recipe.parse("rtn", "w8a8")
+    q = rtn(VARAdapter(m.cfg), m.params, batch, recipe, progress=False)
+    stored = config_to_dict(dataclasses.replace(m.cfg, sampler_kv="prefix", scan_unroll=3))
+    assert "sampler_kv" not in stored and "dtype" not in stored and "depth" in stored
+    old_style = dict(stored, dtype="bfloat16", sampler_kv="prefix", scan_unroll=3)
+    kw = {"family": "var", "recipe": recipe.to_dict(), "vae_params": m.vae_params}
+    vae_config = config_to_dict(m.vae_cfg)
+    d = checkpoint.save(tmp_path / "old", q, model_config=old_style, vae_config=vae_config, **kw)
+    restored = load_quantized(d)
+    assert restored.cfg == m.cfg  # defaults: float32, sampler_kv "stacked", no unroll
+    bad = dict(stored, n_layers=4)
+    d = checkpoint.save(tmp_path / "bad", q, model_config=bad, vae_config=vae_config, **kw)
+    with pytest.raises(ValueError, match=r"bad.*unknown fields \['n_layers'\]"):
+        load_quantized(d)
