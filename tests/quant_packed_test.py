@@ -239,3 +239,26 @@ def test_packed_dense_act_quant_is_the_unfused_sequence(impl):
     np.testing.assert_array_equal(np.asarray(q_lin), np.asarray(nq.quantize(y, POS)))
     with pytest.raises(ValueError, match="activation"):
         _packed.packed_dense_act_quant(x, pk, bias, aq, POS, nq, activation="relu")
+
+
+def test_round_to_bf16_is_round_to_nearest_even():
+    """The integer-arithmetic bf16 rounding the XLA paths use equals a real float32 -> bf16
+    conversion (numpy's ml_dtypes, outside XLA): random values, exact ties (both directions of
+    the even rule), signed zeros, subnormals, overflow to infinity and the largest finite."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(200_000) * np.exp(rng.uniform(-30, 30, 200_000))).astype(F32)
+    one = np.float32(1.0)
+    ties = np.array(
+        [1 + 2.0**-8, 1 + 3 * 2.0**-8, -(1 + 2.0**-8), 2.0**-130, 0.0, -0.0, 3.3895e38, 3.4e38],
+        F32,
+    )
+    x = np.concatenate([x, ties, np.nextafter(ties, one), np.nextafter(ties, -one)])
+    want = x.astype(ml_dtypes.bfloat16).astype(F32)
+    got = np.asarray(jax.jit(pg.round_to_bf16)(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    # Ties go to the even neighbour: 1 + 2^-8 down to 1, 1 + 3 * 2^-8 up to 1 + 2^-6.
+    assert got[-3 * len(ties)] == np.float32(1.0)
+    assert got[-3 * len(ties) + 1] == np.float32(1 + 2.0**-6)
