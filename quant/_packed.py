@@ -79,9 +79,9 @@ PALLAS_OUT_QUANT_COLUMNS = 128
 # sequence's exactly on H100 (BENCHMARKS.md, 2026-11-27 second session; both then multiplied by
 # the reciprocal scale). On, the hardware tanh
 # (`tanh.approx.f32`) makes fc1 at VAR-d30's last scale 991 us instead of 1125 us (H100,
-# 2026-11-27; unfused bf16 kernel + XLA pass: 1287 us) but moves ~1e-6 to ~1e-3 of the codes by
-# one (its ~2^-11 relative error crosses a bf16 rounding boundary; approximate math also makes
-# the quantization's division `div.approx`). Exactness wins by default.
+# 2026-11-27; unfused bf16 kernel + XLA pass: 1287 us) and moved 2e-6 of the codes by one there
+# (its ~2^-11 relative error crosses a bf16 rounding boundary); but approximate math also makes
+# the quantization's division `div.approx`, which moves codes at every tie. Exactness wins.
 PALLAS_ACT_APPROX_MATH = False
 
 
