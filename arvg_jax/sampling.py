@@ -12,14 +12,15 @@ from jax import lax
 
 Array = jax.Array
 
-FILTER_METHODS = ("bisect", "sort")
+FILTER_METHODS = ("auto", "bisect", "pallas", "sort")
 DEFAULT_BITS_PER_PASS = 4  # 15 thresholds tested per pass over V: 8 passes for 32 bits
 DEFAULT_CHUNK = 512  # `_row_sums` adds at most this many terms in a row before combining partials
 _SIGN = np.uint32(0x80000000)
 
 
 def parse_filter_method(spec: str) -> tuple[str, int, int]:
-    """``"sort"`` or ``"bisect[:<bits per pass>[:<chunk>]]"`` -> (method, bits, chunk).
+    """``"auto"``, ``"sort"``, ``"pallas"`` or ``"bisect[:<bits per pass>[:<chunk>]]"`` ->
+    (method, bits, chunk).
 
     bits (1..6, default 4): thresholds decided per pass over V; chunk (default 512; 0 = none): the
     sums over V add chunks of this many terms first (`_row_sums`). A string, not a tuple, so that
@@ -27,7 +28,9 @@ def parse_filter_method(spec: str) -> tuple[str, int, int]:
     """
     name, *fields = str(spec).split(":")
     if name not in FILTER_METHODS or len(fields) > (2 if name == "bisect" else 0):
-        raise ValueError(f"filter method must be 'sort' or 'bisect[:bits[:chunk]]', got {spec!r}")
+        raise ValueError(
+            f"filter method must be 'auto', 'sort', 'pallas' or 'bisect[:bits[:chunk]]', got {spec!r}"
+        )
     if not all(f.isdigit() for f in fields):
         raise ValueError(f"filter method {spec!r}: bits and chunk must be integers")
     bits = int(fields[0]) if fields else DEFAULT_BITS_PER_PASS
@@ -38,7 +41,7 @@ def parse_filter_method(spec: str) -> tuple[str, int, int]:
 
 
 def top_k_top_p_filter(
-    logits: Array, top_k: int = 0, top_p: float = 0.0, *, method: str = "sort"
+    logits: Array, top_k: int = 0, top_p: float = 0.0, *, method: str = "auto"
 ) -> Array:
     """FoundationVision/VAR models/helpers.py `sample_with_top_k_top_p_`, the filtering part.
 
@@ -51,9 +54,9 @@ def top_k_top_p_filter(
     Tied logits straddling the top-p cut are resolved as by a stable ascending sort (lower index
     first, so removed first); torch's unstable sort may order ties differently.
 
-    Two implementations (`method`), same kept sets up to float rounding at the top-p cut:
+    Three implementations (`method`), same kept sets up to float rounding at the top-p cut:
 
-    * ``"sort"`` (default): the official algorithm literally (`lax.top_k`, then a full stable
+    * ``"sort"``: the official algorithm literally (`lax.top_k`, then a full stable
       argsort and a cumsum). On a GPU both are full sorts of V per row: 22-25 ms of a VAR-d30
       batch-64 call.
     * ``"bisect"`` (``"bisect:<bits>[:<chunk>]"``, see `parse_filter_method`): no sort. float32
@@ -78,8 +81,13 @@ def top_k_top_p_filter(
       benchmarks/h100-2026-11-27/): the passes cost ~160 ms, not the ~5 ms that 21 reads of the
       logits would, which suggests the per-threshold terms were written out rather than fused into
       the reductions. scripts/sampler_variants.py times the bits / chunk settings.
+    * ``"pallas"``: the "bisect" algorithm as one GPU kernel, a row per program held in registers
+      and searched one bit per step (`arvg_jax.sampling_pallas`, Pallas Triton backend); the
+      logits are read once. Off GPUs it runs in Pallas interpret mode (slow; for tests).
+    * ``"auto"`` (default): "pallas" where `sampling_pallas.available()` (NVIDIA GPUs), else
+      "sort".
 
-    NaN logits give unspecified results with either method.
+    NaN logits give unspecified results with every method.
 
     Args:
         logits: [..., V] float.
@@ -91,7 +99,17 @@ def top_k_top_p_filter(
         Logits of the same shape and dtype with removed entries at -inf.
     """
     name, bits, chunk = parse_filter_method(method)
-    if name == "sort" or jnp.dtype(logits.dtype).itemsize > 4:  # float64: keys need ≤ 32 bits
+    if jnp.dtype(logits.dtype).itemsize > 4:  # float64: keys need ≤ 32 bits
+        name = "sort"
+    if name == "auto":
+        from arvg_jax import sampling_pallas
+
+        name = "pallas" if sampling_pallas.available() else "sort"
+    if name == "pallas":
+        from arvg_jax import sampling_pallas
+
+        return sampling_pallas.top_k_top_p_filter(logits, top_k, top_p)
+    if name == "sort":
         return _filter_sort(logits, top_k, top_p)
     return _filter_bisect(logits, top_k, top_p, bits, chunk)
 
@@ -285,7 +303,7 @@ def sample_tokens(
     top_k: int = 0,
     top_p: float = 0.0,
     greedy: bool = False,
-    method: str = "sort",
+    method: str = "auto",
 ) -> Array:
     """Draws one token per position after top-k / top-p filtering.
 

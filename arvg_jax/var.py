@@ -117,8 +117,10 @@ class VARConfig:
     attention: str = "auto"
     # Further implementation choices of cached sampling (`arvg_jax.var_sampler.generate`); none
     # changes the function computed, only float rounding:
-    # * sampling_filter: the top-k / top-p filter, "sort" (`arvg_jax.sampling.top_k_top_p_filter`)
-    #   or "bisect" (sort-free), "bisect:<bits per pass>[:<chunk>]" (`parse_filter_method`).
+    # * sampling_filter: the top-k / top-p filter (`arvg_jax.sampling.top_k_top_p_filter`):
+    #   "sort" (the official two sorts), "bisect[:<bits per pass>[:<chunk>]]" (sort-free, XLA),
+    #   "pallas" (the sort-free search as one GPU kernel) or "auto" (pallas on NVIDIA GPUs,
+    #   else sort).
     # * sampler_kv: "prefix" attends to the written prefix [0, end) of the KV cache as a slice;
     #   "full" attends to the whole cache with the unwritten tail masked (cuDNN:
     #   key_value_seq_lengths), so the unrolled sampler passes each block's cache to the attention
@@ -131,7 +133,7 @@ class VARConfig:
     #   (`quant._packed` impl "pallas"), fc1's epilogue applies GELU and fc2's input quantizer
     #   and writes int8 codes (`quant._packed.packed_dense_act_quant`) instead of bf16
     #   activations that a separate XLA pass quantizes. Other backends never fuse.
-    sampling_filter: str = "sort"  # "bisect" measured slower on H100 (BENCHMARKS.md)
+    sampling_filter: str = "auto"
     sampler_kv: str = "stacked"  # 36 ms faster than "prefix" at VAR-d30 b64 (BENCHMARKS.md)
     scan_unroll: int = 1
     fuse_ffn_quant: bool = True

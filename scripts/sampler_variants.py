@@ -59,6 +59,11 @@ VARIANTS = {
         {"sampling_filter": "bisect:2"},
         "the same with 2 bits (3 sums) per pass: twice the passes, a fifth of the sums",
     ),
+    "pallas_filter": (
+        "scan",
+        {"sampling_filter": "pallas"},
+        "sort-free top-k/top-p as one Pallas (Triton) kernel: a row per program, in registers",
+    ),
     "scan_unroll2": (
         "scan",
         {"scan_unroll": 2},

@@ -125,7 +125,16 @@ def test_variant_parsing():
     v = build.Variant.parse("w8a8+kv-prefix+ffn-unfused")
     assert (v.kv, v.ffn_fused, v.int8_impl) == ("prefix", False, "auto")
     assert (build.Variant.parse("w8a8").kv, build.Variant.parse("w8a8").ffn_fused) == ("auto", True)
-    for bad in ("int4", "w8a8+fast", "bfloat16+int8-xla", "bfloat16+ffn-unfused", "w8a8+kv-ring"):
+    assert build.Variant.parse("bfloat16+filter-sort").filter == "sort"
+    assert build.Variant.parse("w8a8").filter == "auto"
+    for bad in (
+        "int4",
+        "w8a8+fast",
+        "bfloat16+int8-xla",
+        "bfloat16+ffn-unfused",
+        "w8a8+kv-ring",
+        "w8a8+filter-heap",
+    ):
         with pytest.raises(ValueError):
             build.Variant.parse(bad)
 
@@ -136,9 +145,9 @@ def test_variant_sampler_options_reach_the_config():
     model = random_model("var-tiny", seed=0)
     trees = build.quantize_fast(model, [(8, 8)], calib=2, seed=0)
     _, cfg, _ = build.variant_params(
-        model, build.Variant.parse("w8a8+kv-prefix+ffn-unfused"), trees
+        model, build.Variant.parse("w8a8+kv-prefix+ffn-unfused+filter-pallas"), trees
     )
-    assert (cfg.sampler_kv, cfg.fuse_ffn_quant) == ("prefix", False)
+    assert (cfg.sampler_kv, cfg.fuse_ffn_quant, cfg.sampling_filter) == ("prefix", False, "pallas")
     _, cfg, _ = build.variant_params(model, build.Variant.parse("w8a8"), trees)
     assert (cfg.sampler_kv, cfg.fuse_ffn_quant) == (model.cfg.sampler_kv, True)
 
@@ -171,6 +180,7 @@ def test_profile_categories_and_hlo_summary():
         == "elementwise fusions"
     )
     assert cat(None, "cudnn_generated_fort_native_sdpa_sm90") == "attention (cuDNN fused)"
+    assert cat(None, "top_k_top_p_filter__9") == "sort / top-k (sampling)"
     tri = (
         "%gemm_fusion_dot.1 = bf16[8,16]{1,0} fusion(bf16[8,4]{1,0} %a, bf16[4,16]{1,0} %b), "
         'kind=kCustom, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}'

@@ -33,14 +33,16 @@ INT8_IMPLS = ("auto", "qarray", "xla", "barrier", "pallas")  # qarray: QArray [I
 ATTENTIONS = ("auto", "xla", "cudnn")
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
 KV_MODES = ("auto", "stacked", "prefix", "full")  # VARConfig.sampler_kv ("auto": its default)
+FILTERS = ("auto", "sort", "bisect", "pallas")  # VARConfig.sampling_filter
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """A benchmark variant:
-    ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+ffn-unfused][+scan|+unrolled]``, e.g.
-    ``w8a8+int8-qarray+unrolled`` or ``w8a8+kv-prefix+ffn-unfused`` (the sampler before the
-    in-place KV cache and the fused fc1 quantization, for A/B rows in one run)."""
+    ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+filter-METHOD][+ffn-unfused][+scan|+unrolled]``,
+    e.g. ``w8a8+int8-qarray+unrolled`` or ``w8a8+kv-prefix+ffn-unfused+filter-sort`` (the sampler
+    before the in-place KV cache, the fused fc1 quantization and the fused top-k / top-p kernel,
+    for A/B rows in one run)."""
 
     spec: str
     precision: str
@@ -49,6 +51,7 @@ class Variant:
     blocks: str = "scan"
     kv: str = "auto"
     ffn_fused: bool = True
+    filter: str = "auto"
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -63,6 +66,8 @@ class Variant:
                 kw["attention"] = o[5:]
             elif o.startswith("kv-") and o[3:] in KV_MODES:
                 kw["kv"] = o[3:]
+            elif o.startswith("filter-") and o[7:] in FILTERS:
+                kw["filter"] = o[7:]
             elif o == "ffn-unfused":
                 kw["ffn_fused"] = False
             elif o in BLOCKS:
@@ -70,7 +75,8 @@ class Variant:
             else:
                 choices = (
                     f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
-                    f"kv-{{{','.join(KV_MODES)}}}, ffn-unfused, {' or '.join(BLOCKS)}"
+                    f"kv-{{{','.join(KV_MODES)}}}, filter-{{{','.join(FILTERS)}}}, ffn-unfused, "
+                    f"{' or '.join(BLOCKS)}"
                 )
                 raise ValueError(f"unknown option {o!r} in {spec!r} ({choices})")
         if ("int8_impl" in kw or "ffn_fused" in kw) and base in ("float32", "bfloat16"):
@@ -288,6 +294,7 @@ def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
         dtype=variant.dtype,
         attention=variant.attention,
         fuse_ffn_quant=variant.ffn_fused,
+        sampling_filter=variant.filter,
     )
     if variant.kv != "auto":
         var_cfg = dataclasses.replace(var_cfg, sampler_kv=variant.kv)

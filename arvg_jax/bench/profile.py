@@ -78,7 +78,8 @@ def _categorize(line: str | None, kernel: str) -> str:
             else "cuBLAS/library"
         )
         return f"GEMM {'int8' if int8 else 'float'} ({kind})"
-    if "sort" in k or opcode == "sort" or "sort" in head or "topk" in k or "top_k" in ln:
+    # "top_k_top_p_filter": the fused filter kernel (arvg_jax.sampling_pallas), named by Pallas.
+    if "sort" in k or opcode == "sort" or "sort" in head or "topk" in k or "top_k" in k + ln:
         return "sort / top-k (sampling)"
     if (
         "transpose" in k
