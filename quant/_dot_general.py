@@ -68,10 +68,34 @@ def _contract_last_first(x_ndim: int):
     return (((x_ndim - 1,), (0,)), ((), ()))
 
 
+# XLA:GPU sends small s8 x s8 -> s32 dots to its Triton GEMM emitter, whose autotuner found no
+# candidate that compiles for a contracted size that is not a multiple of 32 (K = 26 of the tiny
+# test models on H100, jax 0.11.2: "No candidates could be compiled"). Zero codes appended to both
+# operands change no product; the zero-point corrections keep the true size.
+GPU_CONTRACT_MULTIPLE = 32
+
+
+def pad_contracted(a, a_axis: int, b, b_axis: int):
+    """(a, b) with their contracted axes zero-padded to a multiple of `GPU_CONTRACT_MULTIPLE` on
+    GPU backends (unchanged elsewhere, and when already a multiple)."""
+    k = a.shape[a_axis]
+    pad = -k % GPU_CONTRACT_MULTIPLE
+    if not pad or jax.default_backend() != "gpu":
+        return a, b
+
+    def padded(x, axis):
+        widths = [(0, 0)] * x.ndim
+        widths[axis % x.ndim] = (0, pad)
+        return jnp.pad(x, widths)
+
+    return padded(a, a_axis), padded(b, b_axis)
+
+
 def _dense_int32(q_x, z_x, kernel: QArray):
     """Exact ``Σ_i (q_x - z_x)(q_w - z_w)`` in int32: q_x int8 [..., L, I] -> [..., L, O]."""
+    a, w = pad_contracted(q_x, -1, kernel.qvalue, 0)
     acc = lax.dot_general(
-        q_x, kernel.qvalue, _contract_last_first(q_x.ndim), preferred_element_type=jnp.int32
+        a, w, _contract_last_first(q_x.ndim), preferred_element_type=jnp.int32
     )  # [..., L, O]
     sum_x = jnp.sum(q_x, axis=-1, keepdims=True, dtype=jnp.int32)  # [..., L, 1]
     sum_w = jnp.sum(kernel.qvalue, axis=0, keepdims=True, dtype=jnp.int32)  # [1, O]

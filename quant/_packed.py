@@ -265,7 +265,7 @@ def packed_dense_codes(
     ``keep_dtype`` (default ``out_dtype``) is the dtype the caller keeps, and the "pallas"
     kernel (bf16 output) is used only when it is bfloat16.
     """
-    from quant._dot_general import _zero_point_corrected
+    from quant._dot_general import _zero_point_corrected, pad_contracted
 
     _check_input(q_x, kernel)
     i = kernel.shape[0]
@@ -278,7 +278,8 @@ def packed_dense_codes(
     if impl == "barrier":
         q_x, sum_x = lax.optimization_barrier((q_x, sum_x))
     contract = (((q_x.ndim - 1,), (1,)), ((), ()))  # q_x [..., I] . w [O, I]
-    acc = lax.dot_general(q_x, kernel.qvalue_t, contract, preferred_element_type=jnp.int32)
+    a, w = pad_contracted(q_x, -1, kernel.qvalue_t, 1)
+    acc = lax.dot_general(a, w, contract, preferred_element_type=jnp.int32)
     if impl == "barrier":
         acc = lax.optimization_barrier(acc)
     y_int = _zero_point_corrected(acc, sum_x, kernel.col_sum, z_x, kernel.zero_point, i)

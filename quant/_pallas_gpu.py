@@ -99,13 +99,15 @@ and no second pass)::
 
 exactly the unfused sequence, both bf16 roundings included, as the official bf16 autocast
 forward computes it (``_activation_input``; the XLA paths round with ``round_to_bf16``, which
-XLA's excess-precision rewrites cannot drop), with the division as XLA lowers
-``ActQuant.quantize`` on the platform (``xla_divides``: a true division on GPU, a multiply by the
-reciprocal on CPU, which interpret mode therefore uses). On CPU (interpret mode) the codes
-equal ``int8_dense_reference``'s and the XLA path's exactly; on GPU the kernel's float32 tanh
-(libdevice ``tanhf``, or ``tanh.approx.f32`` with ``approx_math``) and XLA's own tanh may differ
-in the last bits, which moves a code by one, rarely (and each compiler may contract
-multiply-adds differently).
+XLA's excess-precision rewrites cannot drop), except that ``y / s_out`` is computed as
+``y * (1 / s_out)`` (``epilogue_divides``: the same code but within an ulp of a tie, and what
+XLA:CPU makes of ``ActQuant.quantize`` anyway). On CPU (interpret mode) the codes equal the XLA
+path's exactly. On H100 they equal an IEEE float32 reference computed in numpy from the
+kernel's own bf16 fc1 output (tests/quant_pallas_gpu_test.py), whereas XLA:GPU's unfused
+``ActQuant.quantize`` rounds exact ties ``k + 0.5`` differently (0.115 % of the codes of that
+test's tie-rich layer). The float32 tanh (libdevice ``tanhf``, or ``tanh.approx.f32`` with
+``approx_math``) could move a code only where GELU lands within an ulp of a bf16 rounding
+midpoint.
 
 Besides the codes ``[M, N]``, each consumer warpgroup writes the row sums of its tile,
 ``partial_sums[t, m] = sum of q[m, t block_n : (t + 1) block_n]`` (int32 ``[N / block_n, M]``):
@@ -466,24 +468,33 @@ def _activation_input(f, activation, *, exact_rounding: bool = True):
     return y
 
 
-def xla_divides() -> bool:
-    """Whether XLA on the default backend keeps ``x / broadcast(s)`` a true division.
+# Whether the quantizing epilogue divides by the next layer's scale (True) or multiplies by its
+# float32 reciprocal (False); see `epilogue_divides`.
+EPILOGUE_DIVIDES = False
 
-    ``ActQuant.quantize`` divides by the per-token scale, as the official code does. XLA:CPU's
-    algebraic simplifier rewrites ``x / broadcast(s)`` into ``x * broadcast(1 / s)`` (visible in
-    the optimized HLO; eager calls too, since ``jnp.divide`` broadcasts inside its own jit);
-    XLA:GPU keeps the IEEE division (on H100 a reciprocal-multiplying epilogue disagreed with
-    the XLA path on 0.12 % of the codes, each at a tie ``k + 0.5``, 2026-11-27). The quantizing
-    epilogue follows the platform's XLA so the fused codes equal the unfused ones on both: the
-    real kernel (GPU) divides, interpret mode on CPU multiplies by the reciprocal.
+
+def epilogue_divides() -> bool:
+    """Whether the quantizing epilogue divides by ``s_out`` or multiplies by ``1 / s_out``.
+
+    ``ActQuant.quantize`` (and the official code) divide. Multiplying by the float32 reciprocal
+    gives the same code except where ``y / s`` lies within an ulp of a tie ``k + 0.5``; it is
+    what XLA:CPU compiles ``ActQuant.quantize`` into anyway (its algebraic simplifier rewrites
+    ``x / broadcast(s)`` into ``x * broadcast(1 / s)``), so interpret-mode codes equal the XLA
+    path's exactly. On H100 (2026-11-27, jax 0.11.2) the true division cost 14 ms per VAR-d30
+    batch-64 generation (Pallas GEMM time 200.9 -> 215.1 ms; one ``div.rn.f32`` per fc1 output)
+    and changed no code: on ``tests/quant_pallas_gpu_test.py``'s tie-rich layer (bf16 values,
+    scales 0.04 / 0.03) both forms equal an IEEE float32 division with round-half-even in numpy
+    on all 460,800 codes, while XLA:GPU's own ``ActQuant.quantize`` differs from it on 0.115 %
+    of them, every one an exact tie (`scripts/probe_act_quant_ties.py`; the GPU test
+    ``test_packed_dense_act_quant_fused_codes_are_ieee_exact``).
     """
-    return jax.default_backend() != "cpu"
+    return EPILOGUE_DIVIDES
 
 
 def _quantize_codes(y, s, z, bits: int, divide: bool):
     """Float codes ``clip(round(y / s) + z)`` (round half to even, float32 zero point), still
     float32 (integer-valued): ``s`` is the scale (``divide``) or its reciprocal ``1 / s`` as XLA
-    computes it (``xla_divides``)."""
+    computes it (``epilogue_divides``)."""
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return jnp.clip(jnp.round(y / s if divide else y * s) + z, lo, hi)
 
@@ -885,7 +896,7 @@ def _normalize_out_quant(out_quant, activation, m: int, divide: bool):
     if not isinstance(bits, (int, np.integer)) or not 2 <= int(bits) <= 8:
         raise ValueError(f"out_quant bits must be an int in [2, 8], got {bits!r}")
     # z_out stays float32 (integer-valued), added to the rounded float like ActQuant.quantize.
-    # The scale, or its reciprocal as XLA:CPU computes it for ActQuant.quantize (`xla_divides`).
+    # The scale, or its reciprocal as XLA:CPU computes it for ActQuant.quantize (`epilogue_divides`).
     s_out = _vector(s_out, m, jnp.float32, "s_out")
     qrows = (s_out if divide else 1.0 / s_out, _vector(z_out, m, jnp.float32, "z_out"))
     return qrows, int(bits)
@@ -918,7 +929,7 @@ def int8_dense_reference(
     """
     rows, cols = _normalize(q_x, q_w, s_x, z_x, sum_x, s_w, z_w, colsum_w, bias)
     m, n = q_x.shape[0], q_w.shape[0]
-    # The reference divides and lets XLA lower it as it lowers ActQuant.quantize (`xla_divides`).
+    # The reference divides as ActQuant.quantize does and lets XLA lower it likewise.
     oq = _normalize_out_quant(out_quant, activation, m, divide=True)
     sx, zx, sumx = rows
     sw, zw, cw, b = cols
@@ -1024,7 +1035,7 @@ def int8_dense_fused(
     rows, cols = _normalize(q_x, q_w, s_x, z_x, sum_x, s_w, z_w, colsum_w, bias)
     m, n = q_x.shape[0], q_w.shape[0]
     cta_n = cfg.cta_tile()[1]
-    divide = xla_divides()
+    divide = epilogue_divides()
     oq = _normalize_out_quant(out_quant, activation, m, divide)
     quant = None
     if oq is not None:

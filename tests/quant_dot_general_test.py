@@ -168,3 +168,30 @@ def test_quantized_matmul_log_sqrt2_and_errors():
         quant.quantized_matmul(jnp.asarray(p), jnp.asarray(v), vq, grouped)
     with pytest.raises(ValueError, match=r"\[\.\.\., M, K\]"):
         quant.quantized_matmul(jnp.asarray(p), jnp.asarray(p), vq, vq)
+
+
+def test_gpu_contracted_size_padding_keeps_the_exact_accumulator(monkeypatch):
+    """On GPU backends the int8 dots pad the contracted size (C_IN = 143 here) to a multiple of
+    32 with zero codes (`_dot_general.pad_contracted`: XLA's Triton autotuner compiles no
+    candidate for sizes like 26). Forced here on the CPU: same int32 accumulator, and the padded
+    operands reach the dot."""
+    x, kernel, _ = _problem(5)
+    qk, aq = _quantizers(x, kernel, 8, 8, True)
+    q_x, z_x = aq.quantize(x, POS), aq.for_positions(POS)[1]
+    want = _int64_accumulator(x, qk, aq)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    a, w = _dot_general.pad_contracted(q_x, -1, qk.qvalue, 0)
+    assert a.shape == (B, L, 160) and w.shape == (160, C_OUT)
+    assert not np.asarray(a[..., C_IN:]).any() and not np.asarray(w[C_IN:]).any()
+    # A fresh function: jit's trace cache would hold an unpadded trace of _dense_int32.
+    hlo = jax.jit(lambda *a: _dot_general._dense_int32(*a)).lower(q_x, z_x, qk).as_text()
+    assert re.search(r"tensor<3x7x160xi8>", hlo), "padded operand not in the dot"
+    np.testing.assert_array_equal(_dot_general._dense_int32(q_x, z_x, qk), want)
+    # The packed inference layout's portable path pads the same way.
+    from quant import _packed
+
+    pk = _packed.pack_kernel(qk)
+    got = jax.jit(lambda x: _packed.packed_dense(x, pk, None, aq, POS, impl="xla"))(x)
+    monkeypatch.undo()
+    ref = jax.jit(lambda x: _packed.packed_dense(x, pk, None, aq, POS, impl="xla"))(x)
+    np.testing.assert_array_equal(got, ref)
