@@ -71,6 +71,14 @@ def test_fused_ffn_path_is_taken_only_for_packed_pallas_layers(monkeypatch):
     assert not calls
 
 
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu",
+    reason=(
+        "an exactness check of XLA:CPU's compilation: on an H100 (2026-11-27) it failed, XLA:GPU "
+        "fusing and rounding the two paths differently; the GPU comparison (tokens up to "
+        "near-ties) is test_fused_ffn_on_the_kernel_matches_unfused_on_gpu"
+    ),
+)
 def test_fused_ffn_generates_the_unfused_tokens_on_cpu(monkeypatch):
     """The fused layer pair's portable path (what it computes where the kernel cannot run) on
     the same codes: bf16 generation, greedy, the same tokens as the unfused layers."""
