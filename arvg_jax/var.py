@@ -128,6 +128,8 @@ class VARConfig:
     #   into the layer-stacked cache and attends to the block's pages of it in place
     #   (`arvg_jax.stacked_kv`: cuDNN paged attention on GPU, the same pages gathered elsewhere);
     #   with per-block caches (the unrolled sampler) it slices like "prefix".
+    # * kv_page: positions per page of the "stacked" cache (a multiple of 64; the cache length is
+    #   padded to whole pages, `arvg_jax.stacked_kv`).
     # * scan_unroll: `lax.scan` unroll factor of the stacked-blocks sampler.
     # * fuse_ffn_quant: with packed int8 fc1/fc2 on the fused Hopper kernel
     #   (`quant._packed` impl "pallas"), fc1's epilogue applies GELU and fc2's input quantizer
@@ -135,6 +137,7 @@ class VARConfig:
     #   activations that a separate XLA pass quantizes. Other backends never fuse.
     sampling_filter: str = "auto"
     sampler_kv: str = "stacked"  # 36 ms faster than "prefix" at VAR-d30 b64 (BENCHMARKS.md)
+    kv_page: int = 64
     scan_unroll: int = 1
     fuse_ffn_quant: bool = True
 
@@ -151,6 +154,8 @@ class VARConfig:
         parse_filter_method(self.sampling_filter)  # raises on a bad spec
         if self.sampler_kv not in SAMPLER_KV:
             raise ValueError(f"sampler_kv must be one of {SAMPLER_KV}, got {self.sampler_kv!r}")
+        if not (isinstance(self.kv_page, int) and self.kv_page >= 64 and self.kv_page % 64 == 0):
+            raise ValueError(f"kv_page must be a positive multiple of 64, got {self.kv_page!r}")
         if not (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1):
             raise ValueError(f"scan_unroll must be an int >= 1, got {self.scan_unroll!r}")
 
@@ -340,6 +345,7 @@ class SelfAttention(nn.Module):
                 layer,
                 kv_len,
                 scale=softmax_scale,
+                page=cfg.kv_page,
                 implementation="cudnn" if use_cudnn else "xla",
             )
             out = out.astype(cfg.dtype).reshape(b, l, c)

@@ -55,7 +55,7 @@ def _generate_impl(
         mods_all = lax.map(lambda p: block_modulation(var_cfg, p, ada), blocks)  # [D, 2B, 6, C]
         cache_len = var_cfg.seq_len
         if var_cfg.sampler_kv == "stacked":  # whole pages (arvg_jax.stacked_kv)
-            cache_len = stacked_kv.padded_len(cache_len)
+            cache_len = stacked_kv.padded_len(cache_len, var_cfg.kv_page)
         kv_shape = (var_cfg.depth, 2 * b, cache_len, var_cfg.num_heads, var_cfg.head_dim)
         kc = jnp.zeros(kv_shape, var_cfg.dtype)
         vc = jnp.zeros(kv_shape, var_cfg.dtype)

@@ -86,6 +86,11 @@ VARIANTS = {
             "place (cuDNN paged attention): no KV slice, no write-back"
         ),
     ),
+    "kv_stacked_page128": (
+        "scan",
+        {"sampler_kv": "stacked", "kv_page": 128},
+        "kv_stacked with 128-position pages (one page per 128-key attention tile)",
+    ),
     "unrolled": (
         "unrolled",
         {},

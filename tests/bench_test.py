@@ -126,6 +126,7 @@ def test_variant_parsing():
     assert (v.kv, v.ffn_fused, v.int8_impl) == ("prefix", False, "auto")
     assert (build.Variant.parse("w8a8").kv, build.Variant.parse("w8a8").ffn_fused) == ("auto", True)
     assert build.Variant.parse("bfloat16+filter-sort").filter == "sort"
+    assert build.Variant.parse("bfloat16+kvpage-128").kv_page == 128
     assert build.Variant.parse("w8a8").filter == "auto"
     for bad in (
         "int4",
@@ -134,6 +135,8 @@ def test_variant_parsing():
         "bfloat16+ffn-unfused",
         "w8a8+kv-ring",
         "w8a8+filter-heap",
+        "w8a8+kvpage-96",
+        "w8a8+kvpage-0",
     ):
         with pytest.raises(ValueError):
             build.Variant.parse(bad)
@@ -145,9 +148,10 @@ def test_variant_sampler_options_reach_the_config():
     model = random_model("var-tiny", seed=0)
     trees = build.quantize_fast(model, [(8, 8)], calib=2, seed=0)
     _, cfg, _ = build.variant_params(
-        model, build.Variant.parse("w8a8+kv-prefix+ffn-unfused+filter-pallas"), trees
+        model, build.Variant.parse("w8a8+kv-prefix+ffn-unfused+filter-pallas+kvpage-128"), trees
     )
     assert (cfg.sampler_kv, cfg.fuse_ffn_quant, cfg.sampling_filter) == ("prefix", False, "pallas")
+    assert cfg.kv_page == 128
     _, cfg, _ = build.variant_params(model, build.Variant.parse("w8a8"), trees)
     assert (cfg.sampler_kv, cfg.fuse_ffn_quant) == (model.cfg.sampler_kv, True)
 

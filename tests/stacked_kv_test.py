@@ -85,18 +85,22 @@ def test_errors_name_the_shapes():
 
 
 @pytest.mark.skipif(not stacked_kv.available(), reason=str(stacked_kv.unavailable_reason()))
+@pytest.mark.parametrize("page", [64, 128])
 @pytest.mark.parametrize("layer,kv_len", [(0, 64), (5, 424), (29, 680), (3, 1)])
-def test_cudnn_paged_equals_xla_on_gpu(layer, kv_len):
-    """VAR-d30-like pages (64) and head dim (64) in bf16: the cuDNN paged kernel reads the same
-    pages as the gather path (tolerance: bf16 attention outputs)."""
-    d, b, lp, h, k = 30, 4, 704, 3, 64
+def test_cudnn_paged_equals_xla_on_gpu(layer, kv_len, page):
+    """VAR-d30-like pages (64 or 128) and head dim (64) in bf16: the cuDNN paged kernel reads the
+    same pages as the gather path (tolerance: bf16 attention outputs)."""
+    d, b, lp, h, k = 30, 4, stacked_kv.padded_len(680, page), 3, 64
     keys = jax.random.split(jax.random.PRNGKey(3), 3)
     kc = jax.random.normal(keys[0], (d, b, lp, h, k), jnp.bfloat16)
     vc = jax.random.normal(keys[1], (d, b, lp, h, k), jnp.bfloat16)
     q = jax.random.normal(keys[2], (b, 169, h, k), jnp.bfloat16)
-    f = jax.jit(stacked_kv.stacked_attention, static_argnames=("kv_len", "scale", "implementation"))
-    got = f(q, kc, vc, jnp.int32(layer), kv_len=kv_len, scale=0.125, implementation="cudnn")
-    ref = f(q, kc, vc, jnp.int32(layer), kv_len=kv_len, scale=0.125, implementation="xla")
+    f = jax.jit(
+        stacked_kv.stacked_attention, static_argnames=("kv_len", "scale", "page", "implementation")
+    )
+    kw = {"kv_len": kv_len, "scale": 0.125, "page": page}
+    got = f(q, kc, vc, jnp.int32(layer), **kw, implementation="cudnn")
+    ref = f(q, kc, vc, jnp.int32(layer), **kw, implementation="xla")
     np.testing.assert_allclose(
         np.asarray(got, np.float32), np.asarray(ref, np.float32), atol=2e-2, rtol=2e-2
     )

@@ -81,7 +81,10 @@ def test_scan_unroll_with_a_remainder():
 
 def test_kv_variants_in_bfloat16():
     _assert_same_tokens(
-        _model(2), ["kv_full", "unrolled_kv_full", "kv_stacked"], jnp.bfloat16, GREEDY
+        _model(2),
+        ["kv_full", "unrolled_kv_full", "kv_stacked", "kv_stacked_page128"],
+        jnp.bfloat16,
+        GREEDY,
     )
 
 
@@ -115,5 +118,7 @@ def test_options_are_validated():
         VARConfig.tiny(sampler_kv="ring")
     with pytest.raises(ValueError, match="scan_unroll"):
         VARConfig.tiny(scan_unroll=0)
+    with pytest.raises(ValueError, match="kv_page"):
+        VARConfig.tiny(kv_page=96)
     with pytest.raises(ValueError, match="filter method"):
         VARConfig.tiny(sampling_filter="heap")

@@ -30,6 +30,7 @@ _RUNTIME_FIELDS = frozenset(
         "attention",
         "sampling_filter",
         "sampler_kv",
+        "kv_page",
         "scan_unroll",
         "fuse_ffn_quant",
     }

@@ -36,10 +36,15 @@ KV_MODES = ("auto", "stacked", "prefix", "full")  # VARConfig.sampler_kv ("auto"
 FILTERS = ("auto", "sort", "bisect", "pallas")  # VARConfig.sampling_filter
 
 
+def _is_page(n: int) -> bool:
+    return n > 0 and n % 64 == 0  # VARConfig.kv_page
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """A benchmark variant:
-    ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+filter-METHOD][+ffn-unfused][+scan|+unrolled]``,
+    ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+ffn-unfused]
+    [+scan|+unrolled]``,
     e.g. ``w8a8+int8-qarray+unrolled`` or ``w8a8+kv-prefix+ffn-unfused+filter-sort`` (the sampler
     before the in-place KV cache, the fused fc1 quantization and the fused top-k / top-p kernel,
     for A/B rows in one run)."""
@@ -52,6 +57,7 @@ class Variant:
     kv: str = "auto"
     ffn_fused: bool = True
     filter: str = "auto"
+    kv_page: int = 0  # 0: VARConfig's default
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -66,6 +72,8 @@ class Variant:
                 kw["attention"] = o[5:]
             elif o.startswith("kv-") and o[3:] in KV_MODES:
                 kw["kv"] = o[3:]
+            elif o.startswith("kvpage-") and o[7:].isdigit() and _is_page(int(o[7:])):
+                kw["kv_page"] = int(o[7:])
             elif o.startswith("filter-") and o[7:] in FILTERS:
                 kw["filter"] = o[7:]
             elif o == "ffn-unfused":
@@ -75,7 +83,8 @@ class Variant:
             else:
                 choices = (
                     f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
-                    f"kv-{{{','.join(KV_MODES)}}}, filter-{{{','.join(FILTERS)}}}, ffn-unfused, "
+                    f"kv-{{{','.join(KV_MODES)}}}, kvpage-<multiple of 64>, "
+                    f"filter-{{{','.join(FILTERS)}}}, ffn-unfused, "
                     f"{' or '.join(BLOCKS)}"
                 )
                 raise ValueError(f"unknown option {o!r} in {spec!r} ({choices})")
@@ -298,6 +307,8 @@ def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
     )
     if variant.kv != "auto":
         var_cfg = dataclasses.replace(var_cfg, sampler_kv=variant.kv)
+    if variant.kv_page:
+        var_cfg = dataclasses.replace(var_cfg, kv_page=variant.kv_page)
     vae_cfg = dataclasses.replace(model.vae_cfg, dtype=variant.dtype)
     if variant.precision == "float32":
         params = model.params

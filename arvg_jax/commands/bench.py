@@ -8,10 +8,12 @@ Models are full-size with seeded random weights (`arvg_jax.models.random_model`)
 variants are built without calibration data (RTN min-max weights; static activation quantizers in
 PTQ4ARVG's STWQ layout fitted on a short synthetic batch, `arvg_jax.bench.build`): speed depends
 only on shapes and dtypes, never on the calibration values. A variant is
-``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+filter-METHOD][+ffn-unfused][+scan|+unrolled]``:
+``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+ffn-unfused]
+[+scan|+unrolled]``:
 precision float32 | bfloat16 | w8a8 | w6a6; int8 IMPL auto | qarray | xla | barrier | pallas
 (`quant._packed`); attention auto | xla | cudnn; KV cache mode auto | stacked | prefix | full
-(`VARConfig.sampler_kv`); top-k / top-p filter auto | sort | bisect | pallas
+(`VARConfig.sampler_kv`); kvpage-N positions per page of the stacked cache (`VARConfig.kv_page`,
+a multiple of 64); top-k / top-p filter auto | sort | bisect | pallas
 (`VARConfig.sampling_filter`); ffn-unfused turns off fc1's quantizing epilogue
 (`VARConfig.fuse_ffn_quant`).
 
@@ -300,6 +302,7 @@ def run(args) -> int:
             "sampler_kv": current["var_cfg"].sampler_kv,
             "ffn_fused": variant.ffn_fused,
             "sampling_filter": current["var_cfg"].sampling_filter,
+            "kv_page": current["var_cfg"].kv_page,
             "blocks": variant.blocks,
             "batch": b,
             "param_bytes": current["bytes"],
