@@ -105,7 +105,7 @@ def add_arguments(parser) -> None:
         "--hlo",
         action="store_true",
         help="summarise the compiled HLO of every config (int8 GEMM kernels, "
-        "Triton fusions, transposes) and keep the int8 modules' text",
+        "Triton fusions, transposes) and keep the first --hlo-keep modules' text",
     )
     parser.add_argument(
         "--plan",
@@ -122,7 +122,7 @@ def add_arguments(parser) -> None:
         "--hlo-keep",
         type=int,
         default=2,
-        help="keep the full HLO text of this many quantized configs",
+        help="keep the full HLO text of this many configs (hlo.tar.gz)",
     )
     parser.add_argument(
         "--init",
@@ -345,7 +345,7 @@ def run(args) -> int:
                     row["profile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             if args.hlo and text:
                 doc["hlo"][tag] = profile.hlo_summary(text)
-                if variant.bits and len(hlo_texts) < args.hlo_keep:
+                if len(hlo_texts) < args.hlo_keep:
                     hlo_texts[tag] = text
         except Exception as e:  # noqa: BLE001 - record it, go on with the others
             row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:600]}"
