@@ -42,12 +42,21 @@ class Dense(nn.Module):
         features: F.
         use_bias: whether a bias exists.
         dtype: compute dtype of the matmul inputs and of the output; accumulation is float32.
+        matmul_out: float path only. "float32" (default): the matmul returns float32, the bias is
+            added in float32 and the sum is rounded to `dtype` once, as the official autocast
+            forward rounds (exact on every backend). "dtype": the matmul returns `dtype` and the
+            bias is added in `dtype`: half the output bytes in bfloat16. On H100 the default
+            writes float32 GEMM outputs (VAR-d30's qkv: f32[32768, 5760]) that XLA fusions read
+            back (BENCHMARKS.md). Where XLA folds the bias into cuBLAS's epilogue this rounds
+            once as well; where it does not (or keeps the sum in excess precision, as XLA:CPU
+            does), the result may differ by a bf16 rounding. Not yet measured on a GPU.
     """
 
     features: int
     use_bias: bool = True
     dtype: Dtype = jnp.float32
     kernel_init: Any = default_kernel_init
+    matmul_out: str = "float32"
 
     @nn.compact
     def __call__(self, x: Array, positions: np.ndarray | Array | None = None) -> Array:
@@ -93,11 +102,12 @@ class Dense(nn.Module):
                 self.dtype
             )
 
-        y = jnp.dot(
-            x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32
-        )
+        if self.matmul_out not in ("float32", "dtype"):
+            raise ValueError(f"matmul_out must be 'float32' or 'dtype', got {self.matmul_out!r}")
+        acc = jnp.float32 if self.matmul_out == "float32" else self.dtype
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=acc)
         if bias is not None:
-            y = y + bias.astype(jnp.float32)
+            y = y + bias.astype(acc)
         return y.astype(self.dtype)
 
 

@@ -130,6 +130,9 @@ class VARConfig:
     #   with per-block caches (the unrolled sampler) it slices like "prefix".
     # * kv_page: positions per page of the "stacked" cache (a multiple of 64; the cache length is
     #   padded to whole pages, `arvg_jax.stacked_kv`).
+    # * matmul_out: the float blocks' Dense output precision (`arvg_jax.layers.Dense`):
+    #   "float32" (the official single rounding) or "dtype" (bf16 matmul outputs, an experiment
+    #   for the bf16 path's f32 GEMM outputs; not yet measured on a GPU).
     # * scan_unroll: `lax.scan` unroll factor of the stacked-blocks sampler.
     # * fuse_ffn_quant: with packed int8 fc1/fc2 on the fused Hopper kernel
     #   (`quant._packed` impl "pallas"), fc1's epilogue applies GELU and fc2's input quantizer
@@ -138,6 +141,7 @@ class VARConfig:
     sampling_filter: str = "auto"
     sampler_kv: str = "stacked"  # 36 ms faster than "prefix" at VAR-d30 b64 (BENCHMARKS.md)
     kv_page: int = 64
+    matmul_out: str = "float32"
     scan_unroll: int = 1
     fuse_ffn_quant: bool = True
 
@@ -152,6 +156,8 @@ class VARConfig:
         if self.attention not in ("auto", "xla", "cudnn"):
             raise ValueError(f"attention must be 'auto', 'xla' or 'cudnn', got {self.attention!r}")
         parse_filter_method(self.sampling_filter)  # raises on a bad spec
+        if self.matmul_out not in ("float32", "dtype"):
+            raise ValueError(f"matmul_out must be 'float32' or 'dtype', got {self.matmul_out!r}")
         if self.sampler_kv not in SAMPLER_KV:
             raise ValueError(f"sampler_kv must be one of {SAMPLER_KV}, got {self.sampler_kv!r}")
         if not (isinstance(self.kv_page, int) and self.kv_page >= 64 and self.kv_page % 64 == 0):
@@ -316,7 +322,7 @@ class SelfAttention(nn.Module):
         b, l, c = x.shape
         h, k_dim = cfg.num_heads, cfg.head_dim
         # One [3C] bias = concat(q_bias, zero_k_bias, v_bias), as the official F.linear call builds.
-        qkv = Dense(3 * c, dtype=cfg.dtype, name="qkv")(x, positions)
+        qkv = Dense(3 * c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="qkv")(x, positions)
         qkv = qkv.reshape(b, l, 3, h, k_dim)  # [B, l, 3, H, K]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, l, H, K]
         if cfg.attn_l2_norm:
@@ -349,7 +355,7 @@ class SelfAttention(nn.Module):
                 implementation="cudnn" if use_cudnn else "xla",
             )
             out = out.astype(cfg.dtype).reshape(b, l, c)
-            out = Dense(c, dtype=cfg.dtype, name="proj")(out, positions)
+            out = Dense(c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="proj")(out, positions)
             return out, {"k": kc, "v": vc, "layer": layer}
 
         if cache is not None:
@@ -381,7 +387,7 @@ class SelfAttention(nn.Module):
                 implementation="cudnn",
             )  # [B, l, H, K]
             out = out.astype(cfg.dtype).reshape(b, l, c)
-            out = Dense(c, dtype=cfg.dtype, name="proj")(out, positions)
+            out = Dense(c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="proj")(out, positions)
             return out, cache
 
         scores = jnp.einsum("BqHK,BkHK->BHqk", q, k, preferred_element_type=jnp.float32)
@@ -397,7 +403,7 @@ class SelfAttention(nn.Module):
             "BHqk,BkHK->BqHK", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
         )
         out = out.astype(cfg.dtype).reshape(b, l, c)  # [B, l, C]
-        out = Dense(c, dtype=cfg.dtype, name="proj")(out, positions)
+        out = Dense(c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="proj")(out, positions)
         return out if cache is None else (out, cache)
 
 
@@ -435,9 +441,11 @@ class FFN(nn.Module):
                 cfg.dtype,
             )
             return y.astype(cfg.dtype)
-        x = Dense(cfg.mlp_dim, dtype=cfg.dtype, name="fc1")(x, positions)
+        x = Dense(cfg.mlp_dim, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="fc1")(x, positions)
         x = gelu_tanh(x)
-        return Dense(cfg.embed_dim, dtype=cfg.dtype, name="fc2")(x, positions)
+        return Dense(cfg.embed_dim, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="fc2")(
+            x, positions
+        )
 
     def _fused_int8_params(self):
         """(fc1, fc2) params when both are packed int8 layers with static input quantizers on

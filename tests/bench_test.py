@@ -127,6 +127,7 @@ def test_variant_parsing():
     assert (build.Variant.parse("w8a8").kv, build.Variant.parse("w8a8").ffn_fused) == ("auto", True)
     assert build.Variant.parse("bfloat16+filter-sort").filter == "sort"
     assert build.Variant.parse("bfloat16+kvpage-128").kv_page == 128
+    assert build.Variant.parse("bfloat16+gemm-bf16out").matmul_out == "dtype"
     assert build.Variant.parse("w8a8").filter == "auto"
     for bad in (
         "int4",

@@ -214,6 +214,23 @@ def test_dense_float_path_and_sow():
     np.testing.assert_array_equal(state["intermediates"]["input"][0], x)
 
 
+def test_dense_matmul_out_dtype():
+    """matmul_out="dtype" (bf16 matmul output, bias in bf16) stays within bf16 rounding of the
+    default float32 matmul + bias rounded once; bad values are rejected."""
+    x = jax.random.normal(jax.random.key(2), (2, 3, 11))
+    params = Dense(13).init(jax.random.key(3), x)["params"]
+    params = {**params, "bias": jax.random.normal(jax.random.key(4), (13,))}
+    ref = Dense(13, dtype=jnp.bfloat16).apply({"params": params}, x)
+    out = Dense(13, dtype=jnp.bfloat16, matmul_out="dtype").apply({"params": params}, x)
+    assert out.dtype == ref.dtype == jnp.bfloat16
+    ref32, out32 = np.asarray(ref, np.float32), np.asarray(out, np.float32)
+    np.testing.assert_allclose(out32, ref32, rtol=2**-7, atol=2**-7 * np.abs(ref32).max())
+    with pytest.raises(ValueError, match="matmul_out"):
+        Dense(13, matmul_out="float16").apply({"params": params}, x)
+    with pytest.raises(ValueError, match="matmul_out"):
+        VARConfig.tiny(matmul_out="half")
+
+
 def test_config_presets_and_official_kwargs(reference):
     assert (VARConfig.d16().embed_dim, VARConfig.d16().num_heads) == (1024, 16)
     assert (VARConfig.d30().embed_dim, VARConfig.d30().mlp_dim) == (1920, 7680)

@@ -31,6 +31,7 @@ _RUNTIME_FIELDS = frozenset(
         "sampling_filter",
         "sampler_kv",
         "kv_page",
+        "matmul_out",
         "scan_unroll",
         "fuse_ffn_quant",
     }

@@ -58,6 +58,7 @@ class Variant:
     ffn_fused: bool = True
     filter: str = "auto"
     kv_page: int = 0  # 0: VARConfig's default
+    matmul_out: str = "float32"  # VARConfig.matmul_out ("dtype": +gemm-bf16out)
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -76,6 +77,8 @@ class Variant:
                 kw["kv_page"] = int(o[7:])
             elif o.startswith("filter-") and o[7:] in FILTERS:
                 kw["filter"] = o[7:]
+            elif o == "gemm-bf16out":
+                kw["matmul_out"] = "dtype"
             elif o == "ffn-unfused":
                 kw["ffn_fused"] = False
             elif o in BLOCKS:
@@ -84,7 +87,7 @@ class Variant:
                 choices = (
                     f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
                     f"kv-{{{','.join(KV_MODES)}}}, kvpage-<multiple of 64>, "
-                    f"filter-{{{','.join(FILTERS)}}}, ffn-unfused, "
+                    f"filter-{{{','.join(FILTERS)}}}, gemm-bf16out, ffn-unfused, "
                     f"{' or '.join(BLOCKS)}"
                 )
                 raise ValueError(f"unknown option {o!r} in {spec!r} ({choices})")
@@ -307,6 +310,8 @@ def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
     )
     if variant.kv != "auto":
         var_cfg = dataclasses.replace(var_cfg, sampler_kv=variant.kv)
+    if variant.matmul_out != "float32":
+        var_cfg = dataclasses.replace(var_cfg, matmul_out=variant.matmul_out)
     if variant.kv_page:
         var_cfg = dataclasses.replace(var_cfg, kv_page=variant.kv_page)
     vae_cfg = dataclasses.replace(model.vae_cfg, dtype=variant.dtype)
