@@ -25,6 +25,9 @@ def _is_plain_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray))
 
 
+MATMUL_OUTS = ("float32", "dtype")  # Dense.matmul_out
+
+
 class Dense(nn.Module):
     """`y = x @ kernel + bias`, accepting a `quant.QArray` kernel and an `input_quant` quantizer.
 
@@ -102,8 +105,8 @@ class Dense(nn.Module):
                 self.dtype
             )
 
-        if self.matmul_out not in ("float32", "dtype"):
-            raise ValueError(f"matmul_out must be 'float32' or 'dtype', got {self.matmul_out!r}")
+        if self.matmul_out not in MATMUL_OUTS:
+            raise ValueError(f"matmul_out must be one of {MATMUL_OUTS}, got {self.matmul_out!r}")
         acc = jnp.float32 if self.matmul_out == "float32" else self.dtype
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=acc)
         if bias is not None:

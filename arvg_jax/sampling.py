@@ -101,14 +101,12 @@ def top_k_top_p_filter(
     name, bits, chunk = parse_filter_method(method)
     if jnp.dtype(logits.dtype).itemsize > 4:  # float64: keys need ≤ 32 bits
         name = "sort"
-    if name == "auto":
-        from arvg_jax import sampling_pallas
+    if name in ("auto", "pallas"):
+        from arvg_jax import sampling_pallas  # imports Pallas: only when asked for
 
-        name = "pallas" if sampling_pallas.available() else "sort"
-    if name == "pallas":
-        from arvg_jax import sampling_pallas
-
-        return sampling_pallas.top_k_top_p_filter(logits, top_k, top_p)
+        if name == "pallas" or sampling_pallas.available():
+            return sampling_pallas.top_k_top_p_filter(logits, top_k, top_p)
+        name = "sort"
     if name == "sort":
         return _filter_sort(logits, top_k, top_p)
     return _filter_bisect(logits, top_k, top_p, bits, chunk)

@@ -41,7 +41,7 @@ import numpy as np
 from flax import linen as nn
 
 from arvg_jax import stacked_kv
-from arvg_jax.layers import Dense, gelu_tanh, l2_normalize, layer_norm
+from arvg_jax.layers import MATMUL_OUTS, Dense, gelu_tanh, l2_normalize, layer_norm
 from arvg_jax.sampling import parse_filter_method
 
 Array = jax.Array
@@ -156,8 +156,8 @@ class VARConfig:
         if self.attention not in ("auto", "xla", "cudnn"):
             raise ValueError(f"attention must be 'auto', 'xla' or 'cudnn', got {self.attention!r}")
         parse_filter_method(self.sampling_filter)  # raises on a bad spec
-        if self.matmul_out not in ("float32", "dtype"):
-            raise ValueError(f"matmul_out must be 'float32' or 'dtype', got {self.matmul_out!r}")
+        if self.matmul_out not in MATMUL_OUTS:
+            raise ValueError(f"matmul_out must be one of {MATMUL_OUTS}, got {self.matmul_out!r}")
         if self.sampler_kv not in SAMPLER_KV:
             raise ValueError(f"sampler_kv must be one of {SAMPLER_KV}, got {self.sampler_kv!r}")
         if not (isinstance(self.kv_page, int) and self.kv_page >= 64 and self.kv_page % 64 == 0):

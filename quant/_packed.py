@@ -75,13 +75,13 @@ PALLAS_MIN_ROWS = 1024
 # The kernel's quantizing epilogue (``packed_dense_act_quant``) needs the output features to be a
 # multiple of its column tile (``int8_dense_fused``'s default ``block_n``); VAR's fc1 (O = 4C) is.
 PALLAS_OUT_QUANT_COLUMNS = 128
-# Off: the epilogue's GELU uses libdevice's tanhf, and the fused codes equalled the unfused XLA
-# sequence's exactly on H100 (BENCHMARKS.md, 2026-11-27 second session; both then multiplied by
-# the reciprocal scale). On, the hardware tanh
-# (`tanh.approx.f32`) makes fc1 at VAR-d30's last scale 991 us instead of 1125 us (H100,
-# 2026-11-27; unfused bf16 kernel + XLA pass: 1287 us) and moved 2e-6 of the codes by one there
-# (its ~2^-11 relative error crosses a bf16 rounding boundary); but approximate math also makes
-# the quantization's division `div.approx`, which moves codes at every tie. Exactness wins.
+# Off: the epilogue's GELU uses libdevice's tanhf, the function the official PyTorch GELU calls,
+# and the fused codes equal an IEEE float32 reference on H100 (`quant._pallas_gpu.
+# epilogue_divides`). On, the hardware tanh (`tanh.approx.f32`) makes fc1 at VAR-d30's last
+# scale 991 us instead of 1125 us (H100, 2026-11-27; unfused bf16 kernel + XLA pass: 1287 us)
+# and moved 2e-6 of the codes by one there (its ~2^-11 relative error crosses a bf16 rounding
+# boundary). (With a true division in the epilogue, approximate math would also turn it into
+# `div.approx`; the default epilogue multiplies by the reciprocal.) Exactness wins.
 PALLAS_ACT_APPROX_MATH = False
 
 
