@@ -53,6 +53,11 @@ class Dense(nn.Module):
             back (BENCHMARKS.md). Where XLA folds the bias into cuBLAS's epilogue this rounds
             once as well; where it does not (or keeps the sum in excess precision, as XLA:CPU
             does), the result may differ by a bf16 rounding. Not yet measured on a GPU.
+        defer_bias: return ``(y, bias)`` instead of ``y``: on the float path ``y`` is the
+            matmul output before the bias and before rounding (float32 under matmul_out
+            "float32") and ``bias`` the float32 bias (or None), for a fused consumer that adds
+            and rounds itself (`arvg_jax.attn_prologue_pallas`); the quantized path adds its
+            bias as usual and returns ``(y, None)``.
     """
 
     features: int
@@ -60,6 +65,7 @@ class Dense(nn.Module):
     dtype: Dtype = jnp.float32
     kernel_init: Any = default_kernel_init
     matmul_out: str = "float32"
+    defer_bias: bool = False
 
     @nn.compact
     def __call__(self, x: Array, positions: np.ndarray | Array | None = None) -> Array:
@@ -101,14 +107,15 @@ class Dense(nn.Module):
             # Imported lazily: the float model must not depend on the quantization package.
             from quant import dense
 
-            return dense(x, kernel, bias, input_quant, positions, out_dtype=self.dtype).astype(
-                self.dtype
-            )
+            y = dense(x, kernel, bias, input_quant, positions, out_dtype=self.dtype)
+            return (y.astype(self.dtype), None) if self.defer_bias else y.astype(self.dtype)
 
         if self.matmul_out not in MATMUL_OUTS:
             raise ValueError(f"matmul_out must be one of {MATMUL_OUTS}, got {self.matmul_out!r}")
         acc = jnp.float32 if self.matmul_out == "float32" else self.dtype
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=acc)
+        if self.defer_bias:
+            return y, None if bias is None else bias.astype(jnp.float32)
         if bias is not None:
             y = y + bias.astype(acc)
         return y.astype(self.dtype)

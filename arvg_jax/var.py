@@ -48,6 +48,7 @@ Array = jax.Array
 AttnMask = Literal["block_causal", "none"]
 
 SAMPLER_KV = ("prefix", "full", "stacked")
+ATTN_PROLOGUES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
@@ -133,6 +134,11 @@ class VARConfig:
     # * matmul_out: the float blocks' Dense output precision (`arvg_jax.layers.Dense`):
     #   "float32" (the official single rounding) or "dtype" (bf16 matmul outputs, an experiment
     #   for the bf16 path's f32 GEMM outputs; not yet measured on a GPU).
+    # * attn_prologue: with sampler_kv "stacked", what runs between the qkv layer and the paged
+    #   attention (bias, rounding, q/k l2-normalisation, the k/v cache writes): "xla" (separate
+    #   XLA fusions and `stacked_kv.write`), "pallas" (one GPU kernel,
+    #   `arvg_jax.attn_prologue_pallas`) or "auto" (pallas on NVIDIA GPUs when head_dim is a
+    #   power of two, else xla).
     # * scan_unroll: `lax.scan` unroll factor of the stacked-blocks sampler.
     # * fuse_ffn_quant: with packed int8 fc1/fc2 on the fused Hopper kernel
     #   (`quant._packed` impl "pallas"), fc1's epilogue applies GELU and fc2's input quantizer
@@ -142,6 +148,7 @@ class VARConfig:
     sampler_kv: str = "stacked"  # 36 ms faster than "prefix" at VAR-d30 b64 (BENCHMARKS.md)
     kv_page: int = 64
     matmul_out: str = "float32"
+    attn_prologue: str = "auto"  # VAR-d30 b64 on H100: bf16 −18 ms, W8A8 −7 ms (BENCHMARKS.md)
     scan_unroll: int = 1
     fuse_ffn_quant: bool = True
 
@@ -158,6 +165,15 @@ class VARConfig:
         parse_filter_method(self.sampling_filter)  # raises on a bad spec
         if self.matmul_out not in MATMUL_OUTS:
             raise ValueError(f"matmul_out must be one of {MATMUL_OUTS}, got {self.matmul_out!r}")
+        if self.attn_prologue not in ATTN_PROLOGUES:
+            raise ValueError(
+                f"attn_prologue must be one of {ATTN_PROLOGUES}, got {self.attn_prologue!r}"
+            )
+        if self.attn_prologue == "pallas":
+            from arvg_jax import attn_prologue_pallas
+
+            if (why := attn_prologue_pallas.unsupported_reason(self.head_dim)) is not None:
+                raise ValueError(f"attn_prologue 'pallas': {why}")
         if self.sampler_kv not in SAMPLER_KV:
             raise ValueError(f"sampler_kv must be one of {SAMPLER_KV}, got {self.sampler_kv!r}")
         if not (isinstance(self.kv_page, int) and self.kv_page >= 64 and self.kv_page % 64 == 0):
@@ -282,6 +298,18 @@ def attention_impl(cfg: VARConfig) -> str:
     return "cudnn" if half and fits and jax.default_backend() in ("gpu", "cuda") else "xla"
 
 
+def attn_prologue_impl(cfg: VARConfig) -> str:
+    """What the stacked sampler runs between qkv and attention: "xla" or "pallas" (VARConfig)."""
+    if cfg.sampler_kv != "stacked" or cfg.attn_prologue == "xla":
+        return "xla"
+    from arvg_jax import attn_prologue_pallas
+
+    if cfg.attn_prologue == "pallas":  # head_dim checked by VARConfig; interpreted off GPU
+        return "pallas"
+    ok = attn_prologue_pallas.available()
+    return "pallas" if ok and attn_prologue_pallas.unsupported_reason(cfg.head_dim) is None else "xla"
+
+
 def init_kv_caches(cfg: VARConfig, batch: int) -> tuple[dict[str, Array], ...]:
     """Zero KV caches, one {"k", "v"} dict of [batch, L, H, K] (compute dtype) per block."""
     shape = (batch, cfg.seq_len, cfg.num_heads, cfg.head_dim)
@@ -321,23 +349,20 @@ class SelfAttention(nn.Module):
         cfg = self.cfg
         b, l, c = x.shape
         h, k_dim = cfg.num_heads, cfg.head_dim
+        stacked = cache is not None and "layer" in cache
+        if stacked and attn_prologue_impl(cfg) == "pallas":
+            return self._stacked_fused(x, positions, cache, cache_offset, kv_len)
         # One [3C] bias = concat(q_bias, zero_k_bias, v_bias), as the official F.linear call builds.
         qkv = Dense(3 * c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="qkv")(x, positions)
         qkv = qkv.reshape(b, l, 3, h, k_dim)  # [B, l, 3, H, K]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, l, H, K]
         if cfg.attn_l2_norm:
-            scale_mul = self.param(
-                "scale_mul", nn.initializers.constant(math.log(4.0)), (h,), jnp.float32
-            )
-            # scale_mul_1H11.clamp_max(log 100).exp(); q = normalize(q) * scale_mul; k = normalize(k)
-            scale_mul = jnp.exp(jnp.minimum(scale_mul, _MAX_SCALE_MUL))
+            scale_mul = self._head_scale()
             q = (l2_normalize(q) * scale_mul[:, None]).astype(cfg.dtype)
             k = l2_normalize(k).astype(cfg.dtype)
-            softmax_scale = 1.0
-        else:
-            softmax_scale = 0.25 / math.sqrt(k_dim)
+        softmax_scale = self._softmax_scale()
 
-        if cache is not None and "layer" in cache:
+        if stacked:
             # Layer-stacked cache (sampler_kv "stacked"): write this scale's keys into block
             # `layer` in place, then attend to that block's pages without slicing it out.
             layer = cache["layer"]
@@ -405,6 +430,57 @@ class SelfAttention(nn.Module):
         out = out.astype(cfg.dtype).reshape(b, l, c)  # [B, l, C]
         out = Dense(c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="proj")(out, positions)
         return out if cache is None else (out, cache)
+
+    def _head_scale(self):
+        """q's per-head temperature: scale_mul_1H11.clamp_max(log 100).exp()."""
+        h = self.cfg.num_heads
+        scale_mul = self.param(
+            "scale_mul", nn.initializers.constant(math.log(4.0)), (h,), jnp.float32
+        )
+        return jnp.exp(jnp.minimum(scale_mul, _MAX_SCALE_MUL))
+
+    def _softmax_scale(self) -> float:
+        # q = normalize(q) * scale_mul; k = normalize(k); softmax scale 1 (else 0.25 / sqrt(K)).
+        return 1.0 if self.cfg.attn_l2_norm else 0.25 / math.sqrt(self.cfg.head_dim)
+
+    def _stacked_fused(self, x, positions, cache, cache_offset, kv_len):
+        """The "layer"-cache branch with `attn_prologue_pallas` doing bias, rounding, q/k
+        normalisation and the k/v cache writes in one kernel (VARConfig.attn_prologue)."""
+        from arvg_jax import attn_prologue_pallas
+
+        cfg = self.cfg
+        b, l, c = x.shape
+        qkv, bias = Dense(
+            3 * c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, defer_bias=True, name="qkv"
+        )(x, positions)
+        norm = cfg.attn_l2_norm
+        head_scale = self._head_scale() if norm else jnp.ones((cfg.num_heads,), jnp.float32)
+        layer = cache["layer"]
+        q, kc, vc = attn_prologue_pallas.prologue(
+            qkv,
+            bias,
+            head_scale,
+            cache["k"].astype(cfg.dtype),
+            cache["v"].astype(cfg.dtype),
+            layer,
+            offset=cache_offset,
+            round_dtype=cfg.dtype,
+            normalize=norm,
+        )
+        use_cudnn = attention_impl(cfg) == "cudnn" and stacked_kv.available()
+        out = stacked_kv.stacked_attention(
+            q,
+            kc,
+            vc,
+            layer,
+            kv_len,
+            scale=self._softmax_scale(),
+            page=cfg.kv_page,
+            implementation="cudnn" if use_cudnn else "xla",
+        )
+        out = out.astype(cfg.dtype).reshape(b, l, c)
+        out = Dense(c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="proj")(out, positions)
+        return out, {"k": kc, "v": vc, "layer": layer}
 
 
 class FFN(nn.Module):

@@ -128,6 +128,8 @@ def test_variant_parsing():
     assert build.Variant.parse("bfloat16+filter-sort").filter == "sort"
     assert build.Variant.parse("bfloat16+kvpage-128").kv_page == 128
     assert build.Variant.parse("bfloat16+gemm-bf16out").matmul_out == "dtype"
+    assert build.Variant.parse("bfloat16+prologue-pallas").prologue == "pallas"
+    assert build.Variant.parse("bfloat16").prologue == ""
     assert build.Variant.parse("w8a8").filter == "auto"
     for bad in (
         "int4",
@@ -138,6 +140,7 @@ def test_variant_parsing():
         "w8a8+filter-heap",
         "w8a8+kvpage-96",
         "w8a8+kvpage-0",
+        "w8a8+prologue-triton",
     ):
         with pytest.raises(ValueError):
             build.Variant.parse(bad)
@@ -149,10 +152,12 @@ def test_variant_sampler_options_reach_the_config():
     model = random_model("var-tiny", seed=0)
     trees = build.quantize_fast(model, [(8, 8)], calib=2, seed=0)
     _, cfg, _ = build.variant_params(
-        model, build.Variant.parse("w8a8+kv-prefix+ffn-unfused+filter-pallas+kvpage-128"), trees
+        model,
+        build.Variant.parse("w8a8+kv-prefix+ffn-unfused+filter-pallas+kvpage-128+prologue-xla"),
+        trees,
     )
     assert (cfg.sampler_kv, cfg.fuse_ffn_quant, cfg.sampling_filter) == ("prefix", False, "pallas")
-    assert cfg.kv_page == 128
+    assert (cfg.kv_page, cfg.attn_prologue) == (128, "xla")
     _, cfg, _ = build.variant_params(model, build.Variant.parse("w8a8"), trees)
     assert (cfg.sampler_kv, cfg.fuse_ffn_quant) == (model.cfg.sampler_kv, True)
 

@@ -34,6 +34,7 @@ ATTENTIONS = ("auto", "xla", "cudnn")
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
 KV_MODES = ("auto", "stacked", "prefix", "full")  # VARConfig.sampler_kv ("auto": its default)
 FILTERS = ("auto", "sort", "bisect", "pallas")  # VARConfig.sampling_filter
+PROLOGUES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue ("": its default)
 
 
 def _is_page(n: int) -> bool:
@@ -43,8 +44,8 @@ def _is_page(n: int) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """A benchmark variant:
-    ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+ffn-unfused]
-    [+scan|+unrolled]``,
+    ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+prologue-IMPL]
+    [+gemm-bf16out][+ffn-unfused][+scan|+unrolled]``,
     e.g. ``w8a8+int8-qarray+unrolled`` or ``w8a8+kv-prefix+ffn-unfused+filter-sort`` (the sampler
     before the in-place KV cache, the fused fc1 quantization and the fused top-k / top-p kernel,
     for A/B rows in one run)."""
@@ -59,6 +60,7 @@ class Variant:
     filter: str = "auto"
     kv_page: int = 0  # 0: VARConfig's default
     matmul_out: str = "float32"  # VARConfig.matmul_out ("dtype": +gemm-bf16out)
+    prologue: str = ""  # VARConfig.attn_prologue ("": its default)
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -77,6 +79,8 @@ class Variant:
                 kw["kv_page"] = int(o[7:])
             elif o.startswith("filter-") and o[7:] in FILTERS:
                 kw["filter"] = o[7:]
+            elif o.startswith("prologue-") and o[9:] in PROLOGUES:
+                kw["prologue"] = o[9:]
             elif o == "gemm-bf16out":
                 kw["matmul_out"] = "dtype"
             elif o == "ffn-unfused":
@@ -87,7 +91,8 @@ class Variant:
                 choices = (
                     f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
                     f"kv-{{{','.join(KV_MODES)}}}, kvpage-<multiple of 64>, "
-                    f"filter-{{{','.join(FILTERS)}}}, gemm-bf16out, ffn-unfused, "
+                    f"filter-{{{','.join(FILTERS)}}}, prologue-{{{','.join(PROLOGUES)}}}, "
+                    f"gemm-bf16out, ffn-unfused, "
                     f"{' or '.join(BLOCKS)}"
                 )
                 raise ValueError(f"unknown option {o!r} in {spec!r} ({choices})")
@@ -314,6 +319,8 @@ def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
         var_cfg = dataclasses.replace(var_cfg, matmul_out=variant.matmul_out)
     if variant.kv_page:
         var_cfg = dataclasses.replace(var_cfg, kv_page=variant.kv_page)
+    if variant.prologue:
+        var_cfg = dataclasses.replace(var_cfg, attn_prologue=variant.prologue)
     vae_cfg = dataclasses.replace(model.vae_cfg, dtype=variant.dtype)
     if variant.precision == "float32":
         params = model.params

@@ -8,13 +8,15 @@ Models are full-size with seeded random weights (`arvg_jax.models.random_model`)
 variants are built without calibration data (RTN min-max weights; static activation quantizers in
 PTQ4ARVG's STWQ layout fitted on a short synthetic batch, `arvg_jax.bench.build`): speed depends
 only on shapes and dtypes, never on the calibration values. A variant is
-``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+ffn-unfused]
-[+scan|+unrolled]``:
+``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+prologue-IMPL]
+[+gemm-bf16out][+ffn-unfused][+scan|+unrolled]``:
 precision float32 | bfloat16 | w8a8 | w6a6; int8 IMPL auto | qarray | xla | barrier | pallas
 (`quant._packed`); attention auto | xla | cudnn; KV cache mode auto | stacked | prefix | full
 (`VARConfig.sampler_kv`); kvpage-N positions per page of the stacked cache (`VARConfig.kv_page`,
 a multiple of 64); top-k / top-p filter auto | sort | bisect | pallas
-(`VARConfig.sampling_filter`); ffn-unfused turns off fc1's quantizing epilogue
+(`VARConfig.sampling_filter`); attention prologue auto | xla | pallas
+(`VARConfig.attn_prologue`); gemm-bf16out gives the float blocks' matmuls bf16 outputs
+(`VARConfig.matmul_out`); ffn-unfused turns off fc1's quantizing epilogue
 (`VARConfig.fuse_ffn_quant`).
 
 Writes DIR/bench.json (after every configuration, so an interrupted run keeps what it measured),
@@ -175,6 +177,7 @@ def run(args) -> int:
 
     from arvg_jax.bench import build, e2e, gemm, profile, report
     from arvg_jax.models import resolve_configs
+    from arvg_jax.var import attn_prologue_impl
 
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     if args.from_json:
@@ -303,6 +306,8 @@ def run(args) -> int:
             "ffn_fused": variant.ffn_fused,
             "sampling_filter": current["var_cfg"].sampling_filter,
             "kv_page": current["var_cfg"].kv_page,
+            "matmul_out": current["var_cfg"].matmul_out,
+            "attn_prologue": attn_prologue_impl(current["var_cfg"]),
             "blocks": variant.blocks,
             "batch": b,
             "param_bytes": current["bytes"],
