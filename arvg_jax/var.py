@@ -41,14 +41,14 @@ import numpy as np
 from flax import linen as nn
 
 from arvg_jax import stacked_kv
-from arvg_jax.layers import MATMUL_OUTS, Dense, gelu_tanh, l2_normalize, layer_norm
+from arvg_jax.layers import MATMUL_OUTS, Dense, _is_plain_array, gelu_tanh, l2_normalize, layer_norm
 from arvg_jax.sampling import parse_filter_method
 
 Array = jax.Array
 AttnMask = Literal["block_causal", "none"]
 
 SAMPLER_KV = ("prefix", "full", "stacked")
-ATTN_PROLOGUES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue
+ATTN_PROLOGUES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue and .adaln_kernel
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
@@ -139,6 +139,11 @@ class VARConfig:
     #   XLA fusions and `stacked_kv.write`), "pallas" (one GPU kernel,
     #   `arvg_jax.attn_prologue_pallas`) or "auto" (pallas on NVIDIA GPUs when head_dim is a
     #   power of two, else xla).
+    # * adaln_kernel: in the stacked sampler, each block's LayerNorm + modulation (and the
+    #   residual add before the second one) as one GPU kernel (`arvg_jax.adaln_pallas`) that
+    #   writes the next layer's int8 input codes and their row sums (packed int8 qkv / fc1 with
+    #   static input quantizers) or the bf16 input (float blocks): "xla", "pallas" or "auto"
+    #   (pallas on NVIDIA GPUs where the block qualifies, else xla).
     # * scan_unroll: `lax.scan` unroll factor of the stacked-blocks sampler.
     # * fuse_ffn_quant: with packed int8 fc1/fc2 on the fused Hopper kernel
     #   (`quant._packed` impl "pallas"), fc1's epilogue applies GELU and fc2's input quantizer
@@ -149,6 +154,7 @@ class VARConfig:
     kv_page: int = 64
     matmul_out: str = "float32"
     attn_prologue: str = "auto"  # VAR-d30 b64 on H100: bf16 −18 ms, W8A8 −7 ms (BENCHMARKS.md)
+    adaln_kernel: str = "xla"  # "pallas": no measurable gain at VAR-d30 b64 (BENCHMARKS.md)
     scan_unroll: int = 1
     fuse_ffn_quant: bool = True
 
@@ -168,6 +174,10 @@ class VARConfig:
         if self.attn_prologue not in ATTN_PROLOGUES:
             raise ValueError(
                 f"attn_prologue must be one of {ATTN_PROLOGUES}, got {self.attn_prologue!r}"
+            )
+        if self.adaln_kernel not in ATTN_PROLOGUES:
+            raise ValueError(
+                f"adaln_kernel must be one of {ATTN_PROLOGUES}, got {self.adaln_kernel!r}"
             )
         if self.attn_prologue == "pallas":
             from arvg_jax import attn_prologue_pallas
@@ -307,7 +317,9 @@ def attn_prologue_impl(cfg: VARConfig) -> str:
     if cfg.attn_prologue == "pallas":  # head_dim checked by VARConfig; interpreted off GPU
         return "pallas"
     ok = attn_prologue_pallas.available()
-    return "pallas" if ok and attn_prologue_pallas.unsupported_reason(cfg.head_dim) is None else "xla"
+    return (
+        "pallas" if ok and attn_prologue_pallas.unsupported_reason(cfg.head_dim) is None else "xla"
+    )
 
 
 def init_kv_caches(cfg: VARConfig, batch: int) -> tuple[dict[str, Array], ...]:
@@ -580,6 +592,9 @@ class VARBlock(nn.Module):
         else:
             mods = Dense(6 * c, dtype=cfg.dtype, name="ada_lin")(jax.nn.silu(ada))
             mods = mods.reshape(b, 6, c)  # [B, 6, C]
+        fused = self._adaln_mode(cache)
+        if fused is not None:
+            return self._fused_norms(x, mods, fused, positions, cache, cache_offset, kv_len)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (mods[:, None, j] for j in range(6))
 
         h = layer_norm(x, cfg.norm_eps) * (scale1 + 1) + shift1
@@ -598,6 +613,83 @@ class VARBlock(nn.Module):
         x = x + FFN(cfg, name="ffn")(h, positions=positions) * gamma2
         x = x.astype(jnp.float32)
         return x if cache is None else (x, cache)
+
+    def _adaln_mode(self, cache):
+        """ "int8", "float" or None: whether (and how) the norms run on `arvg_jax.adaln_pallas`.
+
+        Only in the stacked sampler (a "layer" cache) with cfg.adaln_kernel "pallas" (or "auto"
+        on an NVIDIA GPU), and only when qkv and fc1 are alike: both packed int8 layers with
+        static input quantizers (the kernel writes their codes), or both float (it writes h in
+        cfg.dtype). Anything else (calibration placeholders, QArray or oracle kernels, mixed
+        precision) keeps the XLA ops.
+        """
+        cfg = self.cfg
+        if cache is None or "layer" not in cache or cfg.adaln_kernel == "xla":
+            return None
+        from arvg_jax import adaln_pallas
+
+        if cfg.adaln_kernel == "auto" and not adaln_pallas.available():
+            return None
+        params = self.variables.get("params", {})
+        layers = [params.get("attn", {}).get("qkv", {}), params.get("ffn", {}).get("fc1", {})]
+        if all(_is_plain_array(p.get("kernel")) and "input_quant" not in p for p in layers):
+            return "float"
+        from quant import _packed
+        from quant._qarray import ActQuant
+
+        for p in layers:
+            if not isinstance(p.get("kernel"), _packed.PackedKernel):
+                return None
+            if type(p.get("input_quant")) is not ActQuant:
+                return None
+        return "int8"
+
+    def _fused_norms(self, x, mods, mode, positions, cache, cache_offset, kv_len):
+        """`__call__` with both norms (and the first residual add) on `adaln_pallas`."""
+        from arvg_jax import adaln_pallas
+
+        cfg = self.cfg
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (mods[:, j] for j in range(6))
+        params = self.variables["params"]
+        length = x.shape[1]
+
+        def norm(x, scale, shift, layer, delta=None, gamma=None):
+            kw = {}
+            if mode == "int8":
+                quant = layer["input_quant"]
+                s, z = quant.for_positions(positions)
+                kw = {
+                    "quant_scale": jnp.broadcast_to(s.reshape(-1), (length,)),
+                    "quant_zero": jnp.broadcast_to(z.reshape(-1), (length,)),
+                    "quant_bits": quant.bits,
+                }
+            x_new, h = adaln_pallas.adaln(
+                x,
+                scale,
+                shift,
+                eps=cfg.norm_eps,
+                delta=delta,
+                gamma=gamma,
+                out_dtype=cfg.dtype,
+                **kw,
+            )
+            if mode == "int8":
+                from quant import _packed
+
+                h = _packed.PreQuantized(codes=h[0], sums=h[1], dtype=cfg.dtype)
+            return x_new, h
+
+        _, h = norm(x, scale1, shift1, params["attn"]["qkv"])
+        attn, cache = SelfAttention(cfg, name="attn")(
+            h,
+            positions=positions,
+            cache=cache,
+            cache_offset=cache_offset,
+            kv_len=kv_len,
+        )
+        x, h = norm(x, scale2, shift2, params["ffn"]["fc1"], delta=attn, gamma=gamma1)
+        x = x + FFN(cfg, name="ffn")(h, positions=positions) * gamma2[:, None]
+        return x.astype(jnp.float32), cache
 
 
 def block_modulation(cfg: VARConfig, block_params: dict, ada) -> Array:

@@ -177,8 +177,27 @@ def _check_input(x, kernel: PackedKernel) -> None:
         raise ValueError(f"dense: x [..., {x.shape[-1]}] does not match kernel ({i}, {o})")
 
 
+@struct.dataclass
+class PreQuantized:
+    """A layer input already quantized by that layer's own ``input_quant``: int8 ``codes``
+    ``[..., L, I]`` and their int32 row sums ``sums`` ``[..., L, 1]`` (e.g. written by
+    `arvg_jax.adaln_pallas` together with the LayerNorm that produces the input). ``dtype`` is
+    the dtype the float input would have had (the result's). Accepted by `packed_dense` and
+    `packed_dense_act_quant` in place of the float input."""
+
+    codes: jax.Array
+    sums: jax.Array
+    dtype: Any = struct.field(pytree_node=False, default=jnp.bfloat16)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+
 def _quantize_input(x, input_quant: ActQuant, positions):
     """(int8 codes [..., L, I], int32 Σ_i codes [..., L, 1]) of the layer input."""
+    if isinstance(x, PreQuantized):
+        return x.codes, x.sums
     q_x = input_quant.quantize(x, positions)
     return q_x, jnp.sum(q_x, axis=-1, keepdims=True, dtype=jnp.int32)
 
@@ -223,6 +242,8 @@ def packed_dense(
     writes bfloat16, is used only when that is bfloat16.
     """
     _check_input(x, kernel)
+    if input_quant is None and isinstance(x, PreQuantized):
+        raise ValueError("packed_dense: a PreQuantized input needs the layer's input_quant")
     if input_quant is None:
         contract = (((x.ndim - 1,), (1,)), ((), ()))  # x [..., I] . w [O, I]
         w_t = kernel.to_qarray().dequantize(jnp.float32).T.astype(x.dtype)  # [O, I]

@@ -15,7 +15,6 @@ kernel's largest difference from the XLA ops in bf16 ulps.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import pathlib
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from arvg_jax import attn_prologue_pallas as ap
+from arvg_jax.bench import report
 
 D, H, K, LP = 30, 30, 64, 704  # VAR-d30: 30 blocks of 30 heads of 64; cache 680 -> 704
 
@@ -125,14 +125,7 @@ def main(argv=None) -> int:
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
     if args.out:
-        doc = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": jax.devices()[0].device_kind,
-            "jax": jax.__version__,
-            "command": " ".join(sys.argv),
-            "rows": rows_out,
-        }
-        pathlib.Path(args.out).write_text(json.dumps(doc, indent=1))
+        report.write_json(args.out, report.probe_doc(rows_out))
     return 0
 
 

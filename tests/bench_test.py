@@ -130,6 +130,7 @@ def test_variant_parsing():
     assert build.Variant.parse("bfloat16+gemm-bf16out").matmul_out == "dtype"
     assert build.Variant.parse("bfloat16+prologue-pallas").prologue == "pallas"
     assert build.Variant.parse("bfloat16").prologue == ""
+    assert build.Variant.parse("w8a8+adaln-pallas").adaln == "pallas"
     assert build.Variant.parse("w8a8").filter == "auto"
     for bad in (
         "int4",

@@ -262,3 +262,22 @@ def test_round_to_bf16_is_round_to_nearest_even():
     # Ties go to the even neighbour: 1 + 2^-8 down to 1, 1 + 3 * 2^-8 up to 1 + 2^-6.
     assert got[-3 * len(ties)] == np.float32(1.0)
     assert got[-3 * len(ties) + 1] == np.float32(1 + 2.0**-6)
+
+
+def test_pre_quantized_input_equals_quantizing_inside():
+    """`PreQuantized` (codes + row sums written elsewhere, e.g. by arvg_jax.adaln_pallas) gives
+    the values of quantizing the float input inside `packed_dense`."""
+    x, kernel, bias = _problem(5, jnp.bfloat16)
+    qk, aq = _quantizers(x, kernel, 8, 8, True)
+    pk = _packed.pack_kernel(qk, "xla")
+    codes = aq.quantize(x, POS)
+    pre = _packed.PreQuantized(
+        codes=codes, sums=jnp.sum(codes, -1, keepdims=True, dtype=jnp.int32), dtype=jnp.bfloat16
+    )
+    assert pre.shape == x.shape
+    np.testing.assert_array_equal(
+        quant.dense(pre, pk, bias, aq, POS, out_dtype=jnp.bfloat16),
+        quant.dense(x, pk, bias, aq, POS, out_dtype=jnp.bfloat16),
+    )
+    with pytest.raises(ValueError, match="PreQuantized input needs the layer's input_quant"):
+        quant.dense(pre, pk, bias)

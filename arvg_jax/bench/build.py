@@ -34,7 +34,7 @@ ATTENTIONS = ("auto", "xla", "cudnn")
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
 KV_MODES = ("auto", "stacked", "prefix", "full")  # VARConfig.sampler_kv ("auto": its default)
 FILTERS = ("auto", "sort", "bisect", "pallas")  # VARConfig.sampling_filter
-PROLOGUES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue ("": its default)
+PROLOGUES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue / adaln_kernel
 
 
 def _is_page(n: int) -> bool:
@@ -45,7 +45,7 @@ def _is_page(n: int) -> bool:
 class Variant:
     """A benchmark variant:
     ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+prologue-IMPL]
-    [+gemm-bf16out][+ffn-unfused][+scan|+unrolled]``,
+    [+adaln-IMPL][+gemm-bf16out][+ffn-unfused][+scan|+unrolled]``,
     e.g. ``w8a8+int8-qarray+unrolled`` or ``w8a8+kv-prefix+ffn-unfused+filter-sort`` (the sampler
     before the in-place KV cache, the fused fc1 quantization and the fused top-k / top-p kernel,
     for A/B rows in one run)."""
@@ -61,6 +61,7 @@ class Variant:
     kv_page: int = 0  # 0: VARConfig's default
     matmul_out: str = "float32"  # VARConfig.matmul_out ("dtype": +gemm-bf16out)
     prologue: str = ""  # VARConfig.attn_prologue ("": its default)
+    adaln: str = ""  # VARConfig.adaln_kernel ("": its default)
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -81,6 +82,8 @@ class Variant:
                 kw["filter"] = o[7:]
             elif o.startswith("prologue-") and o[9:] in PROLOGUES:
                 kw["prologue"] = o[9:]
+            elif o.startswith("adaln-") and o[6:] in PROLOGUES:
+                kw["adaln"] = o[6:]
             elif o == "gemm-bf16out":
                 kw["matmul_out"] = "dtype"
             elif o == "ffn-unfused":
@@ -92,6 +95,7 @@ class Variant:
                     f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
                     f"kv-{{{','.join(KV_MODES)}}}, kvpage-<multiple of 64>, "
                     f"filter-{{{','.join(FILTERS)}}}, prologue-{{{','.join(PROLOGUES)}}}, "
+                    f"adaln-{{{','.join(PROLOGUES)}}}, "
                     f"gemm-bf16out, ffn-unfused, "
                     f"{' or '.join(BLOCKS)}"
                 )
@@ -321,6 +325,8 @@ def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
         var_cfg = dataclasses.replace(var_cfg, kv_page=variant.kv_page)
     if variant.prologue:
         var_cfg = dataclasses.replace(var_cfg, attn_prologue=variant.prologue)
+    if variant.adaln:
+        var_cfg = dataclasses.replace(var_cfg, adaln_kernel=variant.adaln)
     vae_cfg = dataclasses.replace(model.vae_cfg, dtype=variant.dtype)
     if variant.precision == "float32":
         params = model.params

@@ -81,6 +81,8 @@ def _categorize(line: str | None, kernel: str) -> str:
     # The fused attention prologue kernel (arvg_jax.attn_prologue_pallas), named by Pallas.
     if "attn_prologue" in k:
         return "attention prologue (q/k norm, KV write)"
+    if "adaln_kernel" in k:  # arvg_jax.adaln_pallas
+        return "AdaLN kernel (residual, LN, quantize)"
     # "top_k_top_p_filter": the fused filter kernel (arvg_jax.sampling_pallas), named by Pallas.
     if "sort" in k or opcode == "sort" or "sort" in head or "topk" in k or "top_k" in k + ln:
         return "sort / top-k (sampling)"

@@ -19,6 +19,22 @@ def write_json(path: str | os.PathLike, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def probe_doc(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON document of a probe script's rows: date, device, jax version and command."""
+    import datetime
+    import sys
+
+    import jax
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "command": " ".join(sys.argv),
+        "rows": rows,
+    }
+
+
 def _mb(n) -> str:
     return "" if n is None else f"{n / 2**20:,.0f}"
 
