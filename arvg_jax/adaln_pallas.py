@@ -50,6 +50,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from arvg_jax import sampling_pallas
+from arvg_jax import triton_ieee as ieee
 
 Array = jax.Array
 
@@ -58,43 +59,12 @@ NUM_WARPS = 8
 
 warnings.filterwarnings("ignore", message=r"The Pallas Triton backend is deprecated")
 
-__all__ = ["QuantSpec", "adaln", "available", "reference"]
+__all__ = ["adaln", "available", "reference"]
 
 
 def available() -> bool:
     """Whether the compiled kernel can run here (a CUDA GPU with Pallas's Triton backend)."""
     return sampling_pallas.available()
-
-
-class QuantSpec(tuple):
-    """(scale [l] float32, zero_point [l] float32 (shifted), bits): the next layer's static input
-    quantizer at this scale's tokens (`quant.ActQuant.for_positions`)."""
-
-    def __new__(cls, scale, zero_point, bits: int):
-        return super().__new__(cls, (scale, zero_point, int(bits)))
-
-
-def _asm(asm: str, cons: str, *args: Array, dtype=jnp.float32) -> Array:
-    from jax.experimental.pallas import triton as plt
-
-    (out,) = plt.elementwise_inline_asm(
-        asm,
-        args=list(args),
-        constraints=cons,
-        pack=1,
-        result_shape_dtypes=[jax.ShapeDtypeStruct(args[0].shape, dtype)],
-    )
-    return out
-
-
-def _div(a, b, interpret):  # IEEE float32 division (Triton's own is the approximate div.full)
-    if interpret:
-        return a / b
-    return _asm("div.rn.f32 $0, $1, $2;", "=r,r,r", a, jnp.broadcast_to(b, a.shape))
-
-
-def _rint(a, interpret):  # round half to even (jnp.round); Triton lowers no round primitive
-    return jnp.round(a) if interpret else _asm("cvt.rni.f32.f32 $0, $1;", "=r,r", a)
 
 
 def _adaln_kernel(*refs, length, channels, rows, eps, has_delta, quant, mod_dtype, interpret):
@@ -135,9 +105,9 @@ def _adaln_kernel(*refs, length, channels, rows, eps, has_delta, quant, mod_dtyp
         x = x + prod.astype(jnp.float32)
         plt.store(xo_ref.at[b, pl.ds(t0, rows), pl.ds(0, cp)], x, mask=ok)
     n = jnp.float32(channels)
-    mean = _div(jnp.sum(x, axis=1, keepdims=True), n, interpret)
+    mean = ieee.div(jnp.sum(x, axis=1, keepdims=True), n, interpret=interpret)
     xc = jnp.where(ok, x - mean, 0.0)
-    var = _div(jnp.sum(xc * xc, axis=1, keepdims=True), n, interpret)
+    var = ieee.div(jnp.sum(xc * xc, axis=1, keepdims=True), n, interpret=interpret)
     y = xc * lax.rsqrt(var + jnp.float32(eps))
     # LN(x) * (s + 1) + b with s, b in the modulation dtype: s + 1 rounds to it.
     s1 = (load_mod(scale_ref).astype(jnp.float32) + 1.0).astype(mod_dtype).astype(jnp.float32)
@@ -149,7 +119,9 @@ def _adaln_kernel(*refs, length, channels, rows, eps, has_delta, quant, mod_dtyp
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     qs = plt.load(qs_ref.at[pl.ds(t0, rows)], mask=row_ok[:, 0], other=1)[:, None]
     qz = plt.load(qz_ref.at[pl.ds(t0, rows)], mask=row_ok[:, 0], other=0)[:, None]
-    codes = jnp.clip(_rint(_div(h, qs, interpret), interpret) + qz, lo, hi)
+    codes = jnp.clip(
+        ieee.rint(ieee.div(h, qs, interpret=interpret), interpret=interpret) + qz, lo, hi
+    )
     codes = jnp.where(ok, codes, 0.0)
     plt.store(out_ref.at[b, pl.ds(t0, rows), pl.ds(0, cp)], codes.astype(jnp.int8), mask=ok)
     sums = jnp.sum(codes, axis=1).astype(jnp.int32)  # |codes| ≤ 128 · C: exact in float32

@@ -43,6 +43,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from arvg_jax import sampling_pallas
+from arvg_jax import triton_ieee as ieee
 
 Array = jax.Array
 
@@ -65,26 +66,6 @@ def unsupported_reason(head_dim: int) -> str | None:
     if head_dim < 16 or head_dim & (head_dim - 1):
         return f"head_dim {head_dim} is not a power of two ≥ 16 (Triton block shapes)"
     return None
-
-
-def _ieee(op: str, *args: Array, interpret: bool) -> Array:
-    """f32 `sqrt.rn` / `div.rn` on the GPU; the same IEEE ops through XLA when interpreting."""
-    if interpret:
-        return jnp.sqrt(args[0]) if op == "sqrt" else args[0] / args[1]
-    from jax.experimental.pallas import triton as plt
-
-    if op == "sqrt":
-        asm, cons = "sqrt.rn.f32 $0, $1;", "=r,r"
-    else:
-        asm, cons = "div.rn.f32 $0, $1, $2;", "=r,r,r"
-    (out,) = plt.elementwise_inline_asm(
-        asm,
-        args=list(args),
-        constraints=cons,
-        pack=1,
-        result_shape_dtypes=[jax.ShapeDtypeStruct(args[0].shape, jnp.float32)],
-    )
-    return out
 
 
 def _attn_prologue(
@@ -120,9 +101,9 @@ def _attn_prologue(
     layer = layer_ref[0]
 
     def l2_normalize(x):  # x / max(‖x‖₂, eps), as torch's F.normalize
-        norm = _ieee("sqrt", jnp.sum(x * x, axis=1, keepdims=True), interpret=interpret)
+        norm = ieee.sqrt(jnp.sum(x * x, axis=1, keepdims=True), interpret=interpret)
         den = jnp.broadcast_to(jnp.maximum(norm, EPS), x.shape)
-        return _ieee("div", x, den, interpret=interpret)
+        return ieee.div(x, den, interpret=interpret)
 
     def one_head(h):
         def part(i):  # q (0), k (1) or v (2) of head h: [rows, K] float32, bias added, rounded
