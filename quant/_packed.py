@@ -11,6 +11,12 @@ step. ``pack(params)`` converts every ``QArray`` kernel once, outside jit, into 
     not recomputed (another pass over the weight) inside every generation step;
   * ``scale`` / ``zero_point`` exactly as in the ``QArray``.
 
+Weights of at most 4 bits (W4A8) are stored two codes per byte (``nibbles=True``: ``qvalue_t``
+uint8 ``[O, I / 2]``, code ``2j`` in the low and ``2j + 1`` in the high four bits, each offset by
+8 into ``[0, 15]``), which halves their bytes. The int8 GEMMs take int8 operands, so
+``PackedKernel.codes()`` unpacks them to int8 ``[O, I]`` where they are used (an elementwise
+pass over the weight per call that XLA may fuse into the GEMM's operand).
+
 ``quant.dense`` routes a ``PackedKernel`` to ``packed_dense``, which evaluates the same integer
 algebra as ``quant._dot_general._fast_dense`` (exact int32 zero-point corrections, one float32
 dequantization) and therefore returns the same values (tested against it and against the
@@ -89,17 +95,23 @@ PALLAS_ACT_APPROX_MATH = False
 class PackedKernel:
     """A quantized Dense kernel in inference layout (see module doc). ``shape`` is ``(I, O)``."""
 
-    qvalue_t: jax.Array  # int8 [O, I]
+    qvalue_t: jax.Array  # int8 [O, I]; uint8 [O, I / 2] (two 4-bit codes per byte) if nibbles
     scale: jax.Array  # float32 [1, O]
     zero_point: jax.Array  # float32 [1, O], integer-valued, shifted (as QArray)
     col_sum: jax.Array  # int32 [1, O]: sum over I of the stored codes
     bits: int = struct.field(pytree_node=False, default=8)
     # "auto" (default_impl() when traced) or one of IMPLS; static, so it is part of jit's key.
     impl: str = struct.field(pytree_node=False, default="auto")
+    nibbles: bool = struct.field(pytree_node=False, default=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (int(self.qvalue_t.shape[1]), int(self.qvalue_t.shape[0]))
+        per_byte = 2 if self.nibbles else 1
+        return (int(self.qvalue_t.shape[1]) * per_byte, int(self.qvalue_t.shape[0]))
+
+    def codes(self) -> jax.Array:
+        """The weight codes as int8 ``[O, I]`` (unpacked from nibbles where stored so)."""
+        return unpack_nibbles(self.qvalue_t) if self.nibbles else self.qvalue_t
 
     @property
     def ndim(self) -> int:
@@ -107,7 +119,7 @@ class PackedKernel:
 
     def to_qarray(self) -> QArray:
         return QArray(
-            qvalue=self.qvalue_t.T, scale=self.scale, zero_point=self.zero_point, bits=self.bits
+            qvalue=self.codes().T, scale=self.scale, zero_point=self.zero_point, bits=self.bits
         )
 
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
@@ -121,8 +133,25 @@ def _pack_arrays(qvalue):
     return jnp.transpose(qvalue), jnp.sum(qvalue, axis=0, keepdims=True, dtype=jnp.int32)
 
 
-def pack_kernel(kernel: QArray, impl: str = "auto") -> PackedKernel:
-    """QArray ``[I, O]`` with per-output-channel ``[1, O]`` scale/zero point -> PackedKernel."""
+def pack_nibbles(codes: jax.Array) -> jax.Array:
+    """int8 ``[..., I]`` codes in ``[-8, 7]`` (I even) -> uint8 ``[..., I / 2]``, two per byte."""
+    u = (codes.astype(jnp.int16) + 8).astype(jnp.uint8)
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+
+
+def unpack_nibbles(packed: jax.Array) -> jax.Array:
+    """Inverse of `pack_nibbles`: uint8 ``[..., I / 2]`` -> int8 ``[..., I]``."""
+    lo = (packed & 15).astype(jnp.int8) - 8
+    hi = (packed >> 4).astype(jnp.int8) - 8
+    return jnp.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
+
+
+def pack_kernel(kernel: QArray, impl: str = "auto", nibbles: bool | None = None) -> PackedKernel:
+    """QArray ``[I, O]`` with per-output-channel ``[1, O]`` scale/zero point -> PackedKernel.
+
+    ``nibbles``: store two codes per byte (module doc); default: for kernels of at most 4 bits
+    with an even input size.
+    """
     if impl != "auto" and impl not in IMPLS:
         raise ValueError(f"pack_kernel: impl must be 'auto' or one of {IMPLS}, got {impl!r}")
     if kernel.ndim != 2:
@@ -134,9 +163,25 @@ def pack_kernel(kernel: QArray, impl: str = "auto") -> PackedKernel:
             raise ValueError(f"pack_kernel: {name} {shp} is not per output channel [1, {o}]")
     scale = jnp.broadcast_to(kernel.scale, (1, o)).astype(jnp.float32)
     zp = jnp.broadcast_to(kernel.zero_point, (1, o)).astype(jnp.float32)
+    i = kernel.shape[0]
+    if nibbles is None:
+        nibbles = kernel.bits <= 4 and i % 2 == 0
+    if nibbles and (kernel.bits > 4 or i % 2):
+        raise ValueError(
+            f"pack_kernel: nibble storage needs at most 4 bits and an even input size, got "
+            f"{kernel.bits} bits and kernel {kernel.shape}"
+        )
     qt, col_sum = _pack_arrays(kernel.qvalue)
+    if nibbles:
+        qt = pack_nibbles(qt)
     return PackedKernel(
-        qvalue_t=qt, scale=scale, zero_point=zp, col_sum=col_sum, bits=kernel.bits, impl=impl
+        qvalue_t=qt,
+        scale=scale,
+        zero_point=zp,
+        col_sum=col_sum,
+        bits=kernel.bits,
+        impl=impl,
+        nibbles=bool(nibbles),
     )
 
 
@@ -299,7 +344,7 @@ def packed_dense_codes(
     if impl == "barrier":
         q_x, sum_x = lax.optimization_barrier((q_x, sum_x))
     contract = (((q_x.ndim - 1,), (1,)), ((), ()))  # q_x [..., I] . w [O, I]
-    a, w = pad_contracted(q_x, -1, kernel.qvalue_t, 1)
+    a, w = pad_contracted(q_x, -1, kernel.codes(), 1)
     acc = lax.dot_general(a, w, contract, preferred_element_type=jnp.int32)
     if impl == "barrier":
         acc = lax.optimization_barrier(acc)
@@ -374,7 +419,7 @@ def _kernel_args(q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias):
     m = int(np.prod(lead))
     return (
         q_x.reshape(m, q_x.shape[-1]),
-        kernel.qvalue_t,
+        kernel.codes(),
         _rows(s_x, lead),
         _rows(z_x, lead),
         sum_x.reshape(m),

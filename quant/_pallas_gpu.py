@@ -31,7 +31,7 @@ routes round to the same bf16 values (on GPU, up to how each compiler contracts 
 
 Layout requirements
 -------------------
-* ``q_x`` int8 ``[M, K]`` row-major and ``q_w`` int8 ``[N, K]`` (``PackedKernel.qvalue_t``): both
+* ``q_x`` int8 ``[M, K]`` row-major and ``q_w`` int8 ``[N, K]`` (``PackedKernel.codes()``): both
   K-major. Hopper's int8 wgmma cannot transpose 8-bit operands in shared memory (only 16-bit types
   can, ``jax/experimental/mosaic/gpu/wgmma.py``), so the weight is read as ``q_w_tile.T`` of a
   K-major ``[block_n, block_k]`` tile, exactly like the int8 wgmma test of jax.
@@ -979,7 +979,7 @@ def int8_dense_fused(
 
     Args:
       q_x: int8 ``[M, K]`` activation codes (row-major, K contiguous).
-      q_w: int8 ``[N, K]`` weight codes (``PackedKernel.qvalue_t``; K contiguous).
+      q_w: int8 ``[N, K]`` weight codes (``PackedKernel.codes()``; K contiguous).
       s_x, z_x, sum_x: per-row scale (float32), zero point (integer-valued) and ``sum_k q_x``
         (int32); each ``[M]``, ``[M, 1]`` or a scalar.
       s_w, z_w, colsum_w, bias: per-column scale, zero point, ``sum_k q_w`` (int32) and bias

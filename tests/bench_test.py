@@ -261,3 +261,25 @@ def test_font_glyphs_are_5x7():
             assert plot._GLYPHS[ch].shape == (7, 5)
     # q is p mirrored: its bowl and stem sit on the right.
     assert plot._GLYPHS["q"][:, -1].sum() == 5 and plot._GLYPHS["p"][:, 0].sum() == 5
+
+
+def test_abstract_param_bytes_equal_the_built_trees():
+    """The shapes-only byte count (how BENCHMARKS reports VAR-d30's W4A8 storage) equals
+    `param_bytes` of the trees the bench builds; W4A8 stores two weight codes per byte."""
+    from arvg_jax.models import random_model
+    from quant import _packed
+
+    model = random_model("var-tiny", seed=0)
+    specs = ["float32", "bfloat16", "w8a8", "w6a6", "w4a8"]
+    got = build.abstract_param_bytes("var-tiny", specs)
+    trees = build.quantize_fast(model, [(8, 8), (6, 6), (4, 8)], calib=2, seed=0)
+    built = {
+        "float32": build.param_bytes(model.params),
+        "bfloat16": build.param_bytes(build.to_bfloat16(model.params)),
+        **{
+            f"w{w}a{a}": build.param_bytes(_packed.pack(trees[(w, a)]))
+            for (w, a) in [(8, 8), (6, 6), (4, 8)]
+        },
+    }
+    assert got == built
+    assert got["w8a8"] == got["w6a6"] > got["w4a8"]  # 6-bit codes still take a byte each

@@ -281,3 +281,42 @@ def test_pre_quantized_input_equals_quantizing_inside():
     )
     with pytest.raises(ValueError, match="PreQuantized input needs the layer's input_quant"):
         quant.dense(pre, pk, bias)
+
+
+def test_nibbles_round_trip_every_code():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-8, 8, (5, 22)).astype(np.int8)
+    codes[0, :16] = np.arange(-8, 8)  # every code
+    packed = _packed.pack_nibbles(jnp.asarray(codes))
+    assert packed.shape == (5, 11) and packed.dtype == jnp.uint8
+    np.testing.assert_array_equal(_packed.unpack_nibbles(packed), codes)
+    # Code 2j in the low nibble, 2j + 1 in the high one, each offset by 8.
+    wide = codes.astype(np.int64) + 8
+    np.testing.assert_array_equal(np.asarray(packed), wide[:, 0::2] | (wide[:, 1::2] << 4))
+
+
+@pytest.mark.parametrize("impl", _packed.IMPLS)
+def test_w4_kernels_are_stored_two_codes_per_byte(impl):
+    """W4A8: half the weight bytes, the same values as the int8 storage (and the QArray path)."""
+    rng = np.random.default_rng(11)
+    c_in = 2 * 67  # even: nibble storage applies
+    x = jnp.asarray(rng.standard_normal((B, L, c_in)).astype(F32))
+    kernel = (rng.standard_normal((c_in, C_OUT)) / np.sqrt(c_in)).astype(F32)
+    bias = jnp.asarray(rng.normal(0, 0.1, C_OUT).astype(F32))
+    qk, aq = _quantizers(x, kernel, 4, 8, True)
+    pk = _packed.pack_kernel(qk, impl)
+    wide = _packed.pack_kernel(qk, impl, nibbles=False)
+    assert pk.nibbles and not wide.nibbles
+    assert pk.qvalue_t.shape == (C_OUT, c_in // 2) and pk.qvalue_t.dtype == jnp.uint8
+    assert pk.shape == wide.shape == (c_in, C_OUT)
+    np.testing.assert_array_equal(pk.codes(), wide.qvalue_t)
+    from arvg_jax.bench import build
+
+    assert build.param_bytes(pk.qvalue_t) * 2 == build.param_bytes(wide.qvalue_t)
+    got = jax.jit(quant.dense)(x, pk, bias, aq, POS)
+    np.testing.assert_array_equal(got, jax.jit(quant.dense)(x, wide, bias, aq, POS))
+    np.testing.assert_array_equal(got, jax.jit(quant.dense)(x, qk, bias, aq, POS))
+    np.testing.assert_array_equal(pk.dequantize(), qk.dequantize())
+    assert not _packed.pack_kernel(quant.quantize_weight(kernel[1:], 4)).nibbles  # odd I
+    with pytest.raises(ValueError, match="nibble storage needs at most 4 bits"):
+        _packed.pack_kernel(quant.quantize_weight(kernel, 6), nibbles=True)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PRECISIONS = ("float32", "bfloat16", "w8a8", "w6a6")
+PRECISIONS = ("float32", "bfloat16", "w8a8", "w6a6", "w4a8")  # w4a8: weights two codes per byte
 INT8_IMPLS = ("auto", "qarray", "xla", "barrier", "pallas")  # qarray: QArray [I, O], unpacked
 ATTENTIONS = ("auto", "xla", "cudnn")
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
@@ -124,6 +124,55 @@ def param_bytes(tree: Any) -> int:
             for x in jax.tree_util.tree_leaves(tree)
         )
     )
+
+
+def abstract_param_bytes(name: str, precisions) -> dict[str, int]:
+    """`param_bytes` of a VAR preset's bench trees per precision, from shapes alone.
+
+    Traces the float init, `quantize_fast`'s weight quantizer and `quant._packed.pack` with
+    `jax.eval_shape` (activation quantizers are tiny and built concretely), so even VAR-d30
+    costs no weights and no memory. Equal to `param_bytes` of the trees the bench builds
+    (tests/bench_test.py checks it on the tiny model).
+    """
+    from arvg_jax.models import resolve_configs
+    from arvg_jax.var import VAR
+    from quant import _packed, _tree
+    from quant.families.var import VARAdapter
+
+    cfg, _ = resolve_configs(name, None)
+    labels = jax.ShapeDtypeStruct((1,), jnp.int32)
+    x = jax.ShapeDtypeStruct((1, cfg.seq_len - cfg.first_l, cfg.cvae), jnp.float32)
+    abstract = jax.eval_shape(
+        lambda k, l, x: VAR(cfg).init(k, l, x)["params"], jax.random.PRNGKey(0), labels, x
+    )
+    adapter = VARAdapter(cfg)
+    tables = _layer_tables(adapter)
+    out = {}
+    for spec in precisions:
+        variant = Variant.parse(spec)
+        if variant.bits is None:
+            tree = (
+                abstract
+                if variant.precision == "float32"
+                else jax.eval_shape(to_bfloat16, abstract)
+            )
+            out[spec] = param_bytes(tree)
+            continue
+        w, a = variant.bits
+        flat = _tree.flatten(abstract)
+        for layer in adapter.quantized_layers():
+            flat[f"{layer}/kernel"] = jax.eval_shape(
+                functools.partial(_rtn_minmax, bits=w), flat[f"{layer}/kernel"]
+            )
+            table = tables.get(adapter.layer_kind(layer))
+            if table is None:
+                table = np.zeros((1,), np.int32)
+            groups = int(np.max(table)) + 1
+            lo, hi = -np.ones(groups, np.float32), np.ones(groups, np.float32)
+            flat[f"{layer}/input_quant"] = _act_quant_minmax(lo, hi, a, table)
+        tree = jax.eval_shape(_packed.pack, _tree.unflatten(flat))
+        out[spec] = param_bytes(tree)
+    return out
 
 
 def to_bfloat16(params: Any) -> Any:

@@ -147,7 +147,7 @@ def run_gemm(
         delta = (hi - lo) / 255
         aq = ActQuant.from_official(np.float32(delta), np.round(-lo / delta), 8)
         qx = aq.quantize(x)
-        wts = [p.qvalue_t for p in pks]
+        wts = [p.codes() for p in pks]
         args = {
             "bf16": [(x, w, b, None) for w in wbf],
             "int8_qarray": [(x, q, b, aq) for q in qks],

@@ -10,7 +10,7 @@ PTQ4ARVG's STWQ layout fitted on a short synthetic batch, `arvg_jax.bench.build`
 only on shapes and dtypes, never on the calibration values. A variant is
 ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+prologue-IMPL]
 [+adaln-IMPL][+gemm-bf16out][+ffn-unfused][+scan|+unrolled]``:
-precision float32 | bfloat16 | w8a8 | w6a6; int8 IMPL auto | qarray | xla | barrier | pallas
+precision float32 | bfloat16 | w8a8 | w6a6 | w4a8; int8 IMPL auto | qarray | xla | barrier | pallas
 (`quant._packed`); attention auto | xla | cudnn; KV cache mode auto | stacked | prefix | full
 (`VARConfig.sampler_kv`); kvpage-N positions per page of the stacked cache (`VARConfig.kv_page`,
 a multiple of 64); top-k / top-p filter auto | sort | bisect | pallas
