@@ -551,7 +551,7 @@ class FFN(nn.Module):
                 return None
             if type(layer.get("input_quant")) is not ActQuant:
                 return None
-        if _packed._resolve_impl(fc1["kernel"], None) != "pallas":
+        if _packed._resolve_impl(fc1["kernel"], None) not in _packed.PALLAS_IMPLS:
             return None
         return fc1, fc2
 

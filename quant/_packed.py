@@ -36,7 +36,10 @@ Backends (``jax.default_backend()``, chosen when the function is traced; the ker
     goes through HBM (1.7-1.9x bf16 at VAR-d30's large layers on H100, where the ``"barrier"``
     layer runs at 0.9-1.6x; BENCHMARKS.md). Used for bfloat16 activations with at least
     ``PALLAS_MIN_ROWS`` rows and a contraction that is a multiple of 128; other calls of the
-    same layer take ``"barrier"``.
+    same layer take ``"barrier"``. ``"pallas"`` runs the kernel variant ``PALLAS_VARIANT`` for
+    bf16 outputs and ``PALLAS_ACT_QUANT_VARIANT`` for the quantizing epilogue;
+    ``"pallas_ws"`` / ``"pallas_pp"`` pin one for both (``quant._pallas_gpu``: "ws", cooperative
+    consumer warpgroups; "pp", ping-pong consumers), so they can be timed side by side.
   * anything else (CPU, TPU): ``"xla"``, the plain expression; XLA fuses as it likes.
 
 ``packed_dense`` is ``input_quant.quantize`` followed by ``packed_dense_codes`` (the int8 Dense
@@ -72,7 +75,16 @@ __all__ = [
     "unpack",
 ]
 
-IMPLS = ("xla", "barrier", "pallas")
+IMPLS = ("xla", "barrier", "pallas", "pallas_ws", "pallas_pp")
+# The impls that run the Hopper kernel, and the `int8_dense_fused` variant each pins (None: the
+# defaults below).
+PALLAS_IMPLS = {"pallas": None, "pallas_ws": "ws", "pallas_pp": "pp"}
+# Impl "pallas"'s kernel variants, by H100 measurements (2026-11-27, VAR-d30 shapes,
+# BENCHMARKS.md): layers with a bf16 output run "ws" (fc1 32768x1920x7680: 829 us, "pp" 877;
+# fc2 699 against 937); fc1's GELU + quantizing epilogue runs "pp", whose other consumer keeps
+# the tensor cores busy during it (1128 -> 1011 us at the last scale, 745 -> 666 at 13x13).
+PALLAS_VARIANT = "ws"
+PALLAS_ACT_QUANT_VARIANT = "pp"
 # The GPU fallback when the Pallas kernel is unavailable; chosen by the H100 measurements.
 GPU_IMPL = "barrier"
 # Below this many rows the fused kernel's 256-row tiles are mostly padding (VAR's first scales,
@@ -337,9 +349,10 @@ def packed_dense_codes(
     i = kernel.shape[0]
     impl = _resolve_impl(kernel, impl)
     s_x, z_x = _input_scales(kernel, input_quant, positions)
-    if impl == "pallas":
+    if impl in PALLAS_IMPLS:
         if _pallas_eligible(q_x, kernel, keep_dtype or out_dtype):
-            return _pallas_dense(q_x, sum_x, s_x, z_x, kernel, bias).astype(out_dtype)
+            y = _pallas_dense(q_x, sum_x, s_x, z_x, kernel, bias, _pallas_variant(impl))
+            return y.astype(out_dtype)
         impl = GPU_IMPL
     if impl == "barrier":
         q_x, sum_x = lax.optimization_barrier((q_x, sum_x))
@@ -393,13 +406,22 @@ def packed_dense_act_quant(
     impl = _resolve_impl(kernel, impl)
     q_x, sum_x = _quantize_input(x, input_quant, positions)
     if (
-        impl == "pallas"
+        impl in PALLAS_IMPLS
         and _pallas_eligible(q_x, kernel, jnp.bfloat16)
         and kernel.shape[1] % PALLAS_OUT_QUANT_COLUMNS == 0
     ):
         s_x, z_x = _input_scales(kernel, input_quant, positions)
         return _pallas_dense_act_quant(
-            q_x, sum_x, s_x, z_x, kernel, bias, next_quant, positions, activation
+            q_x,
+            sum_x,
+            s_x,
+            z_x,
+            kernel,
+            bias,
+            next_quant,
+            positions,
+            activation,
+            _pallas_variant(impl, act_quant=True),
         )
     y = packed_dense_codes(
         q_x, sum_x, kernel, bias, input_quant, positions, jnp.bfloat16, impl=impl
@@ -430,16 +452,35 @@ def _kernel_args(q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias):
     )
 
 
-def _pallas_dense(q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias):
+def _pallas_variant(impl: str, act_quant: bool = False) -> str:
+    """The ``int8_dense_fused`` variant a Pallas impl runs (``PALLAS_IMPLS``); ``act_quant``: for
+    the quantizing epilogue."""
+    if pinned := PALLAS_IMPLS[impl]:
+        return pinned
+    return PALLAS_ACT_QUANT_VARIANT if act_quant else PALLAS_VARIANT
+
+
+def _pallas_dense(q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias, variant: str):
     """The fused Hopper kernel on [..., L, I] codes; per-token (s_x, z_x) broadcast to rows."""
     from quant import _pallas_gpu
 
-    y = _pallas_gpu.int8_dense_fused(*_kernel_args(q_x, sum_x, s_x, z_x, kernel, bias))
+    y = _pallas_gpu.int8_dense_fused(
+        *_kernel_args(q_x, sum_x, s_x, z_x, kernel, bias), variant=variant
+    )
     return y.reshape(q_x.shape[:-1] + (kernel.shape[1],))
 
 
 def _pallas_dense_act_quant(
-    q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias, next_quant: ActQuant, positions, activation
+    q_x,
+    sum_x,
+    s_x,
+    z_x,
+    kernel: PackedKernel,
+    bias,
+    next_quant: ActQuant,
+    positions,
+    activation,
+    variant: str,
 ):
     """``packed_dense_act_quant`` through the kernel's quantizing epilogue."""
     from quant import _pallas_gpu
@@ -451,6 +492,7 @@ def _pallas_dense_act_quant(
         out_quant=(_rows(s_next, lead), _rows(z_next, lead), next_quant.bits),
         activation=activation,
         approx_math=PALLAS_ACT_APPROX_MATH and activation is not None,
+        variant=variant,
     )
     # partial_sums [O / 128, rows]: one row per output column tile (its TMA-friendly layout).
     sums = jnp.sum(partial_sums, axis=0, dtype=jnp.int32)

@@ -78,14 +78,21 @@ Variants (``variant=``)
   one warpgroup per CTA, ``plgpu.emit_pipeline`` over K with ``delay_release=1`` and
   ``wgmma_wait(1)`` (one wgmma group in flight). With ``stages=2`` (~103 KiB of SMEM, 234
   registers) two CTAs fit on one SM, which overlaps one CTA's epilogue with the other's main loop.
+* ``"pp"``: persistent, one producer and two "ping-pong" consumer warpgroups, each on its own
+  ``block_m x block_n`` output tiles (CTA tile ``j`` goes to consumer ``j % 2``), fed from one
+  shared ring of ``stages`` SMEM slots in tile order, so the consumers' K loops alternate and one
+  consumer's epilogue runs while the other's wgmmas keep the tensor cores busy. Barriers are
+  managed by hand (``_pp_call``). On H100 (2026-11-27) it is the faster form for fc1's GELU +
+  quantizing epilogue (VAR-d30 last scale 1128 -> 1011 us) and the slower one for bf16 outputs
+  (its 128 x 128 tiles: fc2 699 -> 937 us), so ``quant._packed`` runs each where it wins.
 
-In both, each consumer warpgroup TMA-copies its per-row / per-column vectors into SMEM when its
+In all three, each consumer warpgroup TMA-copies its per-row / per-column vectors into SMEM when its
 tile starts (one barrier, seven arrivals), loads them after the K loop in the row / column slices
 of the WGMMA register layout (``plgpu.Layout.WGMMA.reduce(1)`` / ``.reduce(0)``), broadcasts them
 onto the accumulator 64 columns at a time, and writes each bf16 chunk to a swizzled SMEM buffer
 that a TMA store sends to HBM.
 
-Output quantization (``out_quant``, variant "ws")
+Output quantization (``out_quant``, variants "ws" and "pp")
 -------------------------------------------------
 In VAR's FFN, fc1's bf16 output goes through GELU(tanh) and is quantized per row (token group)
 for fc2, which also needs ``sum_x = sum_n q``; unfused, XLA runs that as a separate pass over the
@@ -185,6 +192,7 @@ _NEEDED_API = (
     "SMEM",
     "SwizzleTransform",
     "TilingTransform",
+    "barrier_arrive",
     "barrier_wait",
     "commit_smem",
     "copy_gmem_to_smem",
@@ -195,12 +203,13 @@ _NEEDED_API = (
     "layout_cast",
     "load",
     "nd_loop",
+    "set_max_registers",
     "wait_smem_to_gmem",
     "wgmma",
     "wgmma_wait",
 )
 SMEM_LIMIT = 227 * 1024  # opt-in dynamic shared memory per block on H100 (232448 bytes)
-VARIANTS = ("ws", "pipeline")
+VARIANTS = ("ws", "pipeline", "pp")
 
 
 def _jax_version() -> tuple[int, ...]:
@@ -262,7 +271,7 @@ class FusedConfig:
     block_m: int = 128  # rows of one consumer warpgroup's accumulator
     block_n: int = 128  # columns of one consumer warpgroup's accumulator
     block_k: int = 128  # K per pipeline step (128 int8 = one 128-byte swizzle span)
-    stages: int = 3  # max_concurrent_steps of the K pipeline (SMEM slots)
+    stages: int = 3  # max_concurrent_steps of the K pipeline (SMEM slots; "pp": shared ring)
     split: str = "m"  # ws: the two consumer warpgroups split the CTA tile along "m" or "n"
     cluster: str | None = None  # ws: pair CTAs along "m" (share the weight tile) or "n" (share
     # the activation tile) in a 2-CTA cluster whose TMA loads multicast the shared operand
@@ -280,7 +289,7 @@ class FusedConfig:
                 self.block_m * (2 if self.split == "m" else 1),
                 self.block_n * (2 if self.split == "n" else 1),
             )
-        return self.block_m, self.block_n
+        return self.block_m, self.block_n  # "pipeline"; "pp": one consumer's tile
 
     def cluster_tile(self) -> tuple[int, int]:
         """Output tile of one cluster (the persistent loop's unit of work)."""
@@ -296,6 +305,8 @@ class FusedConfig:
             raise ValueError(f"cluster must be None, 'm' or 'n', got {self.cluster!r}")
         if self.cluster is not None and self.variant != "ws":
             raise ValueError("cluster is supported by variant 'ws' only")
+        if self.variant == "pp" and self.stages < 2:
+            raise ValueError("variant 'pp' keeps one wgmma in flight: needs stages >= 2")
         if self.semantics not in ("warpgroup", "lane"):
             raise ValueError(f"semantics must be 'warpgroup' or 'lane', got {self.semantics!r}")
         if self.block_m % 64:
@@ -333,6 +344,9 @@ def smem_bytes(cfg: FusedConfig, out_quant: bool = False) -> int:
     vectors = (row_vectors * cfg.block_m + 4 * cfg.block_n) * 4
     if cfg.variant == "ws":
         vectors *= 2  # per consumer warpgroup
+    elif cfg.variant == "pp":  # each consumer has its own output tile and vectors
+        out *= 2
+        vectors *= 2
     return operands + out + vectors + 4096  # + reduction scratch, barriers, alignment
 
 
@@ -525,6 +539,65 @@ def _epilogue_quant(acc, row_refs, col_refs, out_chunks, sum_ref, shape, bits, a
     sum_ref[...] = total.astype(jnp.int32)
 
 
+def _load_tile_vectors(row_g, col_g, row_smem, col_smem, vec_bar, wg, rows_ds, cols_ds):
+    """Starts the TMA copies of consumer ``wg``'s per-row / per-column vectors of one output
+    tile ("ws", "pp"); they travel during the K loop and land on ``vec_bar[wg]``."""
+    for g_ref, s in zip(row_g, row_smem):
+        plgpu.copy_gmem_to_smem(g_ref.at[rows_ds], s.at[wg], vec_bar.at[wg])
+    for g_ref, s in zip(col_g, col_smem):
+        plgpu.copy_gmem_to_smem(g_ref.at[cols_ds], s.at[wg], vec_bar.at[wg])
+
+
+def _output_spec(m: int, n: int, tn: int, quant, n_rows: int):
+    """(column chunk, SMEM output dtype and transforms, output types, row-vector dtypes) of the
+    persistent variants: bf16 ``[M, N]``, or with ``quant`` int8 codes ``[M, N]`` and int32
+    partial row sums ``[N // tn, M]`` (the wrapper checked N % tn == 0)."""
+    if quant is None:
+        chunk_n, dtype, row_dtypes = EPI_N, jnp.bfloat16, _ROW_DTYPES
+        out_type = (jax.ShapeDtypeStruct((m, n), jnp.bfloat16),)
+    else:
+        chunk_n, dtype, row_dtypes = EPI_Q, jnp.int8, _ROW_DTYPES + _QROW_DTYPES
+        codes = jax.ShapeDtypeStruct((m, n), jnp.int8)
+        out_type = (codes, jax.ShapeDtypeStruct((n // tn, m), jnp.int32))
+    assert len(row_dtypes) == n_rows, (len(row_dtypes), n_rows)
+    return chunk_n, dtype, _tile_transforms(chunk_n, dtype), out_type, row_dtypes
+
+
+def _store_tile(acc, wg, smem, out_g, rows_ds, col0, tile, quant):
+    """Consumer ``wg``'s epilogue of one output tile ("ws", "pp"): waits for its vectors, runs
+    ``_epilogue`` (bf16) or ``_epilogue_quant`` (``quant`` = (bits, activation, divide)) into
+    its SMEM output tile and TMA-stores the result (and the partial row sums).
+
+    ``smem`` = (out_smem, row_smem, col_smem, vec_bar, sum_smem or None), each indexed by
+    consumer; ``tile`` = (block_m, block_n, column chunk).
+    """
+    out_smem, row_smem, col_smem, vec_bar, sum_smem = smem
+    tm, tn, chunk_n = tile
+    plgpu.barrier_wait(vec_bar.at[wg])
+    # This consumer's previous TMA stores must have read out_smem[wg] (and sum_smem[wg]).
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    wg_rows = tuple(s.at[wg] for s in row_smem)
+    wg_cols = tuple(s.at[wg] for s in col_smem)
+    if quant is None:
+        _epilogue(acc, wg_rows, wg_cols, lambda c: out_smem.at[wg, c], (tm, tn))
+    else:
+        bits, activation, divide = quant
+        out_chunks = lambda c: out_smem.at[wg, c]
+        shape = (tm, tn)
+        _epilogue_quant(
+            acc, wg_rows, wg_cols, out_chunks, sum_smem.at[wg], shape, bits, activation, divide
+        )
+    plgpu.commit_smem()
+    for c in range(tn // chunk_n):
+        out_cols = pl.ds(col0 + c * chunk_n, chunk_n)
+        plgpu.copy_smem_to_gmem(out_smem.at[wg, c], out_g[0].at[rows_ds, out_cols])
+    if quant is not None:
+        # Row t of the partial sums belongs to columns [t tn, (t + 1) tn): col0 is a multiple of
+        # tn, also for a clamped last tile, because N is (the wrapper checks).
+        t = lax.div(col0, jnp.int32(tn))
+        plgpu.copy_smem_to_gmem(sum_smem.at[wg], out_g[1].at[t, rows_ds])
+
+
 def _tile_start(idx, tile: int, extent: int, exact: bool):
     """First row (column) of tile ``idx``: ``idx * tile``, clamped to ``extent - tile``.
 
@@ -649,19 +722,7 @@ def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
     w_collective = ("cluster",) if cfg.cluster == "m" else None
     op_tf = _tile_transforms(tk, jnp.int8)
     n_rows = len(rows)
-    if quant is None:
-        chunk_n, out_dtype = EPI_N, jnp.bfloat16
-        out_type = jax.ShapeDtypeStruct((m, n), jnp.bfloat16)
-    else:
-        bits, activation, divide = quant  # the wrapper checked N % tn == 0 and N >= cta_n
-        chunk_n, out_dtype = EPI_Q, jnp.int8
-        out_type = (
-            jax.ShapeDtypeStruct((m, n), jnp.int8),
-            jax.ShapeDtypeStruct((n // tn, m), jnp.int32),
-        )
-    out_tf = _tile_transforms(chunk_n, out_dtype)
-    row_dtypes = _ROW_DTYPES + (_QROW_DTYPES if quant is not None else ())
-    assert len(row_dtypes) == n_rows, (len(row_dtypes), n_rows)
+    chunk_n, out_dtype, out_tf, out_type, row_dtypes = _output_spec(m, n, tn, quant, n_rows)
 
     def get_pipeline(body, compute_context):
         return plgpu.emit_pipeline_warp_specialized(
@@ -724,48 +785,16 @@ def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
                 cols_ds = pl.ds(col0, tn)
 
                 def compute_context(eval_pipeline):
-                    # This warpgroup's per-row / per-column vectors, in flight during the K loop.
-                    for g, s in zip(row_g, row_smem):
-                        plgpu.copy_gmem_to_smem(g.at[rows_ds], s.at[wg], vec_bar.at[wg])
-                    for g, s in zip(col_g, col_smem):
-                        plgpu.copy_gmem_to_smem(g.at[cols_ds], s.at[wg], vec_bar.at[wg])
+                    _load_tile_vectors(
+                        row_g, col_g, row_smem, col_smem, vec_bar, wg, rows_ds, cols_ds
+                    )
 
                     @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, tn), jnp.int32))
                     def _acc_scope(acc_ref):
                         eval_pipeline(acc_ref)
-                        acc = acc_ref[...]
-                        plgpu.barrier_wait(vec_bar.at[wg])
-                        # The previous tile's TMA stores must have read out_smem[wg] (and
-                        # sum_smem[wg]).
-                        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-                        wg_rows = tuple(s.at[wg] for s in row_smem)
-                        wg_cols = tuple(s.at[wg] for s in col_smem)
-                        if quant is None:
-                            _epilogue(acc, wg_rows, wg_cols, lambda c: out_smem.at[wg, c], (tm, tn))
-                        else:
-                            _epilogue_quant(
-                                acc,
-                                wg_rows,
-                                wg_cols,
-                                lambda c: out_smem.at[wg, c],
-                                sum_smem.at[wg],
-                                (tm, tn),
-                                bits,
-                                activation,
-                                divide,
-                            )
-                        plgpu.commit_smem()
-                        for c in range(tn // chunk_n):
-                            out_cols = pl.ds(col0 + c * chunk_n, chunk_n)
-                            plgpu.copy_smem_to_gmem(
-                                out_smem.at[wg, c], out_g[0].at[rows_ds, out_cols]
-                            )
-                        if quant is not None:
-                            # Row t of the partial sums belongs to columns [t tn, (t + 1) tn):
-                            # col0 is a multiple of tn, also for a clamped last tile, because N
-                            # is (the wrapper checks).
-                            t = lax.div(col0, jnp.int32(tn))
-                            plgpu.copy_smem_to_gmem(sum_smem.at[wg], out_g[1].at[t, rows_ds])
+                        smem = (out_smem, row_smem, col_smem, vec_bar, sum_smem)
+                        tile = (tm, tn, chunk_n)
+                        _store_tile(acc_ref[...], wg, smem, out_g, rows_ds, col0, tile, quant)
 
                 def mma_body(_, a_smem, w_smem, acc_ref):
                     a = a_smem.at[pl.ds(wg * tm, tm)] if split_m else a_smem
@@ -796,13 +825,21 @@ def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
             scratch["sum_smem"] = plgpu.SMEM((2, tm), jnp.int32)
         pl.run_scoped(scope, **scratch, collective_axes="wg")
 
-    kw = {} if interpret is False else {"interpret": interpret}
-    if cfg.cluster:
-        kw.update(cluster=(2,), cluster_names=("cluster",))
-    out = plgpu.kernel(
+    kw = {"cluster": (2,), "cluster_names": ("cluster",)} if cfg.cluster else {}
+    call = _persistent_kernel(kernel, out_type, num_clusters, cfg, interpret, **kw)
+    out = call(q_x, q_w, *rows, *cols)
+    return out if quant is not None else out[0]
+
+
+def _persistent_kernel(kernel, out_type, num_ctas: int, cfg: FusedConfig, interpret, **kw):
+    """``plgpu.kernel`` of the persistent variants: ``num_ctas`` CTAs (axis "sm") of three
+    warpgroups (axis "wg": two consumers and the producer)."""
+    if interpret is not False:
+        kw["interpret"] = interpret
+    return plgpu.kernel(
         kernel,
-        out_type=out_type if quant is not None else (out_type,),
-        grid=(num_clusters,),
+        out_type=out_type,
+        grid=(num_ctas,),
         grid_names=("sm",),
         num_threads=3,
         thread_name="wg",
@@ -810,7 +847,158 @@ def _ws_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
             lowering_semantics=_semantics(cfg), approx_math=cfg.approx_math
         ),
         **kw,
-    )(q_x, q_w, *rows, *cols)
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Variant "pp": persistent, ping-pong consumers (1 producer + 2 consumer warpgroups, each
+# consumer on its own output tiles).
+
+# Registers per thread after `set_max_registers`: the producer keeps 40, the two consumers share
+# the rest of the 64K register file (512 - 40) / 2, rounded down to a multiple of 8 (the split
+# `emit_pipeline_warp_specialized` makes for "ws").
+_PP_PRODUCER_REGISTERS = 40
+_PP_CONSUMER_REGISTERS = 232
+
+
+def _pp_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
+    """Ping-pong form of ``_ws_call`` (same operands, outputs and epilogues).
+
+    In "ws" both consumers work on halves of one CTA tile, so they finish its K loop together
+    and run their epilogues together while the tensor cores idle (for fc1's GELU + quantizing
+    epilogue, ~45 % of the GEMM's time at VAR-d30's last scale). Here consumer ``c`` owns the
+    CTA's tiles ``j = c, c + 2, ...`` (tile ``j`` of CTA ``sm`` is output tile ``sm + j
+    num_ctas``, N fastest) with a ``block_m x block_n`` accumulator each. The producer loads
+    the K steps of the CTA's tiles in order, ``g = j k_iters + kk``, into one shared ring of
+    ``stages`` SMEM slots (slot ``g % stages``). Because the ring is consumed in that order,
+    consumer ``1 - c`` can start tile ``j + 1`` only as consumer ``c`` releases the last slots
+    of tile ``j``: the two consumers' K loops alternate, and each one's epilogue runs during
+    the other's K loop (CUTLASS calls this schedule "ping-pong").
+
+    Barriers: ``full[c * stages + s]`` (two TMA arrivals: the activation and the weight tile)
+    tells consumer ``c`` that slot ``s`` holds its next step. One barrier per (consumer, slot),
+    not per slot: Mosaic GPU tracks each barrier's phase per thread, so a waiter must wait on
+    every phase of a barrier, and a shared one would complete phases for the other consumer.
+    ``consumed[s]`` (one arrival) hands slot ``s`` back to the producer, which waits on every
+    phase of it in ring order. A consumer keeps one wgmma group in flight (``wgmma_wait(1)``)
+    and releases a slot once the wgmma reading it has completed.
+    """
+    m, k = q_x.shape
+    n = q_w.shape[0]
+    tm, tn, tk = cfg.block_m, cfg.block_n, cfg.block_k
+    stages = cfg.stages
+    m_iters, n_iters, k_iters = pl.cdiv(m, tm), pl.cdiv(n, tn), k // tk
+    num_tiles = m_iters * n_iters
+    num_ctas = max(1, min(cfg.num_ctas or _num_sms(), num_tiles))
+    op_tf = _tile_transforms(tk, jnp.int8)
+    n_rows = len(rows)
+    chunk_n, out_dtype, out_tf, out_type, row_dtypes = _output_spec(m, n, tn, quant, n_rows)
+
+    def kernel(qx_g, qw_g, *refs):
+        row_g = refs[:n_rows]
+        col_g = refs[n_rows : n_rows + len(_COL_DTYPES)]
+        out_g = refs[n_rows + len(_COL_DTYPES) :]
+
+        def scope(a_smem, w_smem, full, consumed, out_smem, row_smem, col_smem, vec_bar, *sums):
+            sum_smem = sums[0] if sums else None
+            wg = lax.axis_index("wg")  # 0, 1: consumers; 2: producer
+            sm = lax.axis_index("sm")
+            # Tiles sm, sm + num_ctas, ... of the num_tiles output tiles (num_ctas <= num_tiles).
+            cta_tiles = lax.div(jnp.int32(num_tiles - 1) - sm, jnp.int32(num_ctas)) + 1
+
+            def tile_origin(j):
+                lin = sm + j * num_ctas
+                m_idx = lax.div(lin, jnp.int32(n_iters))  # N fastest: the weights stay in L2
+                n_idx = lax.rem(lin, jnp.int32(n_iters))
+                return (
+                    _tile_start(m_idx, tm, m, m % tm == 0),
+                    _tile_start(n_idx, tn, n, n % tn == 0),
+                )
+
+            @pl.when(wg == 2)
+            def _producer():
+                plgpu.set_max_registers(_PP_PRODUCER_REGISTERS, action="decrease")
+
+                @pl.loop(0, cta_tiles)
+                def _tile(j):
+                    row0, col0 = tile_origin(j)
+                    c = lax.rem(j, jnp.int32(2))
+
+                    @pl.loop(0, k_iters)
+                    def _step(kk):
+                        g = j * k_iters + kk
+                        slot = lax.rem(g, jnp.int32(stages))
+
+                        @pl.when(g >= stages)
+                        def _():
+                            plgpu.barrier_wait(consumed.at[slot])
+
+                        ks = pl.ds(pl.multiple_of(kk * tk, tk), tk)
+                        bar = full.at[c * stages + slot]
+                        plgpu.copy_gmem_to_smem(qx_g.at[pl.ds(row0, tm), ks], a_smem.at[slot], bar)
+                        plgpu.copy_gmem_to_smem(qw_g.at[pl.ds(col0, tn), ks], w_smem.at[slot], bar)
+
+                # Observe the releases of the last `stages` steps too, so that every phase of
+                # `consumed` has been waited on when the barriers go away (interpret mode checks).
+                total = cta_tiles * k_iters
+
+                @pl.loop(jnp.maximum(total - stages, 0), total)
+                def _drain(g):
+                    plgpu.barrier_wait(consumed.at[lax.rem(g, jnp.int32(stages))])
+
+            @pl.when(wg < 2)
+            def _consumer():
+                plgpu.set_max_registers(_PP_CONSUMER_REGISTERS, action="increase")
+
+                @pl.loop(0, lax.div(cta_tiles - wg + 1, jnp.int32(2)))
+                def _tile(t):
+                    j = wg + 2 * t
+                    row0, col0 = tile_origin(j)
+                    rows_ds, cols_ds = pl.ds(row0, tm), pl.ds(col0, tn)
+                    _load_tile_vectors(
+                        row_g, col_g, row_smem, col_smem, vec_bar, wg, rows_ds, cols_ds
+                    )
+                    base = j * k_iters
+
+                    def k_loop(acc_ref):
+                        @pl.loop(0, k_iters)
+                        def _step(kk):
+                            g = base + kk
+                            slot = lax.rem(g, jnp.int32(stages))
+                            plgpu.barrier_wait(full.at[wg * stages + slot])
+                            plgpu.wgmma(acc_ref, a_smem.at[slot], w_smem.at[slot].T)
+                            plgpu.wgmma_wait(1)  # the previous step's wgmma has completed
+
+                            @pl.when(kk > 0)
+                            def _():
+                                plgpu.barrier_arrive(consumed.at[lax.rem(g - 1, jnp.int32(stages))])
+
+                        plgpu.wgmma_wait(0)
+                        last = lax.rem(base + k_iters - 1, jnp.int32(stages))
+                        plgpu.barrier_arrive(consumed.at[last])
+                        return acc_ref[...]
+
+                    acc = pl.run_scoped(k_loop, plgpu.ACC((tm, tn), jnp.int32))
+                    smem = (out_smem, row_smem, col_smem, vec_bar, sum_smem)
+                    _store_tile(acc, wg, smem, out_g, rows_ds, col0, (tm, tn, chunk_n), quant)
+
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+        scratch = [
+            plgpu.SMEM((stages, tm, tk), jnp.int8, transforms=op_tf),
+            plgpu.SMEM((stages, tn, tk), jnp.int8, transforms=op_tf),
+            plgpu.Barrier(num_arrivals=2, num_barriers=2 * stages),
+            plgpu.Barrier(num_arrivals=1, num_barriers=stages),
+            plgpu.SMEM((2, tn // chunk_n, tm, chunk_n), out_dtype, transforms=out_tf),
+            [plgpu.SMEM((2, tm), dt) for dt in row_dtypes],
+            [plgpu.SMEM((2, tn), dt) for dt in _COL_DTYPES],
+            plgpu.Barrier(num_arrivals=n_rows + len(_COL_DTYPES), num_barriers=2),
+        ]
+        if quant is not None:  # each consumer's partial row sums, stored after the codes
+            scratch.append(plgpu.SMEM((2, tm), jnp.int32))
+        pl.run_scoped(scope, *scratch, collective_axes="wg")
+
+    out = _persistent_kernel(kernel, out_type, num_ctas, cfg, interpret)(q_x, q_w, *rows, *cols)
     return out if quant is not None else out[0]
 
 
@@ -988,17 +1176,18 @@ def int8_dense_fused(
         the epilogue (module doc, "Output quantization"): per-row float32 scale and
         integer-valued zero point (``[M]``, ``[M, 1]`` or scalars, as ``ActQuant.for_positions``
         gives them), ``bits`` in [2, 8]. Needs N a multiple of ``block_n`` and at least one CTA
-        tile wide; variant "ws" only.
+        tile wide; variants "ws" and "pp".
       activation: with ``out_quant``: None or ``"gelu_tanh"`` (``jax.nn.gelu(approximate=True)``
         applied between this layer's bf16 output and the quantization).
       block_m, block_n, block_k: one consumer warpgroup's accumulator tile and the K step.
-      stages: SMEM slots of the K pipeline (default 3 for "ws", 2 for "pipeline").
-      variant: "ws" (persistent warp-specialized) or "pipeline" (see module doc).
+      stages: SMEM slots of the K pipeline (default 3 for "ws", 4 for "pp", 2 for "pipeline").
+      variant: "ws" (persistent warp-specialized), "pp" (persistent, ping-pong consumers) or
+        "pipeline" (see module doc).
       split: "ws" only: the two consumers split the CTA tile along "m" or "n".
       cluster: "ws" only: None, or pair CTAs along "m" / "n" in a 2-CTA cluster that multicasts
         the shared operand tile (the weight for "m", the activations for "n").
       semantics: Mosaic GPU lowering semantics, "warpgroup" (jax 0.11's default) or "lane".
-      num_ctas: "ws" only: persistent CTAs (default: number of SMs; rounded down to whole
+      num_ctas: "ws" and "pp": persistent CTAs (default: number of SMs; rounded down to whole
         clusters).
       approx_math: let Mosaic GPU use approximate transcendental instructions (the GELU's
         ``tanh.approx.f32``; relative error ~2^-11, below the bf16 rounding that follows it,
@@ -1013,7 +1202,7 @@ def int8_dense_fused(
     if plgpu is None:
         raise RuntimeError(f"int8_dense_fused: {unavailable_reason()}")
     if stages is None:
-        stages = 3 if variant == "ws" else 2
+        stages = {"ws": 3, "pp": 4}.get(variant, 2)
     cfg = FusedConfig(
         variant=variant,
         block_m=block_m,
@@ -1039,10 +1228,10 @@ def int8_dense_fused(
     oq = _normalize_out_quant(out_quant, activation, m, divide)
     quant = None
     if oq is not None:
-        if cfg.variant != "ws":
+        if cfg.variant == "pipeline":
             raise NotImplementedError(
                 "int8_dense_fused: out_quant (the quantizing epilogue) is implemented for"
-                " variant='ws' only"
+                " variants 'ws' and 'pp' only"
             )
         if n % cfg.block_n or n < cta_n:
             # Partial sums are per block_n columns; a padded column would add codes of its own.
@@ -1060,6 +1249,8 @@ def int8_dense_fused(
     cols = tuple(_pad_to(v, 0, n_k) for v in cols)
     if cfg.variant == "ws":
         out = _ws_call(q_x, q_w, rows, cols, cfg, interpret, quant)
+    elif cfg.variant == "pp":
+        out = _pp_call(q_x, q_w, rows, cols, cfg, interpret, quant)
     else:
         out = _pipeline_call(q_x, q_w, rows, cols, cfg, interpret)
     if quant is None:

@@ -8,9 +8,12 @@ Rows (microseconds per call, median of 5 rounds of --calls back-to-back calls):
     out_quant=..., activation="gelu_tanh")``) with libdevice's tanhf or ``tanh.approx.f32``;
   * ``fused_linear``: the quantizing epilogue without an activation (its cost without tanh).
 For each fused GELU row the fraction of codes that differ from the unfused path's (and the
-largest difference), and whether the partial sums are those of the codes.
+largest difference), and whether the partial sums are those of the codes. ``--variants`` times
+the kernel rows once per kernel variant (``VARIANTS``; keys ``"{variant}:{row}_us"`` for all but
+the first, which keeps the plain keys); the codes of every variant are compared as above.
 
     PYTHONPATH=. python3 scripts/probe_act_quant.py --out $OUT/act_quant.json
+    PYTHONPATH=. python3 scripts/probe_act_quant.py --variants ws,pp,pp_s5 --out $OUT/pp.json
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ from quant import _pallas_gpu as pg
 
 # VAR-d30 fc1 at the last three scales of batch 64 with CFG: M = 128 l, K = C, N = 4C.
 SHAPES = ((32768, 1920, 7680), (21632, 1920, 7680), (12800, 1920, 7680))
+# Kernel variants (``int8_dense_fused`` keyword arguments) selectable with --variants.
+VARIANTS = {
+    "ws": {},  # the default: cooperative consumers, CTA tile 256 x 128
+    "pp": {"variant": "pp"},  # ping-pong consumers, 128 x 128 tiles, 4 ring slots
+    "pp_s3": {"variant": "pp", "stages": 3},
+    "pp_s5": {"variant": "pp", "stages": 5},
+}
 
 
 def problem(m, k, n, seed=0):
@@ -75,10 +85,12 @@ def unfused(*a):
     return q, jnp.sum(q, 1, dtype=jnp.int32)
 
 
-def fused(approx, activation):
+def fused(approx, activation, **kw):
     def f(*a):
         oq = (a[9], a[10], 8)
-        return pg.int8_dense_fused(*a[:9], out_quant=oq, activation=activation, approx_math=approx)
+        return pg.int8_dense_fused(
+            *a[:9], out_quant=oq, activation=activation, approx_math=approx, **kw
+        )
 
     return jax.jit(f)
 
@@ -87,7 +99,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--out", default="out/act_quant.json")
+    p.add_argument("--variants", default="ws", help=f"comma list from {list(VARIANTS)}")
     args = p.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        sys.exit(f"probe_act_quant: unknown variants {unknown}; choose from {list(VARIANTS)}")
     if not pg.available():
         sys.exit(f"probe_act_quant: {pg.unavailable_reason()}")
     rows = []
@@ -95,25 +111,32 @@ def main(argv=None):
         operands, (s_o, z_o) = problem(m, k, n)
         full = (*operands, s_o, z_o)
         row = {"shape": [m, k, n]}
-        row["bf16_kernel_us"] = median_us(jax.jit(pg.int8_dense_fused), operands, args.calls)
         ref = jax.jit(unfused)
         row["unfused_us"] = median_us(ref, full, args.calls)
         q_ref = np.asarray(ref(*full)[0], np.int32)
-        for name, approx, act in (
-            ("fused_libdevice", False, "gelu_tanh"),
-            ("fused_approx", True, "gelu_tanh"),
-            ("fused_linear", False, None),
-        ):
-            f = fused(approx, act)
-            row[f"{name}_us"] = median_us(f, full, args.calls)
-            if act is not None:
-                q, partial = (np.asarray(a) for a in f(*full))
-                d = np.abs(q.astype(np.int32) - q_ref)
-                row[f"{name}_codes_differing"] = float(np.mean(d > 0))
-                row[f"{name}_max_code_diff"] = int(d.max())
-                row[f"{name}_sums_exact"] = bool(
-                    np.array_equal(partial.sum(0), q.astype(np.int32).sum(1))
-                )
+        for i, variant in enumerate(variants):
+            kw = VARIANTS[variant]
+            key = "" if i == 0 else f"{variant}:"
+            kernel = jax.jit(lambda *a, kw=kw: pg.int8_dense_fused(*a, **kw))
+            try:  # a variant may not fit the bf16 epilogue's output tile in shared memory
+                row[f"{key}bf16_kernel_us"] = median_us(kernel, operands, args.calls)
+            except ValueError as e:
+                row[f"{key}bf16_kernel_error"] = str(e)
+            for name, approx, act in (
+                ("fused_libdevice", False, "gelu_tanh"),
+                ("fused_approx", True, "gelu_tanh"),
+                ("fused_linear", False, None),
+            ):
+                f = fused(approx, act, **kw)
+                row[f"{key}{name}_us"] = median_us(f, full, args.calls)
+                if act is not None:
+                    q, partial = (np.asarray(a) for a in f(*full))
+                    d = np.abs(q.astype(np.int32) - q_ref)
+                    row[f"{key}{name}_codes_differing"] = float(np.mean(d > 0))
+                    row[f"{key}{name}_max_code_diff"] = int(d.max())
+                    row[f"{key}{name}_sums_exact"] = bool(
+                        np.array_equal(partial.sum(0), q.astype(np.int32).sum(1))
+                    )
         print(json.dumps(row), flush=True)
         rows.append(row)
     meta = {

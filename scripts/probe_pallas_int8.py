@@ -84,6 +84,9 @@ CONFIGS = {
     "ws_m_k64s4": {"variant": "ws", "split": "m", "block_k": 64, "stages": 4},
     # one warpgroup per CTA, 2 CTAs per SM
     "pipe_s2": {"variant": "pipeline", "block_k": 128, "stages": 2},
+    # ping-pong consumers, each on its own 128x128 tiles, one ring of 4 (5) K-step slots
+    "pp_s4": {"variant": "pp", "block_k": 128, "stages": 4},
+    "pp_s5": {"variant": "pp", "block_k": 128, "stages": 5},
 }
 FALLBACK_CONFIGS = {
     "ws_m_lane": {"variant": "ws", "split": "m", "stages": 3, "semantics": "lane"},

@@ -52,6 +52,8 @@ CONFIGS = {
     "ws_k64": {"variant": "ws", "split": "m", "block_k": 64, "stages": 4},
     "pipe": {"variant": "pipeline"},
     "pipe_lane": {"variant": "pipeline", "semantics": "lane"},
+    "pp": {"variant": "pp"},  # ping-pong consumers, 4 ring slots
+    "pp_s2": {"variant": "pp", "stages": 2},
 }
 # Prime-ish sizes: K needs padding to 64/128, M to a multiple of 8 and N of 64 (TMA tiles) and
 # then the last tile overlaps its neighbour (257, 389, 520), or M / N are smaller than one tile.
@@ -67,7 +69,11 @@ OVERLAP = {
     "ws_clm": ((520, 128, 128), {"variant": "ws", "split": "m", "cluster": "m"}),
     "ws_cln": ((136, 128, 320), {"variant": "ws", "split": "n", "cluster": "n"}),
     "pipe": ((200, 128, 192), {"variant": "pipeline"}),  # CTA 128x128
+    "pp": ((264, 256, 320), {"variant": "pp"}),  # 128x128 tiles, both dimensions ragged
 }
+# Variants whose persistent CTAs take a num_ctas (the tests use 2: several tiles per CTA, and
+# with "pp" both consumers' tiles).
+PERSISTENT = ("ws", "pp")
 
 
 def _problem(m, k, n, seed=0, scalar_rows=False):
@@ -166,11 +172,11 @@ def test_fused_equals_packed_dense_layer():
 
 
 @interpret_only
-@pytest.mark.parametrize("config", ["ws_m", "ws_n", "pipe"])
+@pytest.mark.parametrize("config", ["ws_m", "ws_n", "pipe", "pp", "pp_s2"])
 def test_interpret_mode_matches_reference(config):
     args = _problem(257, 300, 131, seed=11)
     kw = dict(CONFIGS[config], interpret=pg.plgpu.InterpretGPUParams())
-    if kw["variant"] == "ws":
+    if kw["variant"] in PERSISTENT:
         kw["num_ctas"] = 2  # several output tiles per persistent CTA
     _check(pg.int8_dense_fused(*args, **kw), args)
 
@@ -187,6 +193,13 @@ def test_config_validation_and_smem_budget():
     with pytest.raises(ValueError, match="shared memory"):
         args = _problem(256, 256, 128)
         pg.int8_dense_fused(*args, stages=6)
+    with pytest.raises(ValueError, match="stages >= 2"):
+        pg.FusedConfig(variant="pp", stages=1).validate()
+    with pytest.raises(ValueError, match="cluster"):
+        pg.FusedConfig(variant="pp", cluster="m").validate()
+    # "pp": the ring of 4 slots plus one output tile per consumer, bf16 or int8.
+    for out_quant in (False, True):
+        assert pg.smem_bytes(pg.FusedConfig(variant="pp", stages=4), out_quant) <= pg.SMEM_LIMIT
 
 
 @interpret_only
@@ -263,7 +276,7 @@ def test_interpret_mode_overlapping_last_tile(case):
     shape, cfg = OVERLAP[case]
     args = _problem(*shape, seed=sum(shape))
     kw = dict(cfg, interpret=pg.plgpu.InterpretGPUParams())
-    if kw["variant"] == "ws":
+    if kw["variant"] in PERSISTENT:
         kw["num_ctas"] = 2
     _check(pg.int8_dense_fused(*args, **kw), args)
 
@@ -322,11 +335,13 @@ def _check_codes(got, want, bits, exact):
         assert np.mean(q != q_ref) < 1e-3
 
 
-# The quantizing epilogue (variant "ws"): ragged M and N with overlapping last tiles.
+# The quantizing epilogue (variants "ws" and "pp"): ragged M and N with overlapping last tiles.
 OUT_QUANT = {
     "ws_m": ((264, 128, 384), {"split": "m"}, 8, "gelu_tanh"),
     "ws_n": ((200, 128, 384), {"split": "n"}, 6, "gelu_tanh"),
     "ws_clm_linear": ((520, 128, 256), {"split": "m", "cluster": "m"}, 8, None),
+    "pp": ((264, 256, 384), {"variant": "pp"}, 8, "gelu_tanh"),
+    "pp_s3_linear": ((200, 128, 384), {"variant": "pp", "stages": 3}, 6, None),
 }
 
 
@@ -355,7 +370,7 @@ def test_out_quant_argument_checks():
     with pytest.raises(ValueError, match="multiple of block_n"):
         pg.int8_dense_fused(*args, out_quant=oq)  # N = 192: a partial column tile
     args = _problem(256, 128, 256)
-    with pytest.raises(NotImplementedError, match="variant='ws'"):
+    with pytest.raises(NotImplementedError, match="variants 'ws' and 'pp'"):
         pg.int8_dense_fused(*args, out_quant=oq, variant="pipeline")
     with pytest.raises(ValueError, match="only with out_quant"):
         pg.int8_dense_fused(*args, activation="gelu_tanh")
@@ -367,7 +382,7 @@ def test_out_quant_argument_checks():
 
 
 @gpu
-@pytest.mark.parametrize("config", ["ws_m", "ws_n", "ws_m_clN", "ws_m_clM"])
+@pytest.mark.parametrize("config", ["ws_m", "ws_n", "ws_m_clN", "ws_m_clM", "pp"])
 @pytest.mark.parametrize(
     "shape", [(2056, 384, 1024), (300, 1920, 7680)], ids=lambda s: "x".join(map(str, s))
 )
@@ -377,6 +392,7 @@ def test_fused_out_quant_matches_reference(config, shape):
         "ws_n": {"split": "n"},
         "ws_m_clN": {"split": "m", "cluster": "n"},
         "ws_m_clM": {"split": "m", "cluster": "m"},
+        "pp": {"variant": "pp"},
     }[config]
     args = _problem(*shape, seed=sum(shape))
     oq = _out_quant(args, 8, seed=2)
@@ -409,9 +425,11 @@ def _act_quant_layer(rows_per_batch, seed):
 
 
 @interpret_only
-def test_packed_dense_act_quant_routes_to_fused_epilogue(monkeypatch):
-    """``packed_dense_act_quant(impl="pallas")``: the kernel's quantizing epilogue gives the codes
-    (and sums) of the XLA path exactly (interpret mode: same float32 tanh)."""
+@pytest.mark.parametrize("impl", ["pallas", "pallas_ws", "pallas_pp"])
+def test_packed_dense_act_quant_routes_to_fused_epilogue(monkeypatch, impl):
+    """``packed_dense_act_quant(impl=...)`` with each Pallas impl: the kernel variant it names
+    (``PALLAS_VARIANT`` for "pallas") and its quantizing epilogue give the codes (and sums) of
+    the XLA path exactly (interpret mode: same float32 tanh)."""
     from quant import _packed
 
     calls, kernel = [], pg.int8_dense_fused
@@ -423,8 +441,12 @@ def test_packed_dense_act_quant_routes_to_fused_epilogue(monkeypatch):
     monkeypatch.setattr(pg, "int8_dense_fused", fused)
     monkeypatch.setattr(_packed, "PALLAS_MIN_ROWS", 64)
     x, pk, bias, aq, nq, pos = _act_quant_layer(37, seed=4)
-    q, s = _packed.packed_dense_act_quant(x, pk, bias, aq, pos, nq, impl="pallas")
+    q, s = _packed.packed_dense_act_quant(x, pk, bias, aq, pos, nq, impl=impl)
     assert [kw["activation"] for kw in calls] == ["gelu_tanh"]
+    want_variant = {"pallas_ws": "ws", "pallas_pp": "pp"}.get(
+        impl, _packed.PALLAS_ACT_QUANT_VARIANT
+    )
+    assert [kw["variant"] for kw in calls] == [want_variant]
     q_ref, s_ref = _packed.packed_dense_act_quant(x, pk, bias, aq, pos, nq, impl="xla")
     assert q.dtype == jnp.int8 and q.shape == (2, 37, 384) and s.shape == (2, 37, 1)
     assert np.ptp(np.asarray(q_ref, np.int32)) > 64
@@ -482,6 +504,8 @@ LOWER_CASES = {
     "pipe": ((21632, 1920, 1920), {"variant": "pipeline"}, None),
     "ws_m_quant": ((21632, 1920, 7680), {"split": "m"}, "gelu_tanh"),
     "ws_n_clN_quant": ((21632, 1920, 7680), {"split": "n", "cluster": "n"}, "gelu_tanh"),
+    "pp": ((21632, 1920, 1920), {"variant": "pp"}, None),
+    "pp_quant": ((21632, 1920, 7680), {"variant": "pp"}, "gelu_tanh"),
 }
 
 

@@ -29,7 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 
 PRECISIONS = ("float32", "bfloat16", "w8a8", "w6a6", "w4a8")  # w4a8: weights two codes per byte
-INT8_IMPLS = ("auto", "qarray", "xla", "barrier", "pallas")  # qarray: QArray [I, O], unpacked
+INT8_IMPLS = (
+    "auto",
+    "qarray",
+    "xla",
+    "barrier",
+    "pallas",
+    "pallas_ws",
+    "pallas_pp",
+)  # qarray: QArray [I, O], unpacked
 ATTENTIONS = ("auto", "xla", "cudnn")
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
 KV_MODES = ("auto", "stacked", "prefix", "full")  # VARConfig.sampler_kv ("auto": its default)
