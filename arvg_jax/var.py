@@ -49,6 +49,7 @@ AttnMask = Literal["block_causal", "none"]
 
 SAMPLER_KV = ("prefix", "full", "stacked")
 KERNEL_CHOICES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue and .adaln_kernel
+NIBBLE_UNPACK = ("call", "layer")  # VARConfig.nibble_unpack
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
@@ -150,6 +151,12 @@ class VARConfig:
     #   (`quant._packed` impl "pallas"), fc1's epilogue applies GELU and fc2's input quantizer
     #   and writes int8 codes (`quant._packed.packed_dense_act_quant`) instead of bf16
     #   activations that a separate XLA pass quantizes. Other backends never fuse.
+    # * nibble_unpack: where the sampler expands 4-bit weights stored two per byte
+    #   (`quant._packed.PackedKernel.nibbles`, W4A8) into the int8 codes the GEMMs read:
+    #   "call" once per `generate` call, before the scales (a transient int8 copy of those
+    #   weights, as large as W8A8's); "layer" at every layer call (no copy, but one unpacking
+    #   pass per weight per scale: VAR-d30 W4A8 b64 on H100 spends 34 ms more in elementwise
+    #   fusions than W8A8, BENCHMARKS.md).
     sampling_filter: str = "auto"
     sampler_kv: str = "stacked"  # 36 ms faster than "prefix" at VAR-d30 b64 (BENCHMARKS.md)
     kv_page: int = 64
@@ -158,6 +165,7 @@ class VARConfig:
     adaln_kernel: str = "xla"  # "pallas": no measurable gain at VAR-d30 b64 (BENCHMARKS.md)
     scan_unroll: int = 1
     fuse_ffn_quant: bool = True
+    nibble_unpack: str = "call"
 
     def __post_init__(self):
         if self.embed_dim is None:
@@ -189,6 +197,10 @@ class VARConfig:
             raise ValueError(f"sampler_kv must be one of {SAMPLER_KV}, got {self.sampler_kv!r}")
         if not (isinstance(self.kv_page, int) and self.kv_page >= 64 and self.kv_page % 64 == 0):
             raise ValueError(f"kv_page must be a positive multiple of 64, got {self.kv_page!r}")
+        if self.nibble_unpack not in NIBBLE_UNPACK:
+            raise ValueError(
+                f"nibble_unpack must be one of {NIBBLE_UNPACK}, got {self.nibble_unpack!r}"
+            )
         if not (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1):
             raise ValueError(f"scan_unroll must be an int >= 1, got {self.scan_unroll!r}")
 

@@ -40,6 +40,10 @@ def _generate_impl(
     return_margin: bool,
 ) -> dict[str, Array]:
     """The traced body of `generate`; every scale is unrolled (shapes are static per scale)."""
+    if var_cfg.nibble_unpack == "call":  # once here instead of at every layer call
+        from quant import _packed
+
+        var_params = _packed.unpack_nibble_storage(var_params)
     model = VAR(var_cfg)
     variables = {"params": var_params}
     b = labels.shape[0]

@@ -73,6 +73,7 @@ __all__ = [
     "packed_dense_act_quant",
     "packed_dense_codes",
     "unpack",
+    "unpack_nibble_storage",
 ]
 
 IMPLS = ("xla", "barrier", "pallas", "pallas_ws", "pallas_pp")
@@ -156,6 +157,20 @@ def unpack_nibbles(packed: jax.Array) -> jax.Array:
     lo = (packed & 15).astype(jnp.int8) - 8
     hi = (packed >> 4).astype(jnp.int8) - 8
     return jnp.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
+
+
+def unpack_nibble_storage(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with every nibble-stored ``PackedKernel`` expanded to one int8 code per byte
+    (``nibbles=False``; the same codes, scales and column sums). Works on layer-stacked kernels
+    (leading block axis) too. Inside a jitted sampler this unpacks once per call what
+    ``PackedKernel.codes()`` would otherwise unpack at every layer call."""
+
+    def expand(v):
+        if isinstance(v, PackedKernel) and v.nibbles:
+            return v.replace(qvalue_t=unpack_nibbles(v.qvalue_t), nibbles=False)
+        return v
+
+    return jax.tree_util.tree_map(expand, params, is_leaf=lambda v: isinstance(v, PackedKernel))
 
 
 def pack_kernel(kernel: QArray, impl: str = "auto", nibbles: bool | None = None) -> PackedKernel:

@@ -113,7 +113,39 @@ def test_kv_full_attends_only_to_the_written_prefix():
     np.testing.assert_allclose(outs[0], outs[2], rtol=1e-6, atol=1e-6)  # = "prefix"
 
 
+def test_w4a8_nibble_unpack_once_per_call_generates_the_per_layer_tokens():
+    """VARConfig.nibble_unpack: W4A8 weights stored two codes per byte, expanded once per
+    `generate` call ("call") or at every layer call ("layer"): the same codes reach the GEMMs,
+    so the tokens and images are identical."""
+    from arvg_jax.bench import build
+    from quant import _packed
+
+    m = _model(3)
+    tree = build.quantize_fast(m, [(4, 8)], calib=2, seed=0)[(4, 8)]
+    params = var_sampler.inference_layout(tree)
+    stacked = var_sampler.STACKED_KEY
+    assert params[stacked]["ffn"]["fc1"]["kernel"].nibbles  # stored as nibbles
+    outs = {}
+    for mode in ("call", "layer"):
+        cfg = dataclasses.replace(m.cfg, **{**BASELINE, "nibble_unpack": mode})
+        outs[mode] = var_sampler.generate(
+            params, m.vae_params, cfg, m.vae_cfg, np.array([1, 3], np.int32), jax.random.PRNGKey(7)
+        )
+    np.testing.assert_array_equal(outs["call"]["tokens"], outs["layer"]["tokens"])
+    np.testing.assert_array_equal(outs["call"]["images"], outs["layer"]["images"])
+    # The expansion itself: every nibble kernel (stacked over blocks too) becomes int8 codes.
+    wide = _packed.unpack_nibble_storage(params)
+    got = wide[stacked]["ffn"]["fc1"]["kernel"]
+    want = params[stacked]["ffn"]["fc1"]["kernel"]
+    assert not got.nibbles and got.qvalue_t.dtype == jnp.int8
+    assert got.qvalue_t.shape[-1] == 2 * want.qvalue_t.shape[-1]
+    np.testing.assert_array_equal(got.qvalue_t, _packed.unpack_nibbles(want.qvalue_t))
+    np.testing.assert_array_equal(got.col_sum, want.col_sum)
+
+
 def test_options_are_validated():
+    with pytest.raises(ValueError, match="nibble_unpack"):
+        VARConfig.tiny(nibble_unpack="never")
     with pytest.raises(ValueError, match="sampler_kv"):
         VARConfig.tiny(sampler_kv="ring")
     with pytest.raises(ValueError, match="scan_unroll"):

@@ -36,6 +36,7 @@ _RUNTIME_FIELDS = frozenset(
         "adaln_kernel",
         "scan_unroll",
         "fuse_ffn_quant",
+        "nibble_unpack",
     }
 )
 

@@ -43,6 +43,7 @@ BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolle
 KV_MODES = ("auto", "stacked", "prefix", "full")  # VARConfig.sampler_kv ("auto": its default)
 FILTERS = ("auto", "sort", "bisect", "pallas")  # VARConfig.sampling_filter
 KERNEL_CHOICES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue / adaln_kernel
+UNPACK_MODES = ("call", "layer")  # VARConfig.nibble_unpack
 
 
 def _is_page(n: int) -> bool:
@@ -53,7 +54,7 @@ def _is_page(n: int) -> bool:
 class Variant:
     """A benchmark variant:
     ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+prologue-IMPL]
-    [+adaln-IMPL][+gemm-bf16out][+ffn-unfused][+scan|+unrolled]``,
+    [+adaln-IMPL][+unpack-MODE][+gemm-bf16out][+ffn-unfused][+scan|+unrolled]``,
     e.g. ``w8a8+int8-qarray+unrolled`` or ``w8a8+kv-prefix+ffn-unfused+filter-sort`` (the sampler
     before the in-place KV cache, the fused fc1 quantization and the fused top-k / top-p kernel,
     for A/B rows in one run)."""
@@ -70,6 +71,7 @@ class Variant:
     matmul_out: str = "float32"  # VARConfig.matmul_out ("dtype": +gemm-bf16out)
     prologue: str = ""  # VARConfig.attn_prologue ("": its default)
     adaln: str = ""  # VARConfig.adaln_kernel ("": its default)
+    unpack: str = ""  # VARConfig.nibble_unpack ("": its default)
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -92,6 +94,8 @@ class Variant:
                 kw["prologue"] = o[9:]
             elif o.startswith("adaln-") and o[6:] in KERNEL_CHOICES:
                 kw["adaln"] = o[6:]
+            elif o.startswith("unpack-") and o[7:] in UNPACK_MODES:
+                kw["unpack"] = o[7:]
             elif o == "gemm-bf16out":
                 kw["matmul_out"] = "dtype"
             elif o == "ffn-unfused":
@@ -103,7 +107,7 @@ class Variant:
                     f"int8-{{{','.join(INT8_IMPLS)}}}, attn-{{{','.join(ATTENTIONS)}}}, "
                     f"kv-{{{','.join(KV_MODES)}}}, kvpage-<multiple of 64>, "
                     f"filter-{{{','.join(FILTERS)}}}, prologue-{{{','.join(KERNEL_CHOICES)}}}, "
-                    f"adaln-{{{','.join(KERNEL_CHOICES)}}}, "
+                    f"adaln-{{{','.join(KERNEL_CHOICES)}}}, unpack-{{{','.join(UNPACK_MODES)}}}, "
                     f"gemm-bf16out, ffn-unfused, "
                     f"{' or '.join(BLOCKS)}"
                 )
@@ -384,6 +388,8 @@ def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
         var_cfg = dataclasses.replace(var_cfg, attn_prologue=variant.prologue)
     if variant.adaln:
         var_cfg = dataclasses.replace(var_cfg, adaln_kernel=variant.adaln)
+    if variant.unpack:
+        var_cfg = dataclasses.replace(var_cfg, nibble_unpack=variant.unpack)
     vae_cfg = dataclasses.replace(model.vae_cfg, dtype=variant.dtype)
     if variant.precision == "float32":
         params = model.params

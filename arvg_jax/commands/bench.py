@@ -9,13 +9,14 @@ variants are built without calibration data (RTN min-max weights; static activat
 PTQ4ARVG's STWQ layout fitted on a short synthetic batch, `arvg_jax.bench.build`): speed depends
 only on shapes and dtypes, never on the calibration values. A variant is
 ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+prologue-IMPL]
-[+adaln-IMPL][+gemm-bf16out][+ffn-unfused][+scan|+unrolled]``:
+[+adaln-IMPL][+unpack-MODE][+gemm-bf16out][+ffn-unfused][+scan|+unrolled]``:
 precision float32 | bfloat16 | w8a8 | w6a6 | w4a8; int8 IMPL auto | qarray | xla | barrier | pallas
-(`quant._packed`); attention auto | xla | cudnn; KV cache mode auto | stacked | prefix | full
+| pallas_ws | pallas_pp (`quant._packed`); attention auto | xla | cudnn; KV cache mode auto | stacked | prefix | full
 (`VARConfig.sampler_kv`); kvpage-N positions per page of the stacked cache (`VARConfig.kv_page`,
 a multiple of 64); top-k / top-p filter auto | sort | bisect | pallas
 (`VARConfig.sampling_filter`); attention prologue auto | xla | pallas
 (`VARConfig.attn_prologue`); norm kernel adaln auto | xla | pallas (`VARConfig.adaln_kernel`);
+W4A8 nibble unpacking unpack call | layer (`VARConfig.nibble_unpack`);
 gemm-bf16out gives the float blocks' matmuls bf16 outputs
 (`VARConfig.matmul_out`); ffn-unfused turns off fc1's quantizing epilogue
 (`VARConfig.fuse_ffn_quant`).
@@ -310,6 +311,7 @@ def run(args) -> int:
             "matmul_out": current["var_cfg"].matmul_out,
             "attn_prologue": attn_prologue_impl(current["var_cfg"]),
             "adaln_kernel": current["var_cfg"].adaln_kernel,
+            "nibble_unpack": current["var_cfg"].nibble_unpack,
             "blocks": variant.blocks,
             "batch": b,
             "param_bytes": current["bytes"],
