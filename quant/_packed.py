@@ -38,9 +38,8 @@ Backends (``jax.default_backend()``, chosen when the function is traced; the ker
     ``PALLAS_MIN_ROWS`` rows and a contraction that is a multiple of 128; other calls of the
     same layer take ``"barrier"``. ``"pallas"`` runs the kernel variant ``PALLAS_VARIANT`` for
     bf16 outputs and ``PALLAS_ACT_QUANT_VARIANT`` for the quantizing epilogue;
-    ``"pallas_ws"`` / ``"pallas_pp"`` / ``"pallas_coop"`` pin one for both (``quant._pallas_gpu``:
-    "ws", cooperative consumer warpgroups; "pp", ping-pong consumers; "coop", measured slower),
-    so they can be timed side by side.
+    ``"pallas_ws"`` / ``"pallas_pp"`` pin one for both (``quant._pallas_gpu``: "ws", cooperative
+    consumer warpgroups; "pp", ping-pong consumers), so they can be timed side by side.
   * anything else (CPU, TPU): ``"xla"``, the plain expression; XLA fuses as it likes.
 
 ``packed_dense`` is ``input_quant.quantize`` followed by ``packed_dense_codes`` (the int8 Dense
@@ -77,10 +76,10 @@ __all__ = [
     "unpack_nibble_storage",
 ]
 
-IMPLS = ("xla", "barrier", "pallas", "pallas_ws", "pallas_pp", "pallas_coop")
+IMPLS = ("xla", "barrier", "pallas", "pallas_ws", "pallas_pp")
 # The impls that run the Hopper kernel, and the `int8_dense_fused` variant each pins (None: the
 # defaults below).
-PALLAS_IMPLS = {"pallas": None, "pallas_ws": "ws", "pallas_pp": "pp", "pallas_coop": "coop"}
+PALLAS_IMPLS = {"pallas": None, "pallas_ws": "ws", "pallas_pp": "pp"}
 # Impl "pallas"'s kernel variants, by H100 measurements (2026-11-27, VAR-d30 shapes,
 # BENCHMARKS.md): layers with a bf16 output run "ws" (fc1 32768x1920x7680: 829 us, "pp" 877;
 # fc2 699 against 937); fc1's GELU + quantizing epilogue runs "pp", whose other consumer keeps

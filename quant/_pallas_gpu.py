@@ -85,18 +85,14 @@ Variants (``variant=``)
   managed by hand (``_pp_call``). On H100 (2026-11-27) it is the faster form for fc1's GELU +
   quantizing epilogue (VAR-d30 last scale 1128 -> 1011 us) and the slower one for bf16 outputs
   (its 128 x 128 tiles: fc2 699 -> 937 us), so ``quant._packed`` runs each where it wins.
-* ``"coop"``: "ws"'s 256 x 128 tiles (both consumers, one above the other) on "pp"'s
-  hand-managed ring, which runs on across tiles instead of draining after each one. Measured
-  slower than "ws" on every VAR-d30 shape (H100, 2026-11-27: fc1 777 -> 837 us, fc2 662 -> 728);
-  kept as the tested record of that experiment (``BENCHMARKS.md``), not used by default.
 
-In all four, each consumer warpgroup TMA-copies its per-row / per-column vectors into SMEM when its
+In all three, each consumer warpgroup TMA-copies its per-row / per-column vectors into SMEM when its
 tile starts (one barrier, seven arrivals), loads them after the K loop in the row / column slices
 of the WGMMA register layout (``plgpu.Layout.WGMMA.reduce(1)`` / ``.reduce(0)``), broadcasts them
 onto the accumulator 64 columns at a time, and writes each bf16 chunk to a swizzled SMEM buffer
 that a TMA store sends to HBM.
 
-Output quantization (``out_quant``, the persistent variants)
+Output quantization (``out_quant``, variants "ws" and "pp")
 -------------------------------------------------
 In VAR's FFN, fc1's bf16 output goes through GELU(tanh) and is quantized per row (token group)
 for fc2, which also needs ``sum_x = sum_n q``; unfused, XLA runs that as a separate pass over the
@@ -213,7 +209,7 @@ _NEEDED_API = (
     "wgmma_wait",
 )
 SMEM_LIMIT = 227 * 1024  # opt-in dynamic shared memory per block on H100 (232448 bytes)
-VARIANTS = ("ws", "pipeline", "pp", "coop")
+VARIANTS = ("ws", "pipeline", "pp")
 
 
 def _jax_version() -> tuple[int, ...]:
@@ -293,8 +289,6 @@ class FusedConfig:
                 self.block_m * (2 if self.split == "m" else 1),
                 self.block_n * (2 if self.split == "n" else 1),
             )
-        if self.variant == "coop":  # both consumers, one above the other
-            return 2 * self.block_m, self.block_n
         return self.block_m, self.block_n  # "pipeline"; "pp": one consumer's tile
 
     def cluster_tile(self) -> tuple[int, int]:
@@ -311,10 +305,8 @@ class FusedConfig:
             raise ValueError(f"cluster must be None, 'm' or 'n', got {self.cluster!r}")
         if self.cluster is not None and self.variant != "ws":
             raise ValueError("cluster is supported by variant 'ws' only")
-        if self.variant in ("pp", "coop") and self.stages < 2:
-            raise ValueError(
-                f"variant {self.variant!r} keeps one wgmma in flight: needs stages >= 2"
-            )
+        if self.variant == "pp" and self.stages < 2:
+            raise ValueError("variant 'pp' keeps one wgmma in flight: needs stages >= 2")
         if self.semantics not in ("warpgroup", "lane"):
             raise ValueError(f"semantics must be 'warpgroup' or 'lane', got {self.semantics!r}")
         if self.block_m % 64:
@@ -350,7 +342,7 @@ def smem_bytes(cfg: FusedConfig, out_quant: bool = False) -> int:
     out = cta_m * cta_n * (1 if out_quant else 2)
     row_vectors = 3 + (3 if out_quant else 0)  # s_x, z_x, sum_x (+ 1/s_out, z_out, row sums)
     vectors = (row_vectors * cfg.block_m + 4 * cfg.block_n) * 4
-    if cfg.variant in ("ws", "coop"):
+    if cfg.variant == "ws":
         vectors *= 2  # per consumer warpgroup
     elif cfg.variant == "pp":  # each consumer has its own output tile and vectors
         out *= 2
@@ -870,8 +862,7 @@ _PP_CONSUMER_REGISTERS = 232
 
 
 def _pp_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
-    """Ping-pong form of ``_ws_call`` (same operands, outputs and epilogues); with variant
-    "coop", the cooperative form of "ws" on the same hand-managed ring (below).
+    """Ping-pong form of ``_ws_call`` (same operands, outputs and epilogues).
 
     In "ws" both consumers work on halves of one CTA tile, so they finish its K loop together
     and run their epilogues together while the tensor cores idle (for fc1's GELU + quantizing
@@ -891,21 +882,12 @@ def _pp_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
     ``consumed[s]`` (one arrival) hands slot ``s`` back to the producer, which waits on every
     phase of it in ring order. A consumer keeps one wgmma group in flight (``wgmma_wait(1)``)
     and releases a slot once the wgmma reading it has completed.
-
-    Variant "coop": both consumers work on every tile (``2 block_m x block_n``, one above the
-    other, as "ws" with ``split="m"``), so each slot holds both halves' activation rows and
-    needs both consumers' releases (``consumed``: two arrivals), and one ``full`` barrier per
-    slot serves both. Unlike "ws", whose per-tile pipeline lets the producer load a tile only
-    after the consumers drained the previous one, the ring runs on across tiles: the producer
-    loads the next tile's first steps while the consumers finish the current one.
     """
-    pingpong = cfg.variant == "pp"
     m, k = q_x.shape
     n = q_w.shape[0]
     tm, tn, tk = cfg.block_m, cfg.block_n, cfg.block_k
-    cta_m = cfg.cta_tile()[0]
     stages = cfg.stages
-    m_iters, n_iters, k_iters = pl.cdiv(m, cta_m), pl.cdiv(n, tn), k // tk
+    m_iters, n_iters, k_iters = pl.cdiv(m, tm), pl.cdiv(n, tn), k // tk
     num_tiles = m_iters * n_iters
     num_ctas = max(1, min(cfg.num_ctas or _num_sms(), num_tiles))
     op_tf = _tile_transforms(tk, jnp.int8)
@@ -929,7 +911,7 @@ def _pp_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
                 m_idx = lax.div(lin, jnp.int32(n_iters))  # N fastest: the weights stay in L2
                 n_idx = lax.rem(lin, jnp.int32(n_iters))
                 return (
-                    _tile_start(m_idx, cta_m, m, m % cta_m == 0),
+                    _tile_start(m_idx, tm, m, m % tm == 0),
                     _tile_start(n_idx, tn, n, n % tn == 0),
                 )
 
@@ -940,7 +922,7 @@ def _pp_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
                 @pl.loop(0, cta_tiles)
                 def _tile(j):
                     row0, col0 = tile_origin(j)
-                    c = lax.rem(j, jnp.int32(2)) if pingpong else 0  # whose "full" barriers
+                    c = lax.rem(j, jnp.int32(2))
 
                     @pl.loop(0, k_iters)
                     def _step(kk):
@@ -953,8 +935,7 @@ def _pp_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
 
                         ks = pl.ds(pl.multiple_of(kk * tk, tk), tk)
                         bar = full.at[c * stages + slot]
-                        a_rows = pl.ds(row0, cta_m)
-                        plgpu.copy_gmem_to_smem(qx_g.at[a_rows, ks], a_smem.at[slot], bar)
+                        plgpu.copy_gmem_to_smem(qx_g.at[pl.ds(row0, tm), ks], a_smem.at[slot], bar)
                         plgpu.copy_gmem_to_smem(qw_g.at[pl.ds(col0, tn), ks], w_smem.at[slot], bar)
 
                 # Observe the releases of the last `stages` steps too, so that every phase of
@@ -969,16 +950,10 @@ def _pp_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
             def _consumer():
                 plgpu.set_max_registers(_PP_CONSUMER_REGISTERS, action="increase")
 
-                # pp: this consumer's tiles j = wg, wg + 2, ...; coop: every tile, its half.
-                trips = lax.div(cta_tiles - wg + 1, jnp.int32(2)) if pingpong else cta_tiles
-                full_base = wg * stages if pingpong else 0
-
-                @pl.loop(0, trips)
+                @pl.loop(0, lax.div(cta_tiles - wg + 1, jnp.int32(2)))
                 def _tile(t):
-                    j = wg + 2 * t if pingpong else t
+                    j = wg + 2 * t
                     row0, col0 = tile_origin(j)
-                    if not pingpong:
-                        row0 = row0 + wg * tm
                     rows_ds, cols_ds = pl.ds(row0, tm), pl.ds(col0, tn)
                     _load_tile_vectors(
                         row_g, col_g, row_smem, col_smem, vec_bar, wg, rows_ds, cols_ds
@@ -990,11 +965,8 @@ def _pp_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
                         def _step(kk):
                             g = base + kk
                             slot = lax.rem(g, jnp.int32(stages))
-                            plgpu.barrier_wait(full.at[full_base + slot])
-                            a = a_smem.at[slot]
-                            if not pingpong:
-                                a = a.at[pl.ds(wg * tm, tm)]
-                            plgpu.wgmma(acc_ref, a, w_smem.at[slot].T)
+                            plgpu.barrier_wait(full.at[wg * stages + slot])
+                            plgpu.wgmma(acc_ref, a_smem.at[slot], w_smem.at[slot].T)
                             plgpu.wgmma_wait(1)  # the previous step's wgmma has completed
 
                             @pl.when(kk > 0)
@@ -1013,10 +985,10 @@ def _pp_call(q_x, q_w, rows, cols, cfg: FusedConfig, interpret, quant=None):
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
         scratch = [
-            plgpu.SMEM((stages, cta_m, tk), jnp.int8, transforms=op_tf),
+            plgpu.SMEM((stages, tm, tk), jnp.int8, transforms=op_tf),
             plgpu.SMEM((stages, tn, tk), jnp.int8, transforms=op_tf),
-            plgpu.Barrier(num_arrivals=2, num_barriers=(2 if pingpong else 1) * stages),
-            plgpu.Barrier(num_arrivals=1 if pingpong else 2, num_barriers=stages),
+            plgpu.Barrier(num_arrivals=2, num_barriers=2 * stages),
+            plgpu.Barrier(num_arrivals=1, num_barriers=stages),
             plgpu.SMEM((2, tn // chunk_n, tm, chunk_n), out_dtype, transforms=out_tf),
             [plgpu.SMEM((2, tm), dt) for dt in row_dtypes],
             [plgpu.SMEM((2, tn), dt) for dt in _COL_DTYPES],
@@ -1204,19 +1176,18 @@ def int8_dense_fused(
         the epilogue (module doc, "Output quantization"): per-row float32 scale and
         integer-valued zero point (``[M]``, ``[M, 1]`` or scalars, as ``ActQuant.for_positions``
         gives them), ``bits`` in [2, 8]. Needs N a multiple of ``block_n`` and at least one CTA
-        tile wide; every variant but "pipeline".
+        tile wide; variants "ws" and "pp".
       activation: with ``out_quant``: None or ``"gelu_tanh"`` (``jax.nn.gelu(approximate=True)``
         applied between this layer's bf16 output and the quantization).
       block_m, block_n, block_k: one consumer warpgroup's accumulator tile and the K step.
-      stages: SMEM slots of the K pipeline (default 3 for "ws" and "coop", 4 for "pp", 2 for
-        "pipeline").
-      variant: "ws" (persistent warp-specialized), "pp" (persistent, ping-pong consumers),
-        "coop" ("ws"'s tiles on "pp"'s ring) or "pipeline" (see module doc).
+      stages: SMEM slots of the K pipeline (default 3 for "ws", 4 for "pp", 2 for "pipeline").
+      variant: "ws" (persistent warp-specialized), "pp" (persistent, ping-pong consumers) or
+        "pipeline" (see module doc).
       split: "ws" only: the two consumers split the CTA tile along "m" or "n".
       cluster: "ws" only: None, or pair CTAs along "m" / "n" in a 2-CTA cluster that multicasts
         the shared operand tile (the weight for "m", the activations for "n").
       semantics: Mosaic GPU lowering semantics, "warpgroup" (jax 0.11's default) or "lane".
-      num_ctas: the persistent variants: persistent CTAs (default: number of SMs; rounded down to whole
+      num_ctas: "ws" and "pp": persistent CTAs (default: number of SMs; rounded down to whole
         clusters).
       approx_math: let Mosaic GPU use approximate transcendental instructions (the GELU's
         ``tanh.approx.f32``; relative error ~2^-11, below the bf16 rounding that follows it,
@@ -1231,7 +1202,7 @@ def int8_dense_fused(
     if plgpu is None:
         raise RuntimeError(f"int8_dense_fused: {unavailable_reason()}")
     if stages is None:
-        stages = {"ws": 3, "pp": 4, "coop": 3}.get(variant, 2)
+        stages = {"ws": 3, "pp": 4}.get(variant, 2)
     cfg = FusedConfig(
         variant=variant,
         block_m=block_m,
@@ -1260,7 +1231,7 @@ def int8_dense_fused(
         if cfg.variant == "pipeline":
             raise NotImplementedError(
                 "int8_dense_fused: out_quant (the quantizing epilogue) is implemented for"
-                " the persistent variants ('ws', 'pp', 'coop') only"
+                " variants 'ws' and 'pp' only"
             )
         if n % cfg.block_n or n < cta_n:
             # Partial sums are per block_n columns; a padded column would add codes of its own.
@@ -1278,7 +1249,7 @@ def int8_dense_fused(
     cols = tuple(_pad_to(v, 0, n_k) for v in cols)
     if cfg.variant == "ws":
         out = _ws_call(q_x, q_w, rows, cols, cfg, interpret, quant)
-    elif cfg.variant in ("pp", "coop"):
+    elif cfg.variant == "pp":
         out = _pp_call(q_x, q_w, rows, cols, cfg, interpret, quant)
     else:
         out = _pipeline_call(q_x, q_w, rows, cols, cfg, interpret)

@@ -41,7 +41,6 @@ VARIANTS = {
     "pp": {"variant": "pp"},  # ping-pong consumers, 128 x 128 tiles, 4 ring slots
     "pp_s3": {"variant": "pp", "stages": 3},
     "pp_s5": {"variant": "pp", "stages": 5},
-    "coop": {"variant": "coop"},  # "ws"'s tiles on a ring that runs on across tiles
 }
 
 

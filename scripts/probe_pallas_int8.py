@@ -87,8 +87,6 @@ CONFIGS = {
     # ping-pong consumers, each on its own 128x128 tiles, one ring of 4 (5) K-step slots
     "pp_s4": {"variant": "pp", "block_k": 128, "stages": 4},
     "pp_s5": {"variant": "pp", "block_k": 128, "stages": 5},
-    # "ws"'s 256x128 CTA tile on "pp"'s hand-managed ring, which runs on across tiles
-    "coop_s3": {"variant": "coop", "block_k": 128, "stages": 3},
 }
 FALLBACK_CONFIGS = {
     "ws_m_lane": {"variant": "ws", "split": "m", "stages": 3, "semantics": "lane"},

@@ -54,7 +54,6 @@ CONFIGS = {
     "pipe_lane": {"variant": "pipeline", "semantics": "lane"},
     "pp": {"variant": "pp"},  # ping-pong consumers, 4 ring slots
     "pp_s2": {"variant": "pp", "stages": 2},
-    "coop": {"variant": "coop"},  # "ws"'s tiles on the hand-managed ring of "pp"
 }
 # Prime-ish sizes: K needs padding to 64/128, M to a multiple of 8 and N of 64 (TMA tiles) and
 # then the last tile overlaps its neighbour (257, 389, 520), or M / N are smaller than one tile.
@@ -71,11 +70,10 @@ OVERLAP = {
     "ws_cln": ((136, 128, 320), {"variant": "ws", "split": "n", "cluster": "n"}),
     "pipe": ((200, 128, 192), {"variant": "pipeline"}),  # CTA 128x128
     "pp": ((264, 256, 320), {"variant": "pp"}),  # 128x128 tiles, both dimensions ragged
-    "coop": ((520, 384, 320), {"variant": "coop"}),  # CTA 256x128, both dimensions ragged
 }
 # Variants whose persistent CTAs take a num_ctas (the tests use 2: several tiles per CTA, and
 # with "pp" both consumers' tiles).
-PERSISTENT = ("ws", "pp", "coop")
+PERSISTENT = ("ws", "pp")
 
 
 def _problem(m, k, n, seed=0, scalar_rows=False):
@@ -174,7 +172,7 @@ def test_fused_equals_packed_dense_layer():
 
 
 @interpret_only
-@pytest.mark.parametrize("config", ["ws_m", "ws_n", "pipe", "pp", "pp_s2", "coop"])
+@pytest.mark.parametrize("config", ["ws_m", "ws_n", "pipe", "pp", "pp_s2"])
 def test_interpret_mode_matches_reference(config):
     args = _problem(257, 300, 131, seed=11)
     kw = dict(CONFIGS[config], interpret=pg.plgpu.InterpretGPUParams())
@@ -337,14 +335,13 @@ def _check_codes(got, want, bits, exact):
         assert np.mean(q != q_ref) < 1e-3
 
 
-# The quantizing epilogue (the persistent variants): ragged M and N with overlapping last tiles.
+# The quantizing epilogue (variants "ws" and "pp"): ragged M and N with overlapping last tiles.
 OUT_QUANT = {
     "ws_m": ((264, 128, 384), {"split": "m"}, 8, "gelu_tanh"),
     "ws_n": ((200, 128, 384), {"split": "n"}, 6, "gelu_tanh"),
     "ws_clm_linear": ((520, 128, 256), {"split": "m", "cluster": "m"}, 8, None),
     "pp": ((264, 256, 384), {"variant": "pp"}, 8, "gelu_tanh"),
     "pp_s3_linear": ((200, 128, 384), {"variant": "pp", "stages": 3}, 6, None),
-    "coop": ((264, 384, 384), {"variant": "coop"}, 8, "gelu_tanh"),
 }
 
 
@@ -373,7 +370,7 @@ def test_out_quant_argument_checks():
     with pytest.raises(ValueError, match="multiple of block_n"):
         pg.int8_dense_fused(*args, out_quant=oq)  # N = 192: a partial column tile
     args = _problem(256, 128, 256)
-    with pytest.raises(NotImplementedError, match="persistent variants"):
+    with pytest.raises(NotImplementedError, match="variants 'ws' and 'pp'"):
         pg.int8_dense_fused(*args, out_quant=oq, variant="pipeline")
     with pytest.raises(ValueError, match="only with out_quant"):
         pg.int8_dense_fused(*args, activation="gelu_tanh")
@@ -385,7 +382,7 @@ def test_out_quant_argument_checks():
 
 
 @gpu
-@pytest.mark.parametrize("config", ["ws_m", "ws_n", "ws_m_clN", "ws_m_clM", "pp", "coop"])
+@pytest.mark.parametrize("config", ["ws_m", "ws_n", "ws_m_clN", "ws_m_clM", "pp"])
 @pytest.mark.parametrize(
     "shape", [(2056, 384, 1024), (300, 1920, 7680)], ids=lambda s: "x".join(map(str, s))
 )
@@ -396,7 +393,6 @@ def test_fused_out_quant_matches_reference(config, shape):
         "ws_m_clN": {"split": "m", "cluster": "n"},
         "ws_m_clM": {"split": "m", "cluster": "m"},
         "pp": {"variant": "pp"},
-        "coop": {"variant": "coop"},
     }[config]
     args = _problem(*shape, seed=sum(shape))
     oq = _out_quant(args, 8, seed=2)
@@ -429,7 +425,7 @@ def _act_quant_layer(rows_per_batch, seed):
 
 
 @interpret_only
-@pytest.mark.parametrize("impl", ["pallas", "pallas_ws", "pallas_pp", "pallas_coop"])
+@pytest.mark.parametrize("impl", ["pallas", "pallas_ws", "pallas_pp"])
 def test_packed_dense_act_quant_routes_to_fused_epilogue(monkeypatch, impl):
     """``packed_dense_act_quant(impl=...)`` with each Pallas impl: the kernel variant it names
     (``PALLAS_VARIANT`` for "pallas") and its quantizing epilogue give the codes (and sums) of
@@ -447,8 +443,9 @@ def test_packed_dense_act_quant_routes_to_fused_epilogue(monkeypatch, impl):
     x, pk, bias, aq, nq, pos = _act_quant_layer(37, seed=4)
     q, s = _packed.packed_dense_act_quant(x, pk, bias, aq, pos, nq, impl=impl)
     assert [kw["activation"] for kw in calls] == ["gelu_tanh"]
-    pinned = {"pallas_ws": "ws", "pallas_pp": "pp", "pallas_coop": "coop"}
-    want_variant = pinned.get(impl, _packed.PALLAS_ACT_QUANT_VARIANT)
+    want_variant = {"pallas_ws": "ws", "pallas_pp": "pp"}.get(
+        impl, _packed.PALLAS_ACT_QUANT_VARIANT
+    )
     assert [kw["variant"] for kw in calls] == [want_variant]
     q_ref, s_ref = _packed.packed_dense_act_quant(x, pk, bias, aq, pos, nq, impl="xla")
     assert q.dtype == jnp.int8 and q.shape == (2, 37, 384) and s.shape == (2, 37, 1)
@@ -509,8 +506,6 @@ LOWER_CASES = {
     "ws_n_clN_quant": ((21632, 1920, 7680), {"split": "n", "cluster": "n"}, "gelu_tanh"),
     "pp": ((21632, 1920, 1920), {"variant": "pp"}, None),
     "pp_quant": ((21632, 1920, 7680), {"variant": "pp"}, "gelu_tanh"),
-    "coop": ((21632, 1920, 1920), {"variant": "coop"}, None),
-    "coop_quant": ((21632, 1920, 7680), {"variant": "coop"}, "gelu_tanh"),
 }
 
 

@@ -37,7 +37,6 @@ INT8_IMPLS = (
     "pallas",
     "pallas_ws",
     "pallas_pp",
-    "pallas_coop",
 )  # qarray: QArray [I, O], unpacked
 ATTENTIONS = ("auto", "xla", "cudnn")
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
