@@ -716,9 +716,9 @@ def test_broken_file_is_refused_quickly(tmp_path, case):
 
 
 def test_pickle_cannot_mutate_the_allowlisted_objects(tmp_path):
-    from converters import torch_reader
+    from converters import _unpickle
 
-    defaults = torch_reader._rebuild_tensor_v2.__defaults__
+    defaults = _unpickle._rebuild_tensor_v2.__defaults__
     # GLOBAL f; BUILD (None, {"__defaults__": ()}): slot state is applied with setattr.
     slots = b"N}" + op_str("__defaults__") + b")s\x86b"
     pid = b"(" + op_str("storage") + op_global("torch", "FloatStorage") + op_str("0")
@@ -740,7 +740,7 @@ def test_pickle_cannot_mutate_the_allowlisted_objects(tmp_path):
         )
         with pytest.raises(CheckpointError, match=re.escape(fragment)):
             read_checkpoint(path)
-    assert torch_reader._rebuild_tensor_v2.__defaults__ == defaults
+    assert _unpickle._rebuild_tensor_v2.__defaults__ == defaults
     assert "__repr__" in vars(PickledNamespace) and repr(PickledNamespace(a=1)) == "Namespace(a=1)"
     ok = write_zip(tmp_path / "ok.pth", {"w": tensor(np.ones(2, np.float32))})
     np.testing.assert_array_equal(load_state_dict(ok)["w"], [1, 1])
