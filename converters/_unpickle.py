@@ -23,6 +23,13 @@ import numpy as np
 from converters._lazy import Invalid, LazyTensor, _Storage, extent, refuse_setstate, show
 
 _MAX_LINE = 1 << 16  # longest line a text pickle opcode may read while pre-scanning
+# A state dict pickles to ~110 bytes and ~31 opcodes per tensor (MAR's two 92-tensor dicts: 20 KB,
+# 5.7 k opcodes), so these caps leave room for ~30 k tensors plus their training state. They bound
+# what a small hostile file (a compressed member inflates up to 1032x) can cost: the pre-scan reads
+# at most MAX_PICKLE_OPS opcodes (~1 s), and the unpickled objects, about 70 bytes per opcode at
+# worst, stay under ~100 MB.
+MAX_PICKLE_BYTES = 64 << 20
+MAX_PICKLE_OPS = 1_000_000
 
 STORAGE_DTYPES = {
     "DoubleStorage": np.float64,
@@ -229,33 +236,57 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 class _Bounded:
-    """File view for `pickletools.genops` that never reads past `end` nor an unbounded line."""
+    """File view for `pickletools.genops` that never reads past `end` nor an unbounded line.
+
+    It keeps the position itself: asking a buffered file for it costs a system call per opcode.
+    """
 
     def __init__(self, fh: BinaryIO, end: int):
-        self._fh, self._end = fh, end
+        self._fh, self._end, self._pos = fh, end, fh.tell()
 
     def read(self, n: int = -1) -> bytes:
-        left = max(0, self._end - self._fh.tell())
-        return self._fh.read(left if n < 0 else min(n, left))
+        left = max(0, self._end - self._pos)
+        data = self._fh.read(left if n < 0 else min(n, left))
+        self._pos += len(data)
+        return data
 
     def readline(self) -> bytes:
-        return self._fh.readline(min(_MAX_LINE, max(0, self._end - self._fh.tell())))
+        data = self._fh.readline(min(_MAX_LINE, max(0, self._end - self._pos)))
+        self._pos += len(data)
+        return data
 
     def tell(self) -> int:
-        return self._fh.tell()
+        return self._pos
 
 
 def load_pickle(
     fh: BinaryIO, end: int, what: str, persistent_load: Callable[[Any], Any] | None = None
 ) -> Any:
-    """Unpickles the pickle at `fh`'s position, leaving `fh` just past its STOP opcode."""
+    """Unpickles the pickle at `fh`'s position, leaving `fh` just past its STOP opcode.
+
+    Raises:
+        Invalid: The pickle is corrupt, longer than `MAX_PICKLE_BYTES` or `MAX_PICKLE_OPS`, or
+            needs a global outside the allowlist.
+    """
     start = fh.tell()
+    limit = min(end, start + MAX_PICKLE_BYTES)
     # Pre-scan the opcodes: the C unpickler allocates a counted bytes/str opcode's length before
     # reading it, so a corrupt length could ask for terabytes. genops reads through `_Bounded`.
+    ops = 0
     try:
-        for _ in pickletools.genops(_Bounded(fh, end)):
-            pass
+        for ops, _ in enumerate(pickletools.genops(_Bounded(fh, limit)), 1):
+            if ops > MAX_PICKLE_OPS:
+                raise Invalid(
+                    f"{what} has over {MAX_PICKLE_OPS:,} opcodes (a state dict needs ~31 per "
+                    "tensor); refusing (pickle bomb?)"
+                )
+    except Invalid:
+        raise
     except Exception as e:  # noqa: BLE001 (any corruption must become one line)
+        if limit < end and fh.tell() >= limit:
+            raise Invalid(
+                f"{what} runs past {MAX_PICKLE_BYTES >> 20} MiB, the cap for a pickle; refusing"
+            ) from None
         raise Invalid(f"corrupt {what} ({show(e)})") from None
     stop = fh.tell()
     fh.seek(start)
