@@ -1,6 +1,7 @@
 """Checkpoint readers (no torch) and per-family converters to Flax parameter trees."""
 
 from converters._errors import CheckpointError, ConversionError
+from converters._finite import NonFinite, check_finite, find_nonfinite
 from converters.torch_reader import (
     LazyTensor,
     PickledNamespace,
@@ -13,7 +14,10 @@ __all__ = [
     "CheckpointError",
     "ConversionError",
     "LazyTensor",
+    "NonFinite",
     "PickledNamespace",
+    "check_finite",
+    "find_nonfinite",
     "load_state_dict",
     "open_state_dict",
     "read_checkpoint",
