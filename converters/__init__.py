@@ -2,6 +2,7 @@
 
 from converters._errors import CheckpointError, ConversionError
 from converters._finite import NonFinite, check_finite, find_nonfinite
+from converters._identify import Identification, identify, mismatch_report
 from converters.torch_reader import (
     LazyTensor,
     PickledNamespace,
@@ -13,12 +14,15 @@ from converters.torch_reader import (
 __all__ = [
     "CheckpointError",
     "ConversionError",
+    "Identification",
     "LazyTensor",
     "NonFinite",
     "PickledNamespace",
     "check_finite",
     "find_nonfinite",
+    "identify",
     "load_state_dict",
+    "mismatch_report",
     "open_state_dict",
     "read_checkpoint",
 ]
