@@ -31,6 +31,14 @@ def show(text: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def size_text(n: int) -> str:
+    """`n` bytes for a message: "4.0 GiB", "64 MiB", "12 bytes"."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n // scale} {unit}" if n % scale == 0 else f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def refuse_setstate(self: object, state: object) -> None:
     """`__setstate__` of every object a pickle can reach: the BUILD opcode calls it, and the
     default a frozen slotted dataclass gets would rewrite its fields (even those of the shared

@@ -20,7 +20,15 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
-from converters._lazy import Invalid, LazyTensor, _Storage, extent, refuse_setstate, show
+from converters._lazy import (
+    Invalid,
+    LazyTensor,
+    _Storage,
+    extent,
+    refuse_setstate,
+    show,
+    size_text,
+)
 
 _MAX_LINE = 1 << 16  # longest line a text pickle opcode may read while pre-scanning
 # A state dict pickles to ~110 bytes and ~31 opcodes per tensor (MAR's two 92-tensor dicts: 20 KB,
@@ -285,7 +293,8 @@ def load_pickle(
     except Exception as e:  # noqa: BLE001 (any corruption must become one line)
         if limit < end and fh.tell() >= limit:
             raise Invalid(
-                f"{what} runs past {MAX_PICKLE_BYTES >> 20} MiB, the cap for a pickle; refusing"
+                f"{what} runs past {size_text(MAX_PICKLE_BYTES)}, the cap for a pickle (or has a "
+                f"corrupt length); refusing ({show(e)})"
             ) from None
         raise Invalid(f"corrupt {what} ({show(e)})") from None
     stop = fh.tell()

@@ -20,20 +20,12 @@ import struct
 import zipfile
 from typing import Any, BinaryIO
 
-from converters._lazy import Invalid, Source, _Storage, show
+from converters._lazy import Invalid, Source, _Storage, show, size_text
 from converters._unpickle import MAX_PICKLE_BYTES, load_pickle, parse_pid
 
 _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data by more than this factor
 _CHUNK = 1 << 20  # bytes inflated per step: memory beyond the result stays this small
 _MAX_BYTEORDER = 1 << 10  # the byteorder record holds "little" or "big"
-
-
-def _size(n: int) -> str:
-    """`n` bytes for a message: "4.0 GiB", "64 MiB", "12 bytes"."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n // scale} {unit}" if n % scale == 0 else f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def _check_member(
@@ -56,13 +48,13 @@ def _check_member(
     if cap is not None and info.file_size > cap:
         bomb = "" if stored else " (zip bomb?)"
         raise Invalid(
-            f"{name} declares {_size(info.file_size)} uncompressed, over the {_size(cap)} cap "
-            f"for {what}; refusing{bomb}"
+            f"{name} declares {size_text(info.file_size)} uncompressed, over the "
+            f"{size_text(cap)} cap for {what}; refusing{bomb}"
         )
     if info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 64:
         raise Invalid(
-            f"{name} declares {_size(info.file_size)} uncompressed from "
-            f"{_size(info.compress_size)}, an impossible expansion; refusing (zip bomb?)"
+            f"{name} declares {size_text(info.file_size)} uncompressed from "
+            f"{size_text(info.compress_size)}, an impossible expansion; refusing (zip bomb?)"
         )
 
 

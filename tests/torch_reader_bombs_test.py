@@ -190,6 +190,17 @@ def test_pickle_with_too_many_opcodes_is_refused_while_scanning(tmp_path, fmt, m
     refused(ops_bomb(tmp_path, fmt, 200_000), "has over 20,000 opcodes", peak_mb=1.0)
 
 
+def test_legacy_pickle_longer_than_the_cap(tmp_path, monkeypatch):
+    # Legacy pickles are read from the file itself (the storages follow them): the pre-scan stops
+    # at the cap instead of reading on.
+    monkeypatch.setattr(_unpickle, "MAX_PICKLE_BYTES", 1 << 16)
+    headers = [0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}]
+    body = b"\x80\x02" + b"X" + struct.pack("<I", 1 << 17) + bytes(1 << 17) + b"."
+    path = tmp_path / "long.pth"
+    path.write_bytes(b"".join(pickle.dumps(h, protocol=2) for h in headers) + body)
+    refused(path, "main pickle runs past 64 KiB, the cap for a pickle")
+
+
 # --------------------------------------------------------------------------- records
 
 
