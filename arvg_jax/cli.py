@@ -12,6 +12,7 @@ import sys
 
 # name -> one-line help. The module arvg_jax.commands.<name> implements it.
 COMMANDS = {
+    "models": "list the model families and their presets (every --model value)",
     "demo": "quantize the embedded default model and write images and a report",
     "inspect": "list the keys, shapes and dtypes of a checkpoint (or a quantized directory)",
     "generate": "generate images from a float checkpoint or a quantized directory",
@@ -22,10 +23,19 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arvg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="arvg",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         p.set_defaults(_module=f"arvg_jax.commands.{name}")
         try:
             module = importlib.import_module(f"arvg_jax.commands.{name}")

@@ -15,9 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arvg_jax.tokenizers import var_vqvae
-from arvg_jax.var import VAR
-
 
 @dataclasses.dataclass
 class Fidelity:
@@ -42,14 +39,10 @@ TABLE_HEADER = (
 
 
 def teacher_forced_logits(model, labels, tokens, batch: int = 16) -> np.ndarray:
-    """float32 logits [N, L, V] of `model` on token maps [N, L] (scales concatenated)."""
-    fn = jax.jit(lambda p, lab, x: VAR(model.cfg).apply({"params": p}, lab, x))
-    outs = []
-    for i in range(0, len(labels), batch):
-        idx = var_vqvae.split_idx(model.vae_cfg, tokens[i : i + batch])
-        x = var_vqvae.idx_to_var_input(model.vae_params, model.vae_cfg, idx)
-        outs.append(np.asarray(fn(model.params, jnp.asarray(labels[i : i + batch]), x)))
-    return np.concatenate(outs)
+    """float32 logits of `model` on token sequences (its family's teacher-forced forward)."""
+    from arvg_jax.models import teacher_forced_logits as tf_logits
+
+    return tf_logits(model, labels, tokens, batch=batch)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

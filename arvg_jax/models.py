@@ -1,8 +1,9 @@
 """Loading models for the command line: presets, official checkpoints, quantized directories.
 
-A `Model` bundles everything generation needs (configs and params of the transformer and of its
-tokenizer) whatever its origin, so `arvg generate`, `quantize`, `evaluate` and `bench` treat float
-and quantized models alike.
+A `Model` bundles everything generation needs (family, configs and params of the transformer and
+of its tokenizer) whatever its origin, so `arvg generate`, `quantize`, `evaluate` and `bench`
+treat every family, float or quantized, alike. The family comes from the registry
+(`arvg_jax.families`); nothing here names one.
 """
 
 from __future__ import annotations
@@ -13,21 +14,8 @@ import os
 import pathlib
 from typing import Any
 
-import numpy as np
-
-from arvg_jax import assets
-from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
-from arvg_jax.var import VARConfig
-
-VAR_PRESETS = {
-    "var-d16": VARConfig.d16,
-    "var-d20": VARConfig.d20,
-    "var-d24": VARConfig.d24,
-    "var-d30": VARConfig.d30,
-    "var-d36": VARConfig.d36,
-    "var-tiny": VARConfig.tiny,
-}
-MODEL_CHOICES = (*VAR_PRESETS, "var")
+from arvg_jax import assets, families
+from arvg_jax.families import Family
 
 
 @dataclasses.dataclass
@@ -35,10 +23,10 @@ class Model:
     """A generator and its tokenizer. `params` may hold QArray leaves (quantized)."""
 
     family: str
-    cfg: VARConfig
+    cfg: Any
     params: dict[str, Any]
-    vae_cfg: VQVAEConfig
-    vae_params: dict[str, Any]
+    vae_cfg: Any  # the tokenizer's config
+    vae_params: dict[str, Any]  # the tokenizer's params
     name: str
     recipe: dict[str, Any] | None = None  # set for quantized models
     source: dict[str, Any] = dataclasses.field(default_factory=dict)  # where it came from
@@ -47,107 +35,108 @@ class Model:
     def quantized(self) -> bool:
         return self.recipe is not None
 
+    @property
+    def fam(self) -> Family:
+        return families.get(self.family)
+
 
 # One serialisation of configs for every file we write (quantized checkpoints, packaged tiny
-# models): architecture fields only. Runtime choices (compute dtype, sampler implementation
-# options: `arvg_jax.assets._RUNTIME_FIELDS`) are never pinned by a file, so a checkpoint gets
-# today's defaults, and older checkpoints that stored them still load.
+# models): architecture fields only. Execution choices (`arvg_jax.options.ExecOptions`) are never
+# pinned by a file, and older checkpoints that stored them still load.
 config_to_dict = assets.config_to_dict
 config_from_dict = assets.config_from_dict
 
 
-def resolve_configs(
-    model: str, config_path: str | os.PathLike | None
-) -> tuple[VARConfig, VQVAEConfig]:
-    """(VAR config, VQVAE config) for `--model NAME` or `--model var --config config.json`."""
-    from converters.var_vae import vae_config_from_fixture
+def model_choices() -> tuple[str, ...]:
+    return families.model_choices()
 
-    if model == "var":
+
+def resolve_configs(model: str, config_path: str | os.PathLike | None) -> tuple[Family, Any, Any]:
+    """(family, config, tokenizer config) for `--model PRESET` or `--model FAMILY --config
+    config.json` (official constructor arguments)."""
+    registry = families.all_families()
+    if model in registry:
         if config_path is None:
-            raise ValueError("--model var needs --config config.json (official constructor args)")
+            raise ValueError(f"--model {model} needs --config config.json (official constructor args)")
+        fam = registry[model]
         conf = json.loads(pathlib.Path(config_path).read_text())
-        return VARConfig.from_official(conf), vae_config_from_fixture(conf)
-    if model not in VAR_PRESETS:
-        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_CHOICES)}")
+        cfg, tok_cfg = fam.configs_from_official(conf)
+        return fam, cfg, tok_cfg
+    fam, preset = families.preset(model)
     if config_path is not None:
-        raise ValueError(f"--config is only for --model var (got --model {model})")
-    cfg = VAR_PRESETS[model]()
-    if model == "var-tiny":
-        vae_cfg = VQVAEConfig(
-            ch=32,
-            ch_mult=(1, 1),
-            num_res_blocks=1,
-            vocab_size=cfg.vocab_size,
-            z_channels=cfg.cvae,
-            patch_nums=cfg.patch_nums,
-        )
-    else:
-        vae_cfg = VQVAEConfig(patch_nums=cfg.patch_nums)
-    return cfg, vae_cfg
+        raise ValueError(f"--config is only for --model {fam.name} (got --model {model})")
+    return fam, preset.config(), preset.tokenizer_config()
 
 
 def load_float(
-    model: str, ckpt: str, vae: str, config_path: str | None = None, *, key: str | None = None
+    model: str,
+    ckpt: str | os.PathLike,
+    vae: str | os.PathLike,
+    config_path: str | os.PathLike | None = None,
+    *,
+    key: str | None = None,
 ) -> Model:
     """Converts official checkpoints (no torch) into a float `Model`."""
     from converters import load_state_dict
-    from converters.var import convert_var
-    from converters.var_vae import convert_vae
 
-    cfg, vae_cfg = resolve_configs(model, config_path)
-    params = convert_var(load_state_dict(ckpt, key=key), cfg)
-    vae_params = convert_vae(load_state_dict(vae), vae_cfg)
+    fam, cfg, tok_cfg = resolve_configs(model, config_path)
+    params = fam.convert(load_state_dict(ckpt, key=key), cfg)
+    vae_params = fam.convert_tokenizer(load_state_dict(vae), tok_cfg)
     return Model(
-        "var",
+        fam.name,
         cfg,
         params,
-        vae_cfg,
+        tok_cfg,
         vae_params,
         name=model,
-        source={"ckpt": str(ckpt), "vae": str(vae), "config": config_path},
+        source={"ckpt": str(ckpt), "vae": str(vae), "config": config_path and str(config_path)},
     )
 
 
 def random_model(model: str, seed: int = 0, config_path: str | None = None) -> Model:
     """Seeded random weights at a preset's full size (benchmarks, demos without checkpoints)."""
-    import jax
-
-    from arvg_jax.tokenizers import var_vqvae
-    from arvg_jax.var import VAR
-
-    cfg, vae_cfg = resolve_configs(model, config_path)
-    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    labels = np.zeros((1,), np.int32)
-    x = np.zeros((1, cfg.seq_len - cfg.first_l, cfg.cvae), np.float32)
-    params = jax.jit(lambda k: VAR(cfg).init(k, labels, x)["params"])(k1)
-    vae_params = jax.jit(var_vqvae.init_params, static_argnums=0)(vae_cfg, k2)  # one compile
+    fam, cfg, tok_cfg = resolve_configs(model, config_path)
+    params, vae_params = fam.init_params(cfg, tok_cfg, seed)
     return Model(
-        "var",
+        fam.name,
         cfg,
         params,
-        vae_cfg,
+        tok_cfg,
         vae_params,
         name=f"{model} (random weights)",
         source={"random_seed": seed},
     )
 
 
+def packaged_model(model: str) -> Model:
+    """A preset whose trained weights ship with the package (e.g. the tiny shapes models)."""
+    fam, preset = families.preset(model)
+    if not preset.packaged:
+        raise ValueError(f"--model {model} has no packaged weights: give --ckpt and --vae")
+    cfg, params, tok_cfg, tok_params, _ = fam.load_packaged(model)
+    return Model(
+        fam.name, cfg, params, tok_cfg, tok_params, name=model, source={"packaged": model}
+    )
+
+
 def load_quantized(directory: str | os.PathLike) -> Model:
-    """Restores a directory written by `arvg quantize` (self-contained: includes the VQVAE)."""
+    """Restores a directory written by `arvg quantize` (self-contained: includes the tokenizer)."""
     from quant import checkpoint
 
     params, vae_params, meta = checkpoint.load(directory)
-    if meta["family"] != "var":
-        raise ValueError(f"{directory}: family {meta['family']!r} is not supported yet")
     try:
-        cfg = config_from_dict(VARConfig, meta["model_config"])
-        vae_cfg = config_from_dict(VQVAEConfig, meta["vae_config"])
+        fam = families.get(meta["family"])
+    except ValueError as e:
+        raise ValueError(f"{directory}: {e}") from None
+    try:
+        cfg = config_from_dict(fam.config_cls, meta["model_config"])
+        vae_cfg = config_from_dict(fam.tokenizer_config_cls, meta["vae_config"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{directory}: model_config / vae_config in its metadata: {e}") from e
     if vae_params is None:
         raise ValueError(f"{directory}: has no tokenizer params (vae/)")
     return Model(
-        "var",
+        fam.name,
         cfg,
         params,
         vae_cfg,
@@ -163,12 +152,13 @@ def add_model_arguments(parser, *, quantized: bool = True) -> None:
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
-        choices=MODEL_CHOICES,
-        help="preset (var-d16 … var-d36) or 'var' with --config config.json",
+        choices=model_choices(),
+        metavar="MODEL",
+        help="a preset (`arvg models` lists them) or a family name with --config config.json",
     )
     g.add_argument("--ckpt", help="official transformer checkpoint, e.g. var_d16.pth")
     g.add_argument("--vae", help="official tokenizer checkpoint, e.g. vae_ch160v4096z32.pth")
-    g.add_argument("--config", help="official constructor arguments as JSON (--model var)")
+    g.add_argument("--config", help="official constructor arguments as JSON (--model FAMILY)")
     g.add_argument(
         "--ckpt-key", default=None, help="entry of a wrapped checkpoint to use (e.g. model_ema)"
     )
@@ -191,11 +181,54 @@ def model_from_args(args) -> Model:
 
 
 def float_model_from_args(args) -> Model:
-    """The float model of --model/--ckpt/--vae/--config (or --random-weights)."""
+    """The float model of --model/--ckpt/--vae/--config (or --random-weights, or packaged)."""
     if not args.model:
         raise ValueError("give --model (with --ckpt and --vae) or --quantized DIR")
     if args.random_weights:
         return random_model(args.model, config_path=args.config)
+    if not args.ckpt and not args.vae and args.model not in families.all_families():
+        _, preset = families.preset(args.model)
+        if preset.packaged:
+            return packaged_model(args.model)
     if not args.ckpt or not args.vae:
         raise ValueError(f"--model {args.model} needs --ckpt and --vae (or --random-weights)")
     return load_float(args.model, args.ckpt, args.vae, args.config, key=args.ckpt_key)
+
+
+# ---- what commands do with a Model (the family supplies the how) ------------------------------
+def quant_adapter(model: Model):
+    """The quantization adapter of the model's family for its config."""
+    return model.fam.quant_adapter(model.cfg)
+
+
+def prepare_calibration(model: Model, adapter, recipe, *, progress: bool = True, **generation):
+    """`quant.api.prepare_calibration` with the family's generator bound to this float model."""
+    from quant import api
+
+    fam = model.fam
+    gen = fam.calibration_generator(model.params, model.vae_params, model.cfg, model.vae_cfg)
+    return api.prepare_calibration(
+        adapter,
+        model.params,
+        gen,
+        lambda cands: fam.calibration_batch(model.vae_params, model.vae_cfg, cands),
+        recipe,
+        progress=progress,
+        **generation,
+    )
+
+
+def teacher_forced_logits(model: Model, labels, tokens, *, options=None, batch: int = 16):
+    """float32 logits of `model` on token sequences (the family's teacher-forced forward)."""
+    from arvg_jax.options import ExecOptions
+
+    return model.fam.teacher_forced_logits(
+        model.params,
+        model.vae_params,
+        model.cfg,
+        model.vae_cfg,
+        labels,
+        tokens,
+        options=options or ExecOptions(),
+        batch=batch,
+    )

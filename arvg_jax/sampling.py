@@ -24,7 +24,7 @@ def parse_filter_method(spec: str) -> tuple[str, int, int]:
 
     bits (1..6, default 4): thresholds decided per pass over V; chunk (default 512; 0 = none): the
     sums over V add chunks of this many terms first (`_row_sums`). A string, not a tuple, so that
-    it can live in a hashable, JSON-able config (`VARConfig.sampling_filter`).
+    it can live in a hashable, JSON-able config (`ExecOptions.sampling_filter`).
     """
     name, *fields = str(spec).split(":")
     if name not in FILTER_METHODS or len(fields) > (2 if name == "bisect" else 0):
@@ -82,7 +82,7 @@ def top_k_top_p_filter(
       logits would, which suggests the per-threshold terms were written out rather than fused into
       the reductions. scripts/sampler_variants.py times the bits / chunk settings.
     * ``"pallas"``: the "bisect" algorithm as one GPU kernel, a row per program held in registers
-      and searched one bit per step (`arvg_jax.sampling_pallas`, Pallas Triton backend); the
+      and searched one bit per step (`arvg_jax.kernels.sampling_pallas`, Pallas Triton backend); the
       logits are read once. Off GPUs it runs in Pallas interpret mode (slow; for tests).
     * ``"auto"`` (default): "pallas" where `sampling_pallas.available()` (NVIDIA GPUs), else
       "sort".
@@ -102,7 +102,7 @@ def top_k_top_p_filter(
     if jnp.dtype(logits.dtype).itemsize > 4:  # float64: keys need ≤ 32 bits
         name = "sort"
     if name in ("auto", "pallas"):
-        from arvg_jax import sampling_pallas  # imports Pallas: only when asked for
+        from arvg_jax.kernels import sampling_pallas  # imports Pallas: only when asked for
 
         if name == "pallas" or sampling_pallas.available():
             return sampling_pallas.top_k_top_p_filter(logits, top_k, top_p)
@@ -318,6 +318,33 @@ def sample_tokens(
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return jax.random.categorical(key, logits.astype(jnp.float32), axis=-1).astype(jnp.int32)
+
+
+def sample_tokens_per_row(
+    keys: Array,
+    logits: Array,
+    *,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    greedy: bool = False,
+    method: str = "auto",
+) -> Array:
+    """`sample_tokens` with one PRNG key per row of the leading axis.
+
+    Args:
+        keys: [B] raw PRNG keys (uint32 [B, 2]); row b draws with keys[b] only, so a row's
+            tokens do not depend on the other rows of the batch.
+        logits: [B, ..., V] float.
+        top_k, top_p, greedy, method: as `sample_tokens`.
+
+    Returns:
+        int32 [B, ...] token ids.
+    """
+    logits = top_k_top_p_filter(logits, top_k, top_p, method=method)
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    draw = jax.vmap(lambda k, lg: jax.random.categorical(k, lg.astype(jnp.float32), axis=-1))
+    return draw(keys, logits).astype(jnp.int32)
 
 
 def top2_margin(logits: Array) -> Array:

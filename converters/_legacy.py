@@ -76,6 +76,6 @@ def read_legacy(fh: BinaryIO, file_size: int, path: str) -> Any:
         source.spans[key] = (start, numel * root.dtype.itemsize)
         fh.seek(pos)
     if missing := roots.keys() - source.spans.keys():
-        raise Invalid(f"storages {sorted(map(_show, missing))[:5]} have no data in the file")
+        raise Invalid(f"storages {sorted(map(show, missing))[:5]} have no data in the file")
     return obj
 

@@ -1,4 +1,4 @@
-"""Official VAR state dict (`var_d{16,20,24,30,36}.pth`) -> `arvg_jax.var.VAR` params.
+"""Official VAR state dict (`var_d{16,20,24,30,36}.pth`) -> `arvg_jax.families.var.model.VAR` params.
 
 The table maps every Flax path (of the abstract tree, `jax.eval_shape` of init) to the torch key(s)
 it is built from and a named hook; buffers the model recomputes are consumed by an allowlist.
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from arvg_jax.var import VAR, VARConfig
+from arvg_jax.families.var.model import VAR, VARConfig
 from converters._errors import ConversionError
 
 
@@ -174,7 +174,7 @@ def convert_var(state_dict: Mapping[str, np.ndarray], cfg: VARConfig) -> dict:
         cfg: the model config (e.g. `VARConfig.d16()` or `VARConfig.from_official(...)`).
 
     Returns:
-        Nested plain dict of float32 jax arrays (the layout in `arvg_jax.var`).
+        Nested plain dict of float32 jax arrays (the layout in `arvg_jax.families.var.model`).
 
     Raises:
         ConversionError: listing every missing, unexpected and mis-shaped key.

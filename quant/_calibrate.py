@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import jax
 
-from arvg_jax.progress import Progress
 from quant import _tree
+from quant._progress import Progress
 
 Params = dict[str, Any]
 

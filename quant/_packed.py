@@ -253,7 +253,7 @@ def _check_input(x, kernel: PackedKernel) -> None:
 class PreQuantized:
     """A layer input already quantized by that layer's own ``input_quant``: int8 ``codes``
     ``[..., L, I]`` and their int32 row sums ``sums`` ``[..., L, 1]`` (e.g. written by
-    `arvg_jax.adaln_pallas` together with the LayerNorm that produces the input). ``dtype`` is
+    `arvg_jax.kernels.adaln_pallas` together with the LayerNorm that produces the input). ``dtype`` is
     the dtype the float input would have had (the result's). Accepted by `packed_dense` and
     `packed_dense_act_quant` in place of the float input."""
 

@@ -466,7 +466,7 @@ def _activation_input(f, activation, *, exact_rounding: bool = True):
     The unfused sequence (``packed_dense_act_quant``'s XLA path) materialises this layer's output
     in bf16 and applies the activation in float32 to that, rounding the result to bf16 again;
     both roundings are reproduced so the fused codes equal the unfused ones. ``jax.nn.gelu(approximate=True)`` is the model's own
-    function (``arvg_jax.layers.gelu_tanh``), called here so the formula and its operation order
+    function (``arvg_jax.nn.layers.gelu_tanh``), called here so the formula and its operation order
     are shared; inside the kernel it lowers to Mosaic GPU's float32 ``math.tanh``.
     """
     if exact_rounding:  # XLA: rounding it cannot elide (`round_to_bf16`)

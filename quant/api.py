@@ -2,13 +2,17 @@
 
 Typical use::
 
+    from arvg_jax import families
     from quant import api
     from quant.recipes import Recipe
 
+    fam = families.get("var")
     recipe = Recipe.parse("ptq4arvg", "w6a6")            # calib=128, seed=42, dgc="shrinkage"
-    adapter = api.make_adapter("var", var_cfg)
-    batch, calib_info = api.prepare_calibration(adapter, var_params, vae_params, vae_cfg, recipe)
-    qparams, summary = api.quantize(adapter, var_params, batch, recipe)
+    adapter = fam.quant_adapter(cfg)
+    batch, calib_info = api.prepare_calibration(
+        adapter, params, fam.calibration_generator(params, tok_params, cfg, tok_cfg),
+        lambda c: fam.calibration_batch(tok_params, tok_cfg, c), recipe)
+    qparams, summary = api.quantize(adapter, params, batch, recipe)
     # qparams: the same tree with QArray kernels and ActQuant input quantizers; run it with the
     # same model/sampler as the float params (int8 path). summary: JSON-able (see `summarize`).
 
@@ -19,6 +23,7 @@ Methods: ``rtn`` (per-output-channel weights, per-tensor static activations), ``
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,16 +33,7 @@ from quant import _tree
 from quant._qarray import ActQuant, QArray
 from quant.recipes import Recipe
 
-__all__ = ["make_adapter", "prepare_calibration", "quantize", "summarize"]
-
-
-def make_adapter(family: str, cfg):
-    """The calibration adapter of a model family (``"var"``) for its config."""
-    if family == "var":
-        from quant.families.var import VARAdapter
-
-        return VARAdapter(cfg)
-    raise ValueError(f"no quantization adapter for family {family!r} (available: var)")
+__all__ = ["prepare_calibration", "quantize", "summarize"]
 
 
 def _method(name: str):
@@ -62,7 +58,7 @@ def quantize(
     """Quantizes a float param tree with ``recipe.method``.
 
     Args:
-      family_adapter: e.g. ``make_adapter("var", cfg)``.
+      family_adapter: the family's adapter (``families.get(name).quant_adapter(cfg)``).
       params: float params (not mutated).
       batch: calibration inputs (``prepare_calibration`` or ``tokens_to_batch``).
       recipe: method, bit widths, SmoothQuant α, weight symmetry.
@@ -81,8 +77,8 @@ def quantize(
 def prepare_calibration(
     family_adapter,
     params: dict[str, Any],
-    tokenizer_params,
-    tokenizer_cfg,
+    generate_candidates: Callable[..., Any],
+    candidates_to_batch: Callable[[Any], dict[str, Any]],
     recipe: Recipe,
     *,
     progress: bool = True,
@@ -91,30 +87,28 @@ def prepare_calibration(
     """Generates calibration candidates with the float model and selects them (DGC).
 
     ``recipe.calib`` images are generated (seed ``recipe.seed``; ``generation`` overrides the
-    sampling settings of `calib_data.generate_candidates`: cfg, top_k, top_p, gen_batch), giving
-    2 x calib cond/uncond candidates; ``recipe.dgc`` picks ``recipe.calib`` of them:
-    ``"shrinkage"`` (Ledoit-Wolf coverage, default), ``"official"`` (the official ratio rule) or
-    ``"none"`` (the cond sequences only).
+    family generator's sampling settings: cfg, top_k, top_p, gen_batch), giving 2 x calib
+    cond/uncond candidates; ``recipe.dgc`` picks ``recipe.calib`` of them: ``"shrinkage"``
+    (Ledoit-Wolf coverage, default), ``"official"`` (the official ratio rule) or ``"none"`` (the
+    cond sequences only).
+
+    Args:
+      family_adapter: the family's adapter (DGC features).
+      params: float params.
+      generate_candidates: ``(num_images, *, seed, progress, **generation) -> Candidates``, the
+        family's generator bound to the float model (``Family.calibration_generator``).
+      candidates_to_batch: ``Candidates -> batch`` (``Family.calibration_batch``).
+      recipe: calibration size, seed and DGC mode.
 
     Returns:
       ``(batch, info)``: the calibration batch for `quantize` and a JSON-able description
       (mode, chosen rows, labels, cond fraction, DGC details, wall seconds per step).
     """
-    if getattr(family_adapter, "family", None) != "var":
-        raise ValueError(
-            f"calibration generation is implemented for VAR only, got "
-            f"{getattr(family_adapter, 'family', None)!r}"
-        )
     from quant.algorithms import dgc
-    from quant.algorithms.calib_data import calibration_batch, generate_candidates
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     cands = generate_candidates(
-        params,
-        tokenizer_params,
-        family_adapter.cfg,
-        tokenizer_cfg,
         recipe.calib,
         seed=recipe.seed,
         progress=progress,
@@ -123,7 +117,7 @@ def prepare_calibration(
     seconds["generate"] = time.perf_counter() - t
     info: dict[str, Any] = {"dgc": recipe.dgc, "num_candidates": int(cands.labels.shape[0])}
     t = time.perf_counter()
-    everything = calibration_batch(tokenizer_params, tokenizer_cfg, cands)  # all 2n rows
+    everything = candidates_to_batch(cands)  # all 2n rows
     jax.block_until_ready(everything)
     seconds["teacher_forcing_inputs"] = time.perf_counter() - t
     if recipe.dgc == "none":

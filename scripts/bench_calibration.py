@@ -30,7 +30,8 @@ def main() -> int:
 
     import jax
 
-    from arvg_jax.bench.build import fast_random_model
+    from arvg_jax.families.var.bench.build import fast_random_model
+    from arvg_jax.models import prepare_calibration, quant_adapter
     from quant import api
     from quant.algorithms import ptq4arvg as P
     from quant.recipes import Recipe
@@ -58,11 +59,9 @@ def main() -> int:
     if args.dgc:
         kw["dgc"] = args.dgc
     recipe = Recipe.parse("ptq4arvg", args.bits, **kw)
-    adapter = api.make_adapter("var", model.cfg)
+    adapter = quant_adapter(model)
     t0 = time.perf_counter()
-    batch, info = api.prepare_calibration(
-        adapter, model.params, model.vae_params, model.vae_cfg, recipe
-    )
+    batch, info = prepare_calibration(model, adapter, recipe)
     jax.block_until_ready(batch["x"])
     out["prepare_calibration_s"] = time.perf_counter() - t0
     out["prepare_steps_s"] = info.get("seconds", {})

@@ -32,17 +32,20 @@ def main() -> int:
     from arvg_jax.commands.evaluate import evaluate
     from arvg_jax.evaluate import TABLE_HEADER
     from arvg_jax.models import Model
+    from arvg_jax.families.var.quant_adapter import VARAdapter
     from quant import api
     from quant.algorithms import dgc
-    from quant.algorithms.calib_data import calibration_batch, generate_candidates
+    from arvg_jax.families.var.calibration import calibration_batch, generate_candidates
     from quant.recipes import Recipe
 
     t0 = time.perf_counter()
     var_cfg, var_params, vae_cfg, vae_params, _, _ = assets.load_tiny()
     model = Model("var", var_cfg, var_params, vae_cfg, vae_params, name="tiny")
-    adapter = api.make_adapter("var", var_cfg)
+    adapter = VARAdapter(var_cfg)
     cands = generate_candidates(var_params, vae_params, var_cfg, vae_cfg, args.calib, seed=42)
-    feats = dgc.candidate_features(adapter, var_params, vae_params, vae_cfg, cands)
+    feats = dgc.candidate_features(
+        adapter, var_params, calibration_batch(vae_params, vae_cfg, cands)
+    )
     selections = {
         "official": dgc.select(feats, cands, "official").indices,
         "shrinkage": dgc.select(feats, cands, "shrinkage", num=args.calib).indices,

@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from arvg_jax import assets, imageio
     from arvg_jax.eval import compare as C
     from arvg_jax.eval import phenomena as P
-    from arvg_jax.models import load_float
-    from quant import api
+    from arvg_jax.models import load_float, packaged_model, prepare_calibration, quant_adapter
 
     repo = pathlib.Path(__file__).resolve().parents[1]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,12 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     # The tiny model on its calibration set (as scripts/compare_tiny.py builds it).
     settings = C.CompareSettings(calib=args.calib, cfg=args.cfg)
     var_cfg, var_params, vae_cfg, vae_params, _, _ = assets.load_tiny()
-    adapter = api.make_adapter("var", var_cfg)
-    batch, info = api.prepare_calibration(
+    model = packaged_model("var-tiny")
+    adapter = quant_adapter(model)
+    batch, info = prepare_calibration(
+        model,
         adapter,
-        var_params,
-        vae_params,
-        vae_cfg,
         settings.recipe("ptq4arvg", "w8a8"),
         progress=False,
         cfg=settings.cfg,
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 "x": z["tf_x_BLCv_wo_first_l"].astype(np.float32),
             }
         results["ref"] = P.analyse(
-            api.make_adapter("var", m.cfg),
+            quant_adapter(m),
             m.params,
             rbatch,
             name="reference VAR fixture (random weights)",

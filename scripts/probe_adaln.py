@@ -1,6 +1,6 @@
 """Times the AdaLN kernel against its XLA ops at VAR-d30 batch-64 shapes.
 
-`arvg_jax.adaln_pallas.adaln` for one block at the given scales (``x [2 * batch, l, 1920]``
+`arvg_jax.kernels.adaln_pallas.adaln` for one block at the given scales (``x [2 * batch, l, 1920]``
 float32, bf16 modulations and branch output): the ``h1`` form (LN + modulation + the qkv input
 quantizer's codes and row sums) and the ``h2`` form (the residual add first, writing ``x'``),
 or with ``--float`` the bf16-output forms. Rows: microseconds per call (median of 5 rounds of
@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arvg_jax import adaln_pallas as ap
-from arvg_jax.bench import report
+from arvg_jax.kernels import adaln_pallas as ap
+from arvg_jax.families.var.bench import report
 
 C = 1920  # VAR-d30 width
 

@@ -1,6 +1,6 @@
 """Times the attention prologue kernel against its XLA ops at VAR-d30 batch-64 shapes.
 
-The stacked sampler's attention prologue (`arvg_jax.attn_prologue_pallas`: qkv bias, rounding,
+The stacked sampler's attention prologue (`arvg_jax.kernels.attn_prologue_pallas`: qkv bias, rounding,
 q/k l2-normalisation, k/v written into the layer-stacked cache) for one block at the given
 scales: ``qkv [2 * batch, l, 5760]`` (CFG doubles the batch) in float32 (the bf16 sampler's
 default matmul output) or bfloat16 (``matmul_out="dtype"``, and the int8 kernels' output), and
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arvg_jax import attn_prologue_pallas as ap
-from arvg_jax.bench import report
+from arvg_jax.kernels import attn_prologue_pallas as ap
+from arvg_jax.families.var.bench import report
 
 D, H, K, LP = 30, 30, 64, 704  # VAR-d30: 30 blocks of 30 heads of 64; cache 680 -> 704
 

@@ -1,9 +1,9 @@
 """Times VAR sampler variants on one device: the top-k / top-p filter and the scan layout.
 
 Each variant is a set of `VARConfig` sampler options (and the stacked or unrolled block layout)
-applied to bfloat16 `arvg_jax.var_sampler.generate` (CFG 1.5, top-k 900, top-p 0.96, KV cache,
-VQVAE decode) on full-size random weights (`arvg_jax.bench.build.fast_random_model`), timed by
-`arvg_jax.bench.e2e.time_generation`: one warm-up call (trace + compile + run), then the median of
+applied to bfloat16 `arvg_jax.families.var.sampler.generate` (CFG 1.5, top-k 900, top-p 0.96, KV cache,
+VQVAE decode) on full-size random weights (`arvg_jax.families.var.bench.build.fast_random_model`), timed by
+`arvg_jax.families.var.bench.e2e.time_generation`: one warm-up call (trace + compile + run), then the median of
 --repeats calls with new labels and key each, ended by block_until_ready. All variants generate the
 same tokens (tests/var_sampler_variants_test.py, CPU); on the device each row also reports the
 fraction of tokens equal to the baseline's for one fixed batch of labels and key.
@@ -16,7 +16,7 @@ flags are checked in a child process first, so an unknown flag is reported, not 
     PYTHONPATH=. python3 scripts/sampler_variants.py --variants baseline,bisect_filter \\
         --xla-flags=--xla_gpu_enable_dynamic_slice_fusion=true --out $OUT/dsf.json
     # CPU smoke test
-    PYTHONPATH=. python3 scripts/sampler_variants.py --model var-tiny --batches 2 --repeats 2 \\
+    PYTHONPATH=. python3 scripts/sampler_variants.py --model var-test --batches 2 --repeats 2 \\
         --variants baseline,bisect_filter --out /tmp/variants.json
 """
 
@@ -103,7 +103,7 @@ VARIANTS = {
     ),
 }
 DEFAULT_VARIANTS = "baseline,bisect_filter_flat,bisect_filter_b1_flat,scan_unroll2"
-PROFILE_CATEGORIES = {  # table column -> arvg_jax.bench.profile category (device ms)
+PROFILE_CATEGORIES = {  # table column -> arvg_jax.families.var.bench.profile category (device ms)
     "sort": "sort / top-k (sampling)",
     "copy": "transpose / copy",
     "reduce": "reduction fusions (norms, softmax, sums)",
@@ -113,7 +113,7 @@ PROFILE_CATEGORIES = {  # table column -> arvg_jax.bench.profile category (devic
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="var-d30", help="preset (random weights), e.g. var-tiny")
+    p.add_argument("--model", default="var-d30", help="preset (random weights), e.g. var-test")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list of {list(VARIANTS)}")
     p.add_argument("--batches", default="64,1")
     p.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up")
@@ -177,7 +177,7 @@ class Runner:
     def __init__(self, args):
         import jax
 
-        from arvg_jax.bench import build
+        from arvg_jax.families.var.bench import build
 
         self.args, self.jax, self.build = args, jax, build
         t = time.perf_counter()
@@ -188,7 +188,7 @@ class Runner:
         self.reference: dict[tuple, object] = {}  # (batch, greedy) -> baseline tokens
 
     def layout(self, blocks: str):
-        """(params, var_cfg, vae_cfg) of the bf16 model in a block layout, built once."""
+        """(params, var_cfg, vae_cfg, ExecOptions) of the bf16 model in a block layout, once."""
         if blocks not in self.layouts:
             t = time.perf_counter()
             variant = self.build.Variant.parse(
@@ -201,17 +201,16 @@ class Runner:
         return self.layouts[blocks]
 
     def run(self, name: str, batch: int) -> dict:
-        import dataclasses
         import shutil
         import tempfile
 
-        from arvg_jax.bench import e2e
+        from arvg_jax.families.var.bench import e2e
 
         blocks, options, about = VARIANTS[name]
-        params, var_cfg, vae_cfg = self.layout(blocks)
-        var_cfg = dataclasses.replace(var_cfg, **{**BASELINE_OPTIONS, **options})
+        params, var_cfg, vae_cfg, opts = self.layout(blocks)
+        opts = opts.replace(**{**BASELINE_OPTIONS, **options})
         row = {"variant": name, "about": about, "blocks": blocks, "batch": batch}
-        row["options"] = {k: getattr(var_cfg, k) for k in BASELINE_OPTIONS}
+        row["options"] = {k: getattr(opts, k) for k in BASELINE_OPTIONS}
         prof_dir = tempfile.mkdtemp(prefix="variants-") if batch in self.args.profile_list else None
         try:
             res = e2e.time_generation(
@@ -220,6 +219,7 @@ class Runner:
                 var_cfg,
                 vae_cfg,
                 batch,
+                opts=opts,
                 seed=self.args.seed,
                 cfg=self.args.cfg,
                 top_k=self.args.top_k,
@@ -236,7 +236,7 @@ class Runner:
                 row["hlo"] = hlo_stats(text)
             if res.pop("_profile_dir", None):
                 row["profile"] = profile_summary(prof_dir, text, row["latency_ms_median"])
-            row.update(self.token_agreement(name, params, var_cfg, vae_cfg, batch))
+            row.update(self.token_agreement(name, params, var_cfg, vae_cfg, opts, batch))
         except Exception as e:  # noqa: BLE001 - record it, go on with the other variants
             row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:600]}"
         finally:
@@ -244,12 +244,12 @@ class Runner:
                 shutil.rmtree(prof_dir, ignore_errors=True)
         return row
 
-    def token_agreement(self, name, params, var_cfg, vae_cfg, batch) -> dict:
+    def token_agreement(self, name, params, var_cfg, vae_cfg, opts, batch) -> dict:
         """Fraction of tokens equal to the baseline's, same labels and key (sampled; greedy too
         with --greedy-check). The sampled call reuses the timed executable: no compile."""
         import numpy as np
 
-        from arvg_jax import var_sampler
+        from arvg_jax.families.var import sampler as var_sampler
 
         labels = np.arange(batch, dtype=np.int32) % var_cfg.num_classes
         key = self.jax.random.PRNGKey(self.args.seed + 1)
@@ -267,7 +267,7 @@ class Runner:
                     top_k=self.args.top_k,
                     top_p=self.args.top_p,
                     greedy=greedy,
-                    dtype=var_cfg.dtype,
+                    options=opts,
                 )["tokens"]
             )
             ref = self.reference.setdefault((batch, greedy), tokens) if name == "baseline" else None
@@ -284,7 +284,7 @@ def hlo_stats(text: str) -> dict:
     loops, sorts, custom calls (cuBLAS / cuDNN), dynamic-slice fusions (XLA flag)."""
     import collections
 
-    from arvg_jax.bench import profile
+    from arvg_jax.families.var.bench import profile
 
     instr = profile.hlo_instructions(text)
     ops = collections.Counter(profile._opcode(line) for line in instr.values())
@@ -298,7 +298,7 @@ def hlo_stats(text: str) -> dict:
 
 
 def profile_summary(trace_dir: str, hlo_text: str | None, median_ms: float) -> dict:
-    from arvg_jax.bench import profile
+    from arvg_jax.families.var.bench import profile
 
     prof = profile.summarize_trace(trace_dir, hlo_text, top=12, wall_s=median_ms / 1e3)
     prof.pop("lines", None)
@@ -394,7 +394,7 @@ def _run_or_skip(runner: Runner, name: str, batch: int, done: list[dict], t_star
 
 
 def _write(path: str, doc: dict) -> None:
-    from arvg_jax.bench import report
+    from arvg_jax.families.var.bench import report
 
     report.write_json(path, doc)
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    from arvg_jax.train import TinyRecipe, reevaluate_tiny, train_tiny
+    from arvg_jax.families.var.train import TinyRecipe, reevaluate_tiny, train_tiny
 
     recipe = TinyRecipe.quick() if args.quick else TinyRecipe.default()
     settings = recipe.gen_settings

@@ -24,7 +24,7 @@ def reference_model(var_dir: str):
 @functools.cache
 def candidates(var_dir: str):
     """16 candidates from 8 images of the float reference VAR (official sampling settings)."""
-    from quant.algorithms.calib_data import generate_candidates
+    from arvg_jax.families.var.calibration import generate_candidates
 
     m = reference_model(var_dir)
     return generate_candidates(
@@ -40,7 +40,7 @@ def rows_of_images(cands, images) -> np.ndarray:
 @functools.cache
 def candidate_batch(var_dir: str) -> dict:
     """The model inputs of all 16 candidates (`calibration_batch` of every row)."""
-    from quant.algorithms.calib_data import calibration_batch
+    from arvg_jax.families.var.calibration import calibration_batch
 
     m = reference_model(var_dir)
     return calibration_batch(m.vae_params, m.vae_cfg, candidates(var_dir))

@@ -1,18 +1,19 @@
-"""arvg_jax.adaln_pallas: residual add + AdaLN + next-layer input quantization as one kernel,
+"""arvg_jax.kernels.adaln_pallas: residual add + AdaLN + next-layer input quantization as one kernel,
 against its XLA reference (the ops of `var.VARBlock` and `quant.ActQuant.quantize`), and through
 the stacked sampler against the XLA norms (float and packed int8 blocks). Interpret mode on
 CPU; the compiled kernel on a GPU."""
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from arvg_jax.options import ExecOptions
 import pytest
 
-from arvg_jax import adaln_pallas as ap
-from arvg_jax import var_sampler
+from arvg_jax.kernels import adaln_pallas as ap
+from arvg_jax.families.var import sampler as var_sampler
 from arvg_jax.models import random_model
 
 B, L, C = 3, 11, 37  # prime-sized: C pads to 64 columns
@@ -109,22 +110,22 @@ def test_errors_name_the_shapes():
 
 @functools.cache
 def _quantized_tiny():
-    from arvg_jax.bench import build
+    from arvg_jax.families.var.bench import build
 
-    model = random_model("var-tiny", seed=3)
+    model = random_model("var-test", seed=3)
     qtree = build.quantize_fast(model, [(8, 8)], calib=2, seed=0)[(8, 8)]
     return model, var_sampler.inference_layout(qtree)
 
 
-def _generate(model, params, cfg, dtype):
+def _generate(model, params, opts, dtype):
     return var_sampler.generate(
         params,
         model.vae_params,
-        cfg,
+        model.cfg,
         model.vae_cfg,
         np.array([1, 5, 9], np.int32),  # top-2 margins ≥ 0.01 in all three precisions
         jax.random.PRNGKey(2),
-        dtype=dtype,
+        options=opts.replace(dtype=dtype),
         greedy=True,
         return_logits_margin=True,
     )
@@ -136,15 +137,15 @@ def test_sampler_generates_the_xla_norms_tokens(precision):
         model, params = _quantized_tiny()
         dtype = jnp.bfloat16
     else:
-        model = random_model("var-tiny", seed=3)
+        model = random_model("var-test", seed=3)
         params = var_sampler.stack_blocks(model.params)
         dtype = jnp.dtype(precision)
     outs = {}
     for impl in ("xla", "pallas"):
-        cfg = dataclasses.replace(model.cfg, adaln_kernel=impl)
+        cfg = ExecOptions(adaln_kernel=impl)
         outs[impl] = _generate(model, params, cfg, dtype)
     # The kernel really ran: its pallas_call is in the sampler's program.
-    cfg = dataclasses.replace(model.cfg, adaln_kernel="pallas")
+    cfg = ExecOptions(adaln_kernel="pallas")
     jaxpr = jax.make_jaxpr(lambda p: _generate(model, p, cfg, dtype))(params)
     assert "pallas_call" in str(jaxpr)
     assert np.asarray(outs["xla"]["top2_margin"]).min() > 1e-3  # no near-tie to flip

@@ -1,4 +1,4 @@
-"""arvg_jax.attn_prologue_pallas: the stacked sampler's bias + rounding + q/k normalisation +
+"""arvg_jax.kernels.attn_prologue_pallas: the stacked sampler's bias + rounding + q/k normalisation +
 KV-cache write kernel, against its XLA reference (`reference`, the ops `var.SelfAttention` runs
 without it) and, through the sampler, against the "xla" prologue. Interpret mode on CPU; the
 compiled kernel on a GPU."""
@@ -9,12 +9,14 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from arvg_jax.options import ExecOptions
 import pytest
 
-from arvg_jax import attn_prologue_pallas as ap
-from arvg_jax import var_sampler
+from arvg_jax.kernels import attn_prologue_pallas as ap
+from arvg_jax.families.var import sampler as var_sampler
 from arvg_jax.models import random_model
-from arvg_jax.var import VAR, VARConfig, attn_prologue_impl
+from arvg_jax.families.var.model import VAR, VARConfig, attn_prologue_impl
 
 # 3 blocks, batch 5, 3 heads of 16 (a power of two: Triton tiles), cache 48.
 D, B, H, K, LP = 3, 5, 3, 16, 48
@@ -103,24 +105,24 @@ def test_errors_name_the_shapes():
     assert "power of two" in ap.unsupported_reason(13)
     assert ap.unsupported_reason(64) is None
     with pytest.raises(ValueError, match="attn_prologue 'pallas': head_dim 13"):
-        VARConfig.tiny(attn_prologue="pallas")
+        attn_prologue_impl(VARConfig.tiny(), ExecOptions(attn_prologue="pallas"))
     with pytest.raises(ValueError, match="attn_prologue must be one of"):
-        VARConfig.tiny(attn_prologue="triton")
+        ExecOptions(attn_prologue="triton")
 
 
 def test_auto_picks_xla_off_gpu_and_for_other_kv_modes():
-    cfg = VARConfig.tiny(embed_dim=32, num_heads=2, attn_prologue="auto")
+    cfg, auto = VARConfig.tiny(embed_dim=32, num_heads=2), ExecOptions(attn_prologue="auto")
     expect = "pallas" if ap.available() else "xla"
-    assert attn_prologue_impl(cfg) == expect
-    assert attn_prologue_impl(dataclasses.replace(cfg, sampler_kv="prefix")) == "xla"
-    assert attn_prologue_impl(dataclasses.replace(cfg, attn_prologue="pallas")) == "pallas"
-    assert attn_prologue_impl(VARConfig.tiny(attn_prologue="auto")) == "xla"  # head_dim 13
+    assert attn_prologue_impl(cfg, auto) == expect
+    assert attn_prologue_impl(cfg, auto.replace(sampler_kv="prefix")) == "xla"
+    assert attn_prologue_impl(cfg, auto.replace(attn_prologue="pallas")) == "pallas"
+    assert attn_prologue_impl(VARConfig.tiny(), auto) == "xla"  # head_dim 13
 
 
 @functools.cache
 def _model():
     """Random tiny VAR with heads of 16 (the kernel's smallest tile)."""
-    m = random_model("var-tiny", seed=1)
+    m = random_model("var-test", seed=1)
     cfg = dataclasses.replace(m.cfg, embed_dim=32, num_heads=2)
     x = np.zeros((1, cfg.seq_len - cfg.first_l, cfg.cvae), np.float32)
     params = VAR(cfg).init(jax.random.PRNGKey(2), np.zeros((1,), np.int32), x)["params"]
@@ -133,16 +135,16 @@ def test_sampler_generates_the_xla_prologues_tokens(dtype):
     labels = np.array([1, 3, 5, 10], np.int32)
     outs = {}
     for impl in ("xla", "pallas"):
-        cfg = dataclasses.replace(m.cfg, attn_prologue=impl)
-        assert attn_prologue_impl(cfg) == impl
+        opts = ExecOptions(attn_prologue=impl, dtype=dtype)
+        assert attn_prologue_impl(m.cfg, opts) == impl
         outs[impl] = var_sampler.generate(
             m.params,
             m.vae_params,
-            cfg,
+            m.cfg,
             m.vae_cfg,
             labels,
             jax.random.PRNGKey(7),
-            dtype=dtype,
+            options=opts,
             greedy=True,
             return_logits_margin=True,
         )

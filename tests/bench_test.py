@@ -4,11 +4,14 @@ import json
 import zlib
 
 import numpy as np
+
+from arvg_jax.options import ExecOptions
 import pytest
 
-from arvg_jax.bench import build, gemm, plot, profile
+from arvg_jax import plot
+from arvg_jax.families.var.bench import build, gemm, profile
 from arvg_jax.cli import main
-from arvg_jax.var import VARConfig
+from arvg_jax.families.var.model import VARConfig
 
 
 def _png_pixels(path):
@@ -31,7 +34,7 @@ def test_bench_command_tiny_cpu(tmp_path):
         [
             "bench",
             "--model",
-            "var-tiny",
+            "var-test",
             "--batches",
             "1,2",
             "--precisions",
@@ -87,10 +90,10 @@ def test_bench_command_tiny_cpu(tmp_path):
     prof = rows[1]["profile"]
     assert prof["device_time_ms"] > 0 and prof["categories_ms"] and prof["top_kernels"]
     assert 0 < prof["busy_ms"] <= prof["span_ms"] + 1e-9
-    assert set(doc["hlo"]) == {f"var-tiny:{v}:{b}" for v in ("bfloat16", "w8a8") for b in (1, 2)}
-    assert doc["hlo"]["var-tiny:w8a8:1"]["instructions"] > 0
+    assert set(doc["hlo"]) == {f"var-test:{v}:{b}" for v in ("bfloat16", "w8a8") for b in (1, 2)}
+    assert doc["hlo"]["var-test:w8a8:1"]["instructions"] > 0
     (g,) = doc["gemm"]
-    assert g["model"] == "var-tiny" and g["batch"] == 1
+    assert g["model"] == "var-test" and g["batch"] == 1
     assert [r["name"] for r in g["rows"]] == [
         "qkv@3x3",
         "proj@3x3",
@@ -103,7 +106,7 @@ def test_bench_command_tiny_cpu(tmp_path):
         assert set(r["us"]) == set(gemm.VARIANTS) and all(t > 0 for t in r["us"].values())
     md = (out / "bench.md").read_text()
     assert "| model | variant | batch | images/s |" in md
-    assert md.count("| var-tiny | w8a8 |") == 2 and "## GEMM micro-benchmark" in md
+    assert md.count("| var-test | w8a8 |") == 2 and "## GEMM micro-benchmark" in md
     img = _png_pixels(out / "bench.png")
     assert img.shape == (440, 720, 3)
     for color in plot.COLORS[:2]:  # one line per variant
@@ -150,17 +153,17 @@ def test_variant_parsing():
 def test_variant_sampler_options_reach_the_config():
     from arvg_jax.models import random_model
 
-    model = random_model("var-tiny", seed=0)
+    model = random_model("var-test", seed=0)
     trees = build.quantize_fast(model, [(8, 8)], calib=2, seed=0)
-    _, cfg, _ = build.variant_params(
+    _, _, _, cfg = build.variant_params(
         model,
         build.Variant.parse("w8a8+kv-prefix+ffn-unfused+filter-pallas+kvpage-128+prologue-xla"),
         trees,
     )
     assert (cfg.sampler_kv, cfg.fuse_ffn_quant, cfg.sampling_filter) == ("prefix", False, "pallas")
     assert (cfg.kv_page, cfg.attn_prologue) == (128, "xla")
-    _, cfg, _ = build.variant_params(model, build.Variant.parse("w8a8"), trees)
-    assert (cfg.sampler_kv, cfg.fuse_ffn_quant) == (model.cfg.sampler_kv, True)
+    _, _, _, cfg = build.variant_params(model, build.Variant.parse("w8a8"), trees)
+    assert (cfg.sampler_kv, cfg.fuse_ffn_quant) == (ExecOptions().sampler_kv, True)
 
 
 def test_gemm_shapes_and_roofline():
@@ -223,7 +226,7 @@ def test_quantized_variants_have_the_ptq4arvg_layout(fit):
     from quant import QArray
     from quant._packed import PackedKernel
 
-    model = build.fast_random_model("var-tiny", seed=2)
+    model = build.fast_random_model("var-test", seed=2)
     quantize = build.quantize_fast if fit == "fast" else build.quantize_calibrated
     trees = quantize(model, [(8, 8), (6, 6)], calib=2, seed=0)
     assert set(trees) == {(8, 8), (6, 6)}
@@ -245,15 +248,15 @@ def test_quantized_variants_have_the_ptq4arvg_layout(fit):
         assert aq.bits == 6 and aq.num_groups == groups
     assert trees[(8, 8)]["head"]["input_quant"].per_tensor
     assert "input_quant" not in trees[(8, 8)]["word_embed"]
-    params, var_cfg, _ = build.variant_params(model, build.Variant.parse("w8a8"), trees)
+    params, _, _, opts = build.variant_params(model, build.Variant.parse("w8a8"), trees)
     assert isinstance(params["blocks"]["attn"]["qkv"]["kernel"], PackedKernel)
-    assert var_cfg.dtype == np.dtype("bfloat16")
+    assert opts.dtype == "bfloat16"
     assert build.param_bytes(params) < build.param_bytes(build.to_bfloat16(model.params))
 
 
 def test_font_glyphs_are_5x7():
     """Every glyph string of the plot font spans at most 7 rows of 5 (longer ones misalign)."""
-    from arvg_jax.bench import plot
+    from arvg_jax import plot
 
     for ch, rows in plot._FONT_ROWS.items():
         if len(ch) == 1:
@@ -269,9 +272,9 @@ def test_abstract_param_bytes_equal_the_built_trees():
     from arvg_jax.models import random_model
     from quant import _packed
 
-    model = random_model("var-tiny", seed=0)
+    model = random_model("var-test", seed=0)
     specs = ["float32", "bfloat16", "w8a8", "w6a6", "w4a8"]
-    got = build.abstract_param_bytes("var-tiny", specs)
+    got = build.abstract_param_bytes("var-test", specs)
     trees = build.quantize_fast(model, [(8, 8), (6, 6), (4, 8)], calib=2, seed=0)
     built = {
         "float32": build.param_bytes(model.params),

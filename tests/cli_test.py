@@ -1,4 +1,4 @@
-"""The arvg commands end to end on the var-tiny preset (seeded random weights, no files needed)."""
+"""The arvg commands end to end on the var-test preset (seeded random weights, no files needed)."""
 
 import json
 
@@ -8,7 +8,7 @@ import pytest
 from arvg_jax import imageio
 from arvg_jax.cli import main
 
-TINY = ["--model", "var-tiny", "--random-weights"]
+TINY = ["--model", "var-test", "--random-weights"]
 
 
 @pytest.fixture(scope="module")

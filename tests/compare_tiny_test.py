@@ -34,7 +34,7 @@ def _tiny_random_model():
     from arvg_jax.models import Model
     from arvg_jax.tokenizers import var_vqvae
     from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
-    from arvg_jax.var import VAR, VARConfig
+    from arvg_jax.families.var.model import VAR, VARConfig
 
     cfg = VARConfig.tiny(num_classes=4)
     vae_cfg = VQVAEConfig(
@@ -185,10 +185,10 @@ def test_scale_range_growth():
 
 
 def test_analyse_reads_every_block():
-    from quant import api
+    from arvg_jax.models import quant_adapter
 
     model = _tiny_random_model()
-    adapter = api.make_adapter("var", model.cfg)
+    adapter = quant_adapter(model)
     rng = np.random.default_rng(0)
     batch = {
         "labels": np.arange(3, dtype=np.int32),

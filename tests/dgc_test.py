@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from _var_calibration import NUM_IMAGES, candidate_batch, candidates, reference_model
 
-from arvg_jax.var import VAR
-from quant import api
+from arvg_jax.families.var.model import VAR
 from quant.algorithms import dgc
-from quant.algorithms.calib_data import calibration_batch
+from arvg_jax.families.var.calibration import calibration_batch
+from arvg_jax.models import prepare_calibration
 from quant.algorithms.dgc_core import mahalanobis_distances_ledoit_wolf
-from quant.families.var import VARAdapter
+from arvg_jax.families.var.quant_adapter import VARAdapter
 from quant.recipes import Recipe
 
 
@@ -97,7 +97,9 @@ def test_shrinkage_distances_vary_and_selection_is_deterministic(var_dir):
     # `candidate_features` recomputes them identically: the selection is a pure function of the
     # model and the candidates.
     m = reference_model(var_dir)
-    f2 = dgc.candidate_features(VARAdapter(m.cfg), m.params, m.vae_params, m.vae_cfg, c)
+    f2 = dgc.candidate_features(
+        VARAdapter(m.cfg), m.params, calibration_batch(m.vae_params, m.vae_cfg, c)
+    )
     np.testing.assert_array_equal(f2, f)
 
 
@@ -126,15 +128,8 @@ def test_prepare_calibration_generates_and_selects(var_dir):
     m = reference_model(var_dir)
     c = candidates(var_dir)
     recipe = Recipe.parse("ptq4arvg", "w6a6", calib=NUM_IMAGES)  # seed 42, dgc "shrinkage"
-    batch, info = api.prepare_calibration(
-        VARAdapter(m.cfg),
-        m.params,
-        m.vae_params,
-        m.vae_cfg,
-        recipe,
-        progress=False,
-        gen_batch=NUM_IMAGES,
-    )
+    batch, info = prepare_calibration(m, VARAdapter(m.cfg), recipe, progress=False,
+                                      gen_batch=NUM_IMAGES)
     want = dgc.select(_features(var_dir), c)  # regenerated candidates are the same
     assert info["indices"] == [int(i) for i in want.indices]
     assert info["num_candidates"] == 2 * NUM_IMAGES and info["dgc"] == "shrinkage"

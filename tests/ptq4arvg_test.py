@@ -11,11 +11,11 @@ import pytest
 from _var_calibration import reference_model, split_batches
 
 import quant
-from arvg_jax.layers import Dense
-from arvg_jax.var import VAR, init_kv_caches
+from arvg_jax.nn.layers import Dense
+from arvg_jax.families.var.model import VAR, init_kv_caches
 from quant import _tree, api
 from quant.algorithms import ptq4arvg as P
-from quant.families.var import VARAdapter
+from arvg_jax.families.var.quant_adapter import VARAdapter
 from quant.recipes import Recipe
 
 GROUPS = {"qkv": 10, "fc1": 10, "proj": 2, "fc2": 2, "ada_lin": 1, "head": 1}
@@ -191,7 +191,7 @@ def test_ptq4arvg_beats_rtn_at_w6a6_on_calibration_logits(var_dir):
 def test_ptq4arvg_beats_rtn_held_out_32_sequences(var_dir, bits):
     """Held-out logit error vs float: calibrate on 16 generated images (32 sequences), evaluate on
     4 other images (8 sequences)."""
-    from quant.algorithms.calib_data import calibration_batch, generate_candidates
+    from arvg_jax.families.var.calibration import calibration_batch, generate_candidates
 
     m = reference_model(var_dir)
     c = generate_candidates(

@@ -12,7 +12,7 @@ from quant import _tree
 from quant._calibrate import fit_stages, run_calibration
 from quant._fit import ChannelQuant, FitInput, quantize_weight_jit, search_rows
 from quant._oracle import OracleKernel
-from quant.families.var import VARAdapter
+from arvg_jax.families.var.quant_adapter import VARAdapter
 
 _search_jit = jax.jit(search_rows, static_argnames=("bits", "include_zero"))
 

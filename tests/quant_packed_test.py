@@ -132,11 +132,11 @@ def test_weight_only_packed_kernel():
 
 
 def test_quantized_model_generates_the_same_tokens_packed_and_stacked():
-    from arvg_jax import var_sampler
-    from arvg_jax.bench import build
+    from arvg_jax.families.var import sampler as var_sampler
+    from arvg_jax.families.var.bench import build
     from arvg_jax.models import random_model
 
-    model = random_model("var-tiny", seed=3)
+    model = random_model("var-test", seed=3)
     trees = build.quantize_fast(model, [(8, 8)], calib=2, seed=0)
     qtree = trees[(8, 8)]
     labels = np.array([0, 4], np.int32)
@@ -165,7 +165,7 @@ def test_quantized_model_generates_the_same_tokens_packed_and_stacked():
 
 
 def test_inference_layout_is_idempotent_and_packs_only_quantized_kernels():
-    from arvg_jax import var_sampler
+    from arvg_jax.families.var import sampler as var_sampler
 
     _, kernel, bias = _problem(9)
     qk = quant.quantize_weight(kernel, 8)
@@ -265,7 +265,7 @@ def test_round_to_bf16_is_round_to_nearest_even():
 
 
 def test_pre_quantized_input_equals_quantizing_inside():
-    """`PreQuantized` (codes + row sums written elsewhere, e.g. by arvg_jax.adaln_pallas) gives
+    """`PreQuantized` (codes + row sums written elsewhere, e.g. by arvg_jax.kernels.adaln_pallas) gives
     the values of quantizing the float input inside `packed_dense`."""
     x, kernel, bias = _problem(5, jnp.bfloat16)
     qk, aq = _quantizers(x, kernel, 8, 8, True)
@@ -310,7 +310,7 @@ def test_w4_kernels_are_stored_two_codes_per_byte(impl):
     assert pk.qvalue_t.shape == (C_OUT, c_in // 2) and pk.qvalue_t.dtype == jnp.uint8
     assert pk.shape == wide.shape == (c_in, C_OUT)
     np.testing.assert_array_equal(pk.codes(), wide.qvalue_t)
-    from arvg_jax.bench import build
+    from arvg_jax.families.var.bench import build
 
     assert build.param_bytes(pk.qvalue_t) * 2 == build.param_bytes(wide.qvalue_t)
     got = jax.jit(quant.dense)(x, pk, bias, aq, POS)

@@ -14,7 +14,7 @@ FLAG = "--xla_gpu_enable_dynamic_slice_fusion=true"  # a real XLA flag, inert on
 def _run(tmp_path, *argv):
     out = tmp_path / "variants.json"
     res = subprocess.run(
-        [sys.executable, str(SCRIPT), "--model", "var-tiny", "--out", str(out), *argv],
+        [sys.executable, str(SCRIPT), "--model", "var-test", "--out", str(out), *argv],
         cwd=REPO,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
         capture_output=True,
@@ -35,7 +35,7 @@ def test_smoke_tiny_cpu(tmp_path):
         f"--xla-flags={FLAG}",
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert FLAG in doc["meta"]["xla_flags"] and doc["meta"]["model"] == "var-tiny"
+    assert FLAG in doc["meta"]["xla_flags"] and doc["meta"]["model"] == "var-test"
     assert [(r["variant"], r["batch"]) for r in doc["rows"]] == [
         ("baseline", 1),
         ("unrolled_kv_full", 1),

@@ -108,7 +108,7 @@ def test_ties_straddling_the_top_p_cut_are_removed_lowest_index_first():
         assert np.nonzero(np.isfinite(out))[0].tolist() == [1, 3, 4], method
 
 
-@pytest.mark.parametrize("method", ["bisect", "pallas"])  # pallas: arvg_jax.sampling_pallas
+@pytest.mark.parametrize("method", ["bisect", "pallas"])  # pallas: arvg_jax.kernels.sampling_pallas
 def test_zero_signs_negative_values_and_infinities(method):
     logits = np.array([-0.0, 0.0, -3.5, -np.inf, 2.0, -0.0, -1e-30, 1e30], np.float32)
     for top_k in (0, 1, 3):

@@ -1,4 +1,4 @@
-"""The fused top-k / top-p kernel (`arvg_jax.sampling_pallas`, method "pallas") against the XLA
+"""The fused top-k / top-p kernel (`arvg_jax.kernels.sampling_pallas`, method "pallas") against the XLA
 "bisect" filter it implements and the "sort" reference.
 
 On a CPU the kernel runs in Pallas interpret mode (same kernel body, evaluated by XLA:CPU); on an
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from sampling_bisect_test import _assert_same_up_to_rounding, _filter, _var_like_logits
 
-from arvg_jax import sampling, sampling_pallas
+from arvg_jax import sampling
+from arvg_jax.kernels import sampling_pallas
 
 ROWS = 23  # of VAR's last scale (256 tokens per image), kept short for interpret mode
 

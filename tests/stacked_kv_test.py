@@ -1,4 +1,4 @@
-"""arvg_jax.stacked_kv: attention over one block of a layer-stacked KV cache, read through a
+"""arvg_jax.nn.stacked_kv: attention over one block of a layer-stacked KV cache, read through a
 page table, against plain attention over that block's sliced prefix."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arvg_jax import stacked_kv
+from arvg_jax.nn import stacked_kv
 
 # Prime-ish sizes: 3 blocks, batch 5, 2 heads of 8, page 8, cache 24 (3 pages), keys 19.
 D, B, H, K, PAGE, LP = 3, 5, 2, 8, 8, 24

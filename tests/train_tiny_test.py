@@ -19,7 +19,7 @@ from arvg_jax.eval import (
 )
 from arvg_jax.tokenizers import var_vqvae
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
-from arvg_jax.train import (
+from arvg_jax.families.var.train import (
     StageHParams,
     VQLossConfig,
     decode_unclamped,
@@ -32,7 +32,7 @@ from arvg_jax.train import (
     vqvae_loss,
     vqvae_train_step,
 )
-from arvg_jax.var import VAR, VARConfig
+from arvg_jax.families.var.model import VAR, VARConfig
 
 # Distinct small dims: V 37, Cv 7, 4-px images -> 4x4 latent (one level, no downsampling),
 # scales (1, 2, 4), 12 classes. ch 32 is the least width the 32-group GroupNorm allows.

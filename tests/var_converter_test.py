@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from arvg_jax.var import VARConfig
+from arvg_jax.families.var.model import VARConfig
 from converters._errors import ConversionError
 from converters.torch_reader import load_state_dict
 from converters.var import check_manifest, convert_var, var_config_from_state_dict

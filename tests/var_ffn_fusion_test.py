@@ -1,5 +1,5 @@
 """VAR's FFN with packed int8 fc1/fc2 on the fused Hopper kernel: fc1's epilogue produces fc2's
-int8 input codes (VARConfig.fuse_ffn_quant). It must generate what the unfused layers generate."""
+int8 input codes (ExecOptions.fuse_ffn_quant). It must generate what the unfused layers generate."""
 
 import dataclasses
 import functools
@@ -7,21 +7,23 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from arvg_jax.options import ExecOptions
 import pytest
 
-from arvg_jax import var_sampler
-from arvg_jax.var import FFN
+from arvg_jax.families.var import sampler as var_sampler
+from arvg_jax.families.var.model import FFN
 from quant import _packed, _pallas_gpu
 
 
 @functools.cache
-def _quantized(name="var-tiny", seed=3, **cfg_overrides):
-    from arvg_jax.bench import build
+def _quantized(name="var-test", seed=3, **cfg_overrides):
+    from arvg_jax.families.var.bench import build
     from arvg_jax.models import random_model
 
     model = random_model(name, seed=seed)
     if cfg_overrides:
-        from arvg_jax.var import VAR
+        from arvg_jax.families.var.model import VAR
 
         cfg = dataclasses.replace(model.cfg, **cfg_overrides)
         x = np.zeros((1, cfg.seq_len - cfg.first_l, cfg.cvae), np.float32)
@@ -31,16 +33,16 @@ def _quantized(name="var-tiny", seed=3, **cfg_overrides):
 
 
 def _generate(model, params, fuse, batch=2):
-    cfg = dataclasses.replace(model.cfg, fuse_ffn_quant=fuse)
+    opts = ExecOptions(fuse_ffn_quant=fuse, dtype="bfloat16")
     labels = np.arange(batch, dtype=np.int32) * 3 % model.cfg.num_classes
     return var_sampler.generate(
         params,
         model.vae_params,
-        cfg,
+        model.cfg,
         model.vae_cfg,
         labels,
         jax.random.PRNGKey(2),
-        dtype=jnp.bfloat16,
+        options=opts,
         greedy=True,
         top_k=0,
         top_p=0.0,
@@ -50,8 +52,8 @@ def _generate(model, params, fuse, batch=2):
 def test_fused_ffn_path_is_taken_only_for_packed_pallas_layers(monkeypatch):
     model, qtree = _quantized()
     ffn = _packed.pack(qtree, impl="xla")["blocks_0"]["ffn"]
-    cfg = dataclasses.replace(model.cfg, dtype=jnp.bfloat16)
-    probe = FFN(cfg)
+    cfg, bf16 = model.cfg, ExecOptions(dtype="bfloat16")
+    probe = FFN(cfg, bf16)
     calls = []
     real = _packed.packed_dense_act_quant
     monkeypatch.setattr(
@@ -66,8 +68,8 @@ def test_fused_ffn_path_is_taken_only_for_packed_pallas_layers(monkeypatch):
     probe.apply({"params": pallas}, x, positions=pos)
     assert calls
     calls.clear()
-    FFN(dataclasses.replace(cfg, fuse_ffn_quant=False)).apply({"params": pallas}, x, positions=pos)
-    FFN(dataclasses.replace(cfg, dtype=jnp.float32)).apply({"params": pallas}, x, positions=pos)
+    FFN(cfg, bf16.replace(fuse_ffn_quant=False)).apply({"params": pallas}, x, positions=pos)
+    FFN(cfg, ExecOptions()).apply({"params": pallas}, x, positions=pos)
     assert not calls
 
 
@@ -98,7 +100,7 @@ def test_fused_ffn_on_the_kernel_matches_unfused_on_gpu():
     """A VAR wide enough for the kernel (C 256; rows 2B·l = 1152 at the last scale): fused
     and unfused FFNs generate the same tokens, except where a code moved by one (a float32
     tanh difference, `quant._packed.packed_dense_act_quant`) flips a near-tie."""
-    model, qtree = _quantized("var-tiny", 5, depth=2, embed_dim=256, num_heads=4)
+    model, qtree = _quantized("var-test", 5, depth=2, embed_dim=256, num_heads=4)
     params = var_sampler.inference_layout(qtree)
     fused = _generate(model, params, True, batch=64)
     plain = _generate(model, params, False, batch=64)

@@ -1,19 +1,20 @@
 """Stacked-blocks sampling (one lax.scan over blocks per scale) computes what the unrolled
 sampler computes; the attention options of VARConfig."""
 
-import dataclasses
 
 import jax
 import numpy as np
+
+from arvg_jax.options import ExecOptions
 import pytest
 
-from arvg_jax import var_sampler
+from arvg_jax.families.var import sampler as var_sampler
 from arvg_jax.models import random_model
-from arvg_jax.var import VARConfig, attention_impl
+from arvg_jax.families.var.model import VARConfig, attention_impl
 
 
 def _model():
-    return random_model("var-tiny", seed=1)
+    return random_model("var-test", seed=1)
 
 
 def test_scan_sampler_equals_unrolled_sampler():
@@ -62,9 +63,9 @@ def test_stack_unstack_round_trip_and_errors():
 
 def test_attention_option():
     cfg = VARConfig.tiny()
-    assert attention_impl(cfg) in ("xla", "cudnn")
+    assert attention_impl(cfg, ExecOptions()) in ("xla", "cudnn")
     if jax.default_backend() == "cpu":
-        assert attention_impl(dataclasses.replace(cfg, dtype=np.dtype("bfloat16").type)) == "xla"
-    assert attention_impl(dataclasses.replace(cfg, attention="cudnn")) == "cudnn"
+        assert attention_impl(cfg, ExecOptions(dtype="bfloat16")) == "xla"
+    assert attention_impl(cfg, ExecOptions(attention="cudnn")) == "cudnn"
     with pytest.raises(ValueError, match="attention must be"):
-        VARConfig.tiny(attention="flash")
+        ExecOptions(attention="flash")

@@ -7,12 +7,15 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from arvg_jax.options import ExecOptions
 import pytest
 from flax import traverse_util
 
-from arvg_jax import sampling, var_sampler
+from arvg_jax import sampling
+from arvg_jax.families.var import sampler as var_sampler
 from arvg_jax.tokenizers import var_vqvae
-from arvg_jax.var import VAR, VARConfig
+from arvg_jax.families.var.model import VAR, VARConfig
 from converters.torch_reader import load_state_dict
 from converters.var import abstract_params, convert_var
 from converters.var_vae import convert_vae, vae_config_from_fixture
@@ -160,6 +163,23 @@ def test_sampling_is_keyed_and_does_not_retrace(monkeypatch):
     assert "top2_margin" not in a
 
 
+def test_images_depend_on_their_key_only():
+    """Image i draws with image_keys(seed, i): batch size and batch position change nothing."""
+    from arvg_jax.families import image_keys
+
+    cfg, vae_cfg, params, vae_params = _tiny_models()
+    labels = np.array([1, 2, 3, 4, 5], np.int32)
+    run = functools.partial(
+        var_sampler.generate, params, vae_params, cfg, vae_cfg, top_k=20, top_p=0.9, cfg=1.5
+    )
+    whole = np.asarray(run(labels, image_keys(11, 0, 5))["tokens"])
+    parts = [np.asarray(run(labels[i : i + 2], image_keys(11, i, 2))["tokens"]) for i in (0, 2)]
+    last = np.asarray(run(labels[4:], image_keys(11, 4, 1))["tokens"])
+    np.testing.assert_array_equal(whole, np.concatenate([*parts, last]))
+    # One key stands for images 0..B-1 of that key.
+    np.testing.assert_array_equal(whole, np.asarray(run(labels, jax.random.PRNGKey(11))["tokens"]))
+
+
 def test_bfloat16_generation():
     cfg, vae_cfg, params, vae_params = _tiny_models()
     out = var_sampler.generate(
@@ -170,7 +190,7 @@ def test_bfloat16_generation():
         np.array([0, 9]),
         jax.random.key(3),
         greedy=True,
-        dtype=jnp.bfloat16,
+        options=ExecOptions(dtype="bfloat16"),
         return_logits_margin=True,
     )
     tokens = np.asarray(out["tokens"])
@@ -179,8 +199,8 @@ def test_bfloat16_generation():
     assert out["images"].dtype == jnp.float32 and out["top2_margin"].dtype == jnp.float32
     img = np.asarray(out["images"])
     assert np.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
-    # Params are untouched float32 and the compute dtype does not leak into the stored config.
-    assert jax.tree.leaves(params)[0].dtype == np.float32 and cfg.dtype == jnp.float32
+    # Params are untouched float32; the compute dtype is an execution option, not a config field.
+    assert jax.tree.leaves(params)[0].dtype == np.float32 and not hasattr(cfg, "dtype")
 
 
 def test_mismatched_vqvae_is_refused():

@@ -1,4 +1,4 @@
-"""Sampler implementation options (VARConfig.sampling_filter / sampler_kv / scan_unroll, and the
+"""Sampler implementation options (ExecOptions.sampling_filter / sampler_kv / scan_unroll, and the
 unrolled vs stacked block layouts) generate the tokens of the baseline sampler: greedy, and with
 the same PRNG key. Every variant that scripts/sampler_variants.py times is checked here; none
 may change what is generated, only how fast."""
@@ -11,11 +11,13 @@ import runpy
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from arvg_jax.options import ExecOptions
 import pytest
 
-from arvg_jax import var_sampler
+from arvg_jax.families.var import sampler as var_sampler
 from arvg_jax.models import random_model
-from arvg_jax.var import VAR, VARBlock, VARConfig
+from arvg_jax.families.var.model import VAR, VARBlock, VARConfig
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "sampler_variants.py"
 _SCRIPT = runpy.run_path(str(SCRIPT))  # plain data at import: VARIANTS, BASELINE_OPTIONS
@@ -31,7 +33,7 @@ VARIANTS = {
 @functools.cache
 def _model(depth: int):
     """Random tiny VAR of the given depth (3: an odd depth, so unroll 2 leaves a remainder)."""
-    m = random_model("var-tiny", seed=1)
+    m = random_model("var-test", seed=1)
     if depth == m.cfg.depth:
         return m
     cfg = dataclasses.replace(m.cfg, depth=depth)
@@ -42,10 +44,10 @@ def _model(depth: int):
 
 def _generate(m, stacked, overrides, dtype, **kw):
     params = var_sampler.stack_blocks(m.params) if stacked else m.params
-    cfg = dataclasses.replace(m.cfg, **{**BASELINE, **overrides})
+    opts = ExecOptions(**{**BASELINE, **overrides}, dtype=dtype)
     labels = np.array([1, 3, 5, 10], np.int32)
     return var_sampler.generate(
-        params, m.vae_params, cfg, m.vae_cfg, labels, jax.random.PRNGKey(7), dtype=dtype, **kw
+        params, m.vae_params, m.cfg, m.vae_cfg, labels, jax.random.PRNGKey(7), options=opts, **kw
     )
 
 
@@ -91,7 +93,7 @@ def test_kv_variants_in_bfloat16():
 def test_kv_full_attends_only_to_the_written_prefix():
     """With sampler_kv="full" the unwritten cache tail is masked: garbage there changes nothing."""
     m = _model(2)
-    cfg = dataclasses.replace(m.cfg, sampler_kv="full")
+    cfg, full = m.cfg, ExecOptions(sampler_kv="full")
     b, si = 2, 1
     begin, end = cfg.begin_ends[si]
     x = jax.random.normal(jax.random.PRNGKey(0), (b, end - begin, cfg.embed_dim))
@@ -102,11 +104,11 @@ def test_kv_full_attends_only_to_the_written_prefix():
     noisy = {k: v.at[:, end:].set(1e3) for k, v in clean.items()}
     kw = {"positions": np.arange(begin, end), "cache_offset": begin, "kv_len": end}
     outs = [
-        VARBlock(c).apply({"params": block}, x, ada, cache=cache, **kw)[0]
-        for c, cache in (
-            (cfg, clean),
-            (cfg, noisy),
-            (dataclasses.replace(cfg, sampler_kv="prefix"), clean),
+        VARBlock(cfg, o).apply({"params": block}, x, ada, cache=cache, **kw)[0]
+        for o, cache in (
+            (full, clean),
+            (full, noisy),
+            (ExecOptions(sampler_kv="prefix"), clean),
         )
     ]
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -114,10 +116,10 @@ def test_kv_full_attends_only_to_the_written_prefix():
 
 
 def test_w4a8_nibble_unpack_once_per_call_generates_the_per_layer_tokens():
-    """VARConfig.nibble_unpack: W4A8 weights stored two codes per byte, expanded once per
+    """ExecOptions.nibble_unpack: W4A8 weights stored two codes per byte, expanded once per
     `generate` call ("call") or at every layer call ("layer"): the same codes reach the GEMMs,
     so the tokens and images are identical."""
-    from arvg_jax.bench import build
+    from arvg_jax.families.var.bench import build
     from quant import _packed
 
     m = _model(3)
@@ -127,9 +129,15 @@ def test_w4a8_nibble_unpack_once_per_call_generates_the_per_layer_tokens():
     assert params[stacked]["ffn"]["fc1"]["kernel"].nibbles  # stored as nibbles
     outs = {}
     for mode in ("call", "layer"):
-        cfg = dataclasses.replace(m.cfg, **{**BASELINE, "nibble_unpack": mode})
+        opts = ExecOptions(**{**BASELINE, "nibble_unpack": mode})
         outs[mode] = var_sampler.generate(
-            params, m.vae_params, cfg, m.vae_cfg, np.array([1, 3], np.int32), jax.random.PRNGKey(7)
+            params,
+            m.vae_params,
+            m.cfg,
+            m.vae_cfg,
+            np.array([1, 3], np.int32),
+            jax.random.PRNGKey(7),
+            options=opts,
         )
     np.testing.assert_array_equal(outs["call"]["tokens"], outs["layer"]["tokens"])
     np.testing.assert_array_equal(outs["call"]["images"], outs["layer"]["images"])
@@ -145,12 +153,12 @@ def test_w4a8_nibble_unpack_once_per_call_generates_the_per_layer_tokens():
 
 def test_options_are_validated():
     with pytest.raises(ValueError, match="nibble_unpack"):
-        VARConfig.tiny(nibble_unpack="never")
+        ExecOptions(nibble_unpack="never")
     with pytest.raises(ValueError, match="sampler_kv"):
-        VARConfig.tiny(sampler_kv="ring")
+        ExecOptions(sampler_kv="ring")
     with pytest.raises(ValueError, match="scan_unroll"):
-        VARConfig.tiny(scan_unroll=0)
+        ExecOptions(scan_unroll=0)
     with pytest.raises(ValueError, match="kv_page"):
-        VARConfig.tiny(kv_page=96)
+        ExecOptions(kv_page=96)
     with pytest.raises(ValueError, match="filter method"):
-        VARConfig.tiny(sampling_filter="heap")
+        ExecOptions(sampling_filter="heap")

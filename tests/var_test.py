@@ -1,18 +1,19 @@
 """VAR transformer: reference parity, cached steps, masks, the piecewise (calibration) API."""
 
-import dataclasses
 import functools
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from arvg_jax.options import ExecOptions
 import pytest
 from flax import traverse_util
 
 import quant
-from arvg_jax.layers import Dense
-from arvg_jax.var import VAR, VARBlock, VARConfig, attention_mask, init_kv_caches
+from arvg_jax.nn.layers import Dense
+from arvg_jax.families.var.model import VAR, VARBlock, VARConfig, attention_mask, init_kv_caches
 from converters.torch_reader import load_state_dict
 from converters.var import abstract_params, convert_var
 
@@ -198,7 +199,7 @@ def test_bfloat16_compute_stays_close_and_returns_float32_logits():
     params = _random_params(cfg)
     labels, x_in = _tiny_inputs(cfg)
     f32 = VAR(cfg).apply({"params": params}, labels, x_in)
-    bf16 = VAR(dataclasses.replace(cfg, dtype=jnp.bfloat16)).apply({"params": params}, labels, x_in)
+    bf16 = VAR(cfg, ExecOptions(dtype="bfloat16")).apply({"params": params}, labels, x_in)
     assert bf16.dtype == jnp.float32
     # bfloat16 has an 8-bit mantissa (relative rounding 2^-9 ≈ 2e-3 per op).
     assert 0 < _rel(bf16, f32) < 3e-2
@@ -228,7 +229,7 @@ def test_dense_matmul_out_dtype():
     with pytest.raises(ValueError, match="matmul_out"):
         Dense(13, matmul_out="float16").apply({"params": params}, x)
     with pytest.raises(ValueError, match="matmul_out"):
-        VARConfig.tiny(matmul_out="half")
+        ExecOptions(matmul_out="half")
 
 
 def test_config_presets_and_official_kwargs(reference):

@@ -19,26 +19,13 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from arvg_jax.options import LEGACY_CONFIG_FIELDS
+
 TINY_DIR = pathlib.Path(__file__).resolve().parent / "tiny"
 TINY_FILES = ("var.npz", "vae.npz", "classifier.npz", "recipe.json")
-# Config fields that are runtime choices (compute dtype, attention kernel), not part of the
-# trained model: never written, and ignored when read.
-_RUNTIME_FIELDS = frozenset(
-    {
-        "dtype",
-        "param_dtype",
-        "attention",
-        "sampling_filter",
-        "sampler_kv",
-        "kv_page",
-        "matmul_out",
-        "attn_prologue",
-        "adaln_kernel",
-        "scan_unroll",
-        "fuse_ffn_quant",
-        "nibble_unpack",
-    }
-)
+# Config fields that are execution choices (compute dtype, kernels: `arvg_jax.options`), not part
+# of a trained model: never written, and ignored when read (older files stored them).
+_RUNTIME_FIELDS = LEGACY_CONFIG_FIELDS
 
 
 class AssetsMissingError(FileNotFoundError):
@@ -139,8 +126,7 @@ def load_tiny(path: str | os.PathLike | None = None):
     Raises:
         AssetsMissingError: when a file is absent or unreadable, naming it and how to make it.
     """
-    from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
-    from arvg_jax.var import VARConfig
+    from arvg_jax import families
 
     root = pathlib.Path(path) if path is not None else TINY_DIR
     missing = [name for name in TINY_FILES if not (root / name).is_file()]
@@ -154,8 +140,13 @@ def load_tiny(path: str | os.PathLike | None = None):
         meta = json.loads((root / "recipe.json").read_text())
     except json.JSONDecodeError as e:
         raise AssetsMissingError(f"{root / 'recipe.json'}: not valid JSON ({e})") from e
-    var_cfg = config_from_dict(VARConfig, meta["var_config"])
-    vae_cfg = config_from_dict(VQVAEConfig, meta["vae_config"])
+    # The family whose config the recipe holds ("<family>_config", e.g. "var_config").
+    fams = [f for f in families.all_families().values() if f"{f.name}_config" in meta]
+    if len(fams) != 1:
+        raise AssetsMissingError(f"{root / 'recipe.json'}: names no (or several) model families")
+    fam = fams[0]
+    var_cfg = config_from_dict(fam.config_cls, meta[f"{fam.name}_config"])
+    vae_cfg = config_from_dict(fam.tokenizer_config_cls, meta["vae_config"])
     return (
         var_cfg,
         load_params(root / "var.npz"),
@@ -164,6 +155,18 @@ def load_tiny(path: str | os.PathLike | None = None):
         load_params(root / "classifier.npz"),
         meta,
     )
+
+
+def read_tiny_meta(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The packaged tiny models' `recipe.json` (configs, training settings, measured numbers)."""
+    root = pathlib.Path(path) if path is not None else TINY_DIR
+    try:
+        return json.loads((root / "recipe.json").read_text())
+    except FileNotFoundError:
+        raise AssetsMissingError(
+            f"{root}: tiny model assets missing (recipe.json); train them with "
+            "`python scripts/train_tiny.py --out arvg_jax/assets/tiny`"
+        ) from None
 
 
 def tiny_classifier_config(meta: dict[str, Any]):
@@ -181,6 +184,7 @@ __all__ = [
     "config_to_dict",
     "load_params",
     "load_tiny",
+    "read_tiny_meta",
     "save_params",
     "tiny_classifier_config",
     "write_json",

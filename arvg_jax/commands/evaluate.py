@@ -25,29 +25,20 @@ def add_arguments(parser) -> None:
         default=None,
         help="comma-separated class ids (default: 8 spread over the classes)",
     )
-    parser.add_argument("--cfg", type=float, default=1.5)
-    parser.add_argument("--top-k", type=int, default=900)
-    parser.add_argument("--top-p", type=float, default=0.96)
+    from arvg_jax.commands.generate import add_sampling_arguments
+
+    add_sampling_arguments(parser.add_argument_group("sampling"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", required=True, help="output directory: report.md, grid.png")
 
 
-def evaluate(float_model, q_models, classes, *, seed, cfg, top_k, top_p, batch, progress=True):
+def evaluate(float_model, q_models, classes, *, seed, sampling, batch, progress=True):
     """Returns (list of Fidelity, {name: images}) for each quantized model."""
     from arvg_jax import evaluate as ev
     from arvg_jax.commands.generate import generate_images
 
-    kw = dict(
-        seed=seed,
-        cfg=cfg,
-        top_k=top_k,
-        top_p=top_p,
-        greedy=False,
-        batch=batch,
-        dtype="float32",
-        progress=progress,
-    )
+    kw = dict(seed=seed, sampling=sampling, batch=batch, progress=progress)
     f_img, f_tok, labels = generate_images(float_model, classes, **kw)
     f_logits = ev.teacher_forced_logits(float_model, labels, f_tok, batch)
     results, images = [], {"float": f_img}
@@ -77,7 +68,7 @@ def run(args) -> int:
 
     from arvg_jax import evaluate as ev
     from arvg_jax import imageio
-    from arvg_jax.commands.generate import parse_classes
+    from arvg_jax.commands.generate import parse_classes, sampling_from_args
     from arvg_jax.models import float_model_from_args, load_quantized
     from converters import CheckpointError, ConversionError
 
@@ -99,14 +90,13 @@ def run(args) -> int:
     except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
         print(f"arvg evaluate: {e}", file=sys.stderr)
         return 2
+    sampling = sampling_from_args(float_model, args)
     results, images = evaluate(
         float_model,
         q_models,
         classes,
         seed=args.seed,
-        cfg=args.cfg,
-        top_k=args.top_k,
-        top_p=args.top_p,
+        sampling=sampling,
         batch=args.batch,
     )
     out = pathlib.Path(args.out)
@@ -115,7 +105,7 @@ def run(args) -> int:
     table = "\n".join([ev.TABLE_HEADER] + [r.row() for r in results])
     report = (
         f"# Fidelity: {float_model.name}\n\nclasses {classes}, seed {args.seed}, "
-        f"cfg {args.cfg}, top-k {args.top_k}, top-p {args.top_p}\n\n{table}\n\n"
+        f"{', '.join(f'{k} {v}' for k, v in sampling.items())}\n\n{table}\n\n"
         f"Rows of grid.png: float, then {', '.join(n for n, _ in q_models)}.\n"
     )
     (out / "report.md").write_text(report)

@@ -20,15 +20,34 @@ def add_arguments(parser) -> None:
         required=True,
         help="comma-separated class ids, e.g. 207,360 (repeat ids for more samples)",
     )
-    g.add_argument("--cfg", type=float, default=1.5, help="guidance scale (official FID: 1.5)")
-    g.add_argument("--top-k", type=int, default=900, help="0 disables (official FID: 900)")
-    g.add_argument("--top-p", type=float, default=0.96, help="0 disables (official FID: 0.96)")
-    g.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    g.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(g)
+    g.add_argument("--seed", type=int, default=0, help="image i draws with fold_in(seed key, i)")
     g.add_argument("--batch", type=int, default=32, help="images per compiled batch")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     g.add_argument("--out", required=True, help="output PNG (a grid of all images)")
     g.add_argument("--save-tokens", help="also write tokens and labels to this .npz")
+
+
+def add_sampling_arguments(group) -> None:
+    """Every family's sampling settings as flags (default: the model family's official value)."""
+    from arvg_jax import families
+
+    for arg in families.sampling_arguments().values():
+        if arg.type is bool:
+            group.add_argument(arg.flag, action="store_true", default=None, help=arg.help)
+        else:
+            group.add_argument(
+                arg.flag, type=arg.type, default=None, help=f"{arg.help} (official: {arg.default})"
+            )
+
+
+def sampling_from_args(model, args) -> dict:
+    """The model family's sampling settings: given flags, else the official defaults."""
+    out = {}
+    for arg in model.fam.sampling_arguments():
+        value = getattr(args, arg.name, None)
+        out[arg.name] = arg.default if value is None else value
+    return out
 
 
 def parse_classes(text: str, num_classes: int) -> list[int]:
@@ -44,45 +63,44 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
     return classes
 
 
-def generate_images(
-    model, classes, *, seed, cfg, top_k, top_p, greedy, batch, dtype, progress=True
-):
-    """Generates in fixed-size batches (the last one padded, so one compile serves all)."""
-    import jax
-    import jax.numpy as jnp
+def generate_images(model, classes, *, seed, sampling, batch, options=None, progress=True):
+    """Generates in fixed-size batches (the last one padded, so one compile serves all).
+
+    Image i draws with `families.image_keys(seed, i, 1)`: the batch size changes speed only.
+    """
     import numpy as np
 
-    from arvg_jax import var_sampler
+    from arvg_jax.families import image_keys
+    from arvg_jax.options import ExecOptions
     from arvg_jax.progress import Progress
 
-    # Packed int8 kernels and stacked blocks: same values, the fast GPU path, a faster compile.
-    params = var_sampler.inference_layout(model.params)
+    fam = model.fam
+    # The family's fastest layout (VAR: packed int8 kernels, stacked blocks): same values.
+    params = fam.inference_layout(model.params)
+    options = options or ExecOptions()
     labels = np.asarray(classes, np.int32)
     n = len(labels)
     b = min(batch, n)
-    chunks = [labels[i : i + b] for i in range(0, n, b)]
-    key = jax.random.PRNGKey(seed)
     images, tokens = [], []
-    bar = Progress(len(chunks), "generate", enabled=progress)
-    for i, chunk in enumerate(chunks):
+    bar = Progress((n + b - 1) // b, "generate", enabled=progress)
+    for lo in range(0, n, b):
+        chunk = labels[lo : lo + b]
         pad = b - len(chunk)
         padded = np.concatenate([chunk, np.full((pad,), chunk[-1], np.int32)]) if pad else chunk
-        out = var_sampler.generate(
+        out = fam.generate(
             params,
             model.vae_params,
             model.cfg,
             model.vae_cfg,
             padded,
-            jax.random.fold_in(key, i),
-            cfg=cfg,
-            top_k=top_k,
-            top_p=top_p,
-            greedy=greedy,
-            dtype=jnp.dtype(dtype).type,
+            image_keys(seed, lo, b),
+            options=options,
+            **sampling,
         )
         images.append(np.asarray(out["images"])[: len(chunk)])
         tokens.append(np.asarray(out["tokens"])[: len(chunk)])
         bar.update()
+    bar.close()
     return np.concatenate(images), np.concatenate(tokens), labels
 
 
@@ -91,6 +109,7 @@ def run(args) -> int:
 
     from arvg_jax import imageio
     from arvg_jax.models import model_from_args
+    from arvg_jax.options import ExecOptions
     from converters import CheckpointError, ConversionError
 
     try:
@@ -104,20 +123,19 @@ def run(args) -> int:
         if model.quantized
         else "float"
     )
+    sampling = sampling_from_args(model, args)
+    settings = ", ".join(f"{k} {v}" for k, v in sampling.items())
     print(
-        f"{model.name}: {kind}, {len(classes)} image(s), cfg {args.cfg}, seed {args.seed}",
+        f"{model.name}: {kind}, {len(classes)} image(s), {settings}, seed {args.seed}",
         file=sys.stderr,
     )
     images, tokens, labels = generate_images(
         model,
         classes,
         seed=args.seed,
-        cfg=args.cfg,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        greedy=args.greedy,
+        sampling=sampling,
         batch=args.batch,
-        dtype=args.dtype,
+        options=ExecOptions(dtype=args.dtype),
     )
     path = imageio.write_png(args.out, imageio.make_grid(imageio.to_uint8(images)))
     if args.save_tokens:

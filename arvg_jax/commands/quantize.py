@@ -54,7 +54,7 @@ def format_summary(summary: dict, seconds: float) -> str:
 
 
 def run(args) -> int:
-    from arvg_jax.models import config_to_dict, model_from_args
+    from arvg_jax.models import config_to_dict, model_from_args, prepare_calibration, quant_adapter
     from converters import CheckpointError, ConversionError
     from quant import api, checkpoint
     from quant.recipes import Recipe
@@ -70,7 +70,7 @@ def run(args) -> int:
             weight_symmetric=args.symmetric_weights,
         )
         model = model_from_args(args)
-        adapter = api.make_adapter(model.family, model.cfg)
+        adapter = quant_adapter(model)
     except (
         ValueError,
         CheckpointError,
@@ -91,9 +91,7 @@ def run(args) -> int:
         f"(seed {recipe.seed}, dgc {recipe.dgc})",
         file=sys.stderr,
     )
-    batch, calib_info = api.prepare_calibration(
-        adapter, model.params, model.vae_params, model.vae_cfg, recipe, progress=progress
-    )
+    batch, calib_info = prepare_calibration(model, adapter, recipe, progress=progress)
     qparams, summary = api.quantize(adapter, model.params, batch, recipe, progress=progress)
     summary["calibration"] = calib_info
     path = checkpoint.save(

@@ -279,6 +279,7 @@ def compare(
     """
     from arvg_jax import evaluate as ev
     from arvg_jax.commands.generate import generate_images as _generate_images
+    from arvg_jax.models import prepare_calibration, quant_adapter
     from quant import api
 
     def generate_images(m, classes, **kw):
@@ -297,12 +298,8 @@ def compare(
         [c * s.per_class + j for c in range(k) for j in range(min(s.figure_per_class, s.per_class))]
     )
     gen_kw = {
-        "cfg": s.cfg,
-        "top_k": s.top_k,
-        "top_p": s.top_p,
-        "greedy": False,
+        "sampling": {"cfg": s.cfg, "top_k": s.top_k, "top_p": s.top_p, "greedy": False},
         "batch": b,
-        "dtype": "float32",
         "progress": progress,
     }
     meta = {
@@ -352,7 +349,7 @@ def compare(
         del n_img, n_tok
 
     # One calibration set for every method and bit width (DGC picks `calib` of 2 x calib).
-    adapter = api.make_adapter(model.family, model.cfg)
+    adapter = quant_adapter(model)
     calib_gen = {
         "cfg": s.cfg if s.calib_cfg is None else s.calib_cfg,
         "top_k": s.top_k,
@@ -360,11 +357,9 @@ def compare(
         "gen_batch": _batch_size(s.calib, s.batch),
     }
     t = time.perf_counter()
-    batch, info = api.prepare_calibration(
+    batch, info = prepare_calibration(
+        model,
         adapter,
-        model.params,
-        model.vae_params,
-        model.vae_cfg,
         s.recipe(s.methods[0] if s.methods else "rtn", s.bits[0] if s.bits else "w8a8"),
         progress=progress,
         **calib_gen,
@@ -420,18 +415,12 @@ def tiny_setup(settings: CompareSettings = CompareSettings()):
     """
     from arvg_jax import assets
     from arvg_jax.data import make_dataset
-    from arvg_jax.models import Model
+    from arvg_jax.models import packaged_model
 
-    var_cfg, var_params, vae_cfg, vae_params, cls_params, meta = assets.load_tiny()
-    model = Model(
-        "var",
-        var_cfg,
-        var_params,
-        vae_cfg,
-        vae_params,
-        name="var-tiny-shapes",
-        source={"assets": str(assets.TINY_DIR)},
-    )
+    model = packaged_model("var-tiny")
+    var_cfg = model.cfg
+    meta = assets.read_tiny_meta()
+    cls_params = assets.load_params(assets.TINY_DIR / "classifier.npz")
     real, _ = make_dataset(
         settings.num_real, seed=settings.real_seed, size=meta["dataset"]["image_size"]
     )

@@ -6,7 +6,7 @@ AdaLN (qkv, fc1: GPS), a first "sink" token with a much larger activation than t
 (excluded from the statistics, quantized with its own group), and token ranges that differ from
 scale to scale (STWQ: one static quantizer per scale). The functions here measure each property
 on activations [N, L, C]; `analyse` reads them block by block through a calibration adapter
-(`quant.families.var.VARAdapter.run_stage`: every Dense layer's input, on the calibration
+(`arvg_jax.families.var.quant_adapter.VARAdapter.run_stage`: every Dense layer's input, on the calibration
 forward, no attention mask as in the official code).
 
 Dims: N sequences, L tokens (all scales), C channels, S scales.
@@ -178,7 +178,7 @@ def analyse(
     """Runs the calibration forward stage by stage and measures every selected layer input.
 
     Args:
-        adapter: `quant.families.var.VARAdapter` of the model.
+        adapter: `arvg_jax.families.var.quant_adapter.VARAdapter` of the model.
         params: float params.
         batch: calibration batch (`{"labels": [N], "x": [N, L - 1, E]}`).
         name: label of the model.

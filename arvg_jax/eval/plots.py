@@ -1,7 +1,7 @@
 """Bar and line charts rasterised with numpy (matplotlib is not a dependency), for the docs figures.
 
 Each function returns an RGB uint8 image [H, W, 3]; write it with `arvg_jax.imageio.write_png`.
-Text uses the 5x7 bitmap font of `arvg_jax.bench.plot` (digits, lower-case letters, a little
+Text uses the 5x7 bitmap font of `arvg_jax.plot` (digits, lower-case letters, a little
 punctuation; upper case is drawn in lower case). `stack` tiles panels into one figure.
 
 Dims: H height, W width (pixels), N bars / points.
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from arvg_jax.bench.plot import COLORS, draw_text, text_width
+from arvg_jax.plot import COLORS, draw_text, text_width
 
 BLACK, GREY = (0, 0, 0), (225, 225, 225)
 # The shared font's "q" draws an "r" (its row string is shifted by one column); ours:

@@ -8,8 +8,10 @@ with the same seed for every batch; note the script declares ``top_p = 0.96`` bu
 this call). Every image gives two candidate sequences because of CFG: its tokens with its label
 (cond) and the same tokens with the null class (uncond); 128 images -> 256 candidates.
 
-Here: labels from ``numpy.random.default_rng(seed)`` (same range, not torch's stream), one
-``jax.random.PRNGKey(seed)`` per generation batch (the official re-seeding), `var_sampler.generate`.
+Here: labels from ``numpy.random.default_rng(seed)`` over all classes (`calibration_labels`), and
+image i drawn with its own key ``fold_in(PRNGKey(seed), i)`` so the generation batch size never
+changes the candidates. The family's generator (e.g. `arvg_jax.families.var.calibration`) is passed
+to `quant.api.prepare_calibration`; this package imports no model.
 
 Candidate layout (``Candidates``): rows ``[0, n)`` are the cond sequences of images ``0..n-1``,
 rows ``[n, 2n)`` the uncond sequences of the same images.
@@ -20,14 +22,10 @@ Dims: n images, L tokens (all scales), E VQVAE latent channels.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-import jax
 import numpy as np
 
-from arvg_jax.progress import Progress
-
-__all__ = ["Candidates", "calibration_batch", "generate_candidates"]
+__all__ = ["Candidates", "calibration_labels"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,90 +58,12 @@ class Candidates:
         )
 
 
-def generate_candidates(
-    var_params: dict[str, Any],
-    vae_params: dict[str, Any],
-    var_cfg,
-    vae_cfg,
-    num_images: int,
-    *,
-    seed: int = 42,
-    cfg: float = 1.5,
-    top_k: int = 900,
-    top_p: float = 0.95,
-    gen_batch: int = 32,
-    progress: bool = True,
-) -> Candidates:
-    """Generates ``num_images`` images with the float VAR (CFG on) and records their tokens.
+def calibration_labels(num_images: int, num_classes: int, seed: int) -> np.ndarray:
+    """int32 [n] class labels of the calibration generations, drawn from every class [0, C).
 
-    Args:
-      var_params, vae_params: float VAR and VQVAE params.
-      var_cfg, vae_cfg: their configs.
-      num_images: n (the official 128); gives 2n candidates.
-      seed: label seed and the per-batch sampling key (official 42).
-      cfg, top_k, top_p: sampling settings of the official calibration run (1.5, 900, 0.95).
-      gen_batch: images per `generate` call (official 32; the last batch may be smaller).
-      progress: progress bar over generation batches.
-
-    Returns:
-      ``Candidates`` with 2n rows.
+    The official script draws ``torch.randint(0, 999)`` for 1000 classes, which never picks the
+    last class; that bound is an off-by-one of the script, not a choice of the method, so the
+    draw here covers all classes (``numpy.random.default_rng(seed)``, not torch's stream).
     """
-    from arvg_jax import var_sampler
-
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
     rng = np.random.default_rng(seed)
-    # torch.randint(0, 999): the official upper bound excludes the last class (999 of 1000).
-    labels = rng.integers(0, max(var_cfg.num_classes - 1, 1), size=(num_images,)).astype(np.int32)
-    tokens = []
-    # One lax.scan over the blocks per scale: the same values, a program ~depth times smaller.
-    gen_params = var_sampler.stack_blocks(var_params)
-    bar = Progress(
-        (num_images + gen_batch - 1) // gen_batch, "calibration samples", enabled=progress
-    )
-    for lo in range(0, num_images, gen_batch):
-        out = var_sampler.generate(
-            gen_params,
-            vae_params,
-            var_cfg,
-            vae_cfg,
-            labels[lo : lo + gen_batch],
-            jax.random.PRNGKey(seed),
-            cfg=cfg,
-            top_k=top_k,
-            top_p=top_p,
-        )
-        tokens.append(np.asarray(out["tokens"], np.int32))
-        bar.update()
-    bar.close()
-    return Candidates.from_generations(
-        labels, np.concatenate(tokens), var_cfg.num_classes, gen_batch
-    )
-
-
-def calibration_batch(vae_params, vae_cfg, candidates: Candidates, indices=None) -> dict:
-    """The calibration batch (`VARAdapter.start` input) of the selected candidate rows.
-
-    The VQVAE teacher-forcing input is computed once per image and shared by its two rows.
-
-    Args:
-      vae_params, vae_cfg: the VQVAE.
-      candidates: from `generate_candidates`.
-      indices: int rows to keep (default: all 2n), in the order given.
-
-    Returns:
-      ``{"labels": int32 [M], "x": float32 [M, L - 1, E]}``.
-    """
-    from quant.families.var import tokens_to_batch
-
-    rows = np.arange(candidates.labels.shape[0]) if indices is None else np.asarray(indices)
-    images = np.unique(candidates.image[rows])
-    first_row = {int(img): int(np.nonzero(candidates.image == img)[0][0]) for img in images}
-    x_img = tokens_to_batch(
-        vae_params,
-        vae_cfg,
-        candidates.labels[[first_row[int(i)] for i in images]],
-        candidates.tokens[[first_row[int(i)] for i in images]],
-    )["x"]
-    pos = np.searchsorted(images, candidates.image[rows])
-    return {"labels": candidates.labels[rows], "x": np.asarray(x_img)[pos]}
+    return rng.integers(0, num_classes, size=(num_images,)).astype(np.int32)

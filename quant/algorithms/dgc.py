@@ -51,7 +51,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from quant.algorithms.calib_data import Candidates, calibration_batch
+from quant.algorithms.calib_data import Candidates
 from quant.algorithms.dgc_core import (
     dgc_cond_ratio,
     dgc_keep_counts,
@@ -83,11 +83,10 @@ class Selection:
     info: dict[str, Any]  # JSON-able details (ratio, shrinkage, coverage)
 
 
-def candidate_features(
-    adapter, params, vae_params, vae_cfg, candidates: Candidates, *, chunk: int = 32
-) -> np.ndarray:
-    """Float32 [M, C]: last-block output at token 0 of every candidate (float model)."""
-    batch = calibration_batch(vae_params, vae_cfg, candidates)
+def candidate_features(adapter, params, batch, *, chunk: int = 32) -> np.ndarray:
+    """Float32 [M, C]: last-block output at token 0 of every candidate (float model).
+
+    ``batch`` holds every candidate row (the family's ``calibration_batch`` of them)."""
     return adapter.token0_features(params, batch, chunk=chunk)
 
 

@@ -60,11 +60,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from arvg_jax.progress import Progress
 from quant import _tree
 from quant._calibrate import collect, fit_stages
 from quant._fit import ChannelQuant, FitInput, quantize_weight_jit
 from quant._oracle import OracleKernel
+from quant._progress import Progress
 from quant._transforms import fold_input_transform
 from quant.algorithms.gps_core import calculate_scales_hessian
 from quant.algorithms.rtn import quantize_layers
@@ -304,7 +304,7 @@ def ptq4arvg(adapter, params: Params, batch, recipe: Recipe, *, progress: bool =
     """Runs stages A-G; float params in, quantized params (QArray + ActQuant leaves) out.
 
     Args:
-      adapter: the family adapter (e.g. `quant.families.var.VARAdapter`).
+      adapter: the family adapter (e.g. `arvg_jax.families.var.quant_adapter.VARAdapter`).
       params: float params (never mutated).
       batch: calibration inputs as ``adapter.start`` takes them (VAR: labels [N], x [N, L-1, E]).
       recipe: bit widths, SmoothQuant α, weight symmetry.

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arvg_jax import var_sampler
+from arvg_jax.families.var import sampler as var_sampler
+from arvg_jax.options import ExecOptions
 
 
 def _device_memory() -> dict[str, int] | None:
@@ -65,6 +66,7 @@ def time_generation(
     vae_cfg,
     batch: int,
     *,
+    opts=None,
     seed: int = 0,
     cfg: float = 1.5,
     top_k: int = 900,
@@ -78,7 +80,7 @@ def time_generation(
     """Times `var_sampler.generate` at one batch size; returns a result dict (see module doc)."""
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
-    dtype = jnp.dtype(var_cfg.dtype).type
+    opts = (opts or ExecOptions()).resolve_filter()
 
     def call(i):
         labels = rng.integers(0, var_cfg.num_classes, size=batch).astype(np.int32)
@@ -92,7 +94,7 @@ def time_generation(
             cfg=cfg,
             top_k=top_k,
             top_p=top_p,
-            dtype=dtype,
+            options=opts,
         )
         out["images"].block_until_ready()
         return out
@@ -130,11 +132,12 @@ def time_generation(
         params,
         vae_params,
         jnp.asarray(labels),
-        key,
+        var_sampler.per_image_keys(key, batch),
         var_sampler.cfg_schedule(cfg, var_cfg.num_scales),
     )
     kwargs = dict(
-        var_cfg=var_sampler._with_dtype(var_cfg, dtype),
+        var_cfg=var_cfg,
+        opts=opts,
         vae_cfg=vae_cfg,
         top_k=int(top_k),
         top_p=float(top_p),

@@ -11,32 +11,60 @@ Dims: N calibration sequences, L tokens (all scales), C width, E VQVAE latent ch
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
-from arvg_jax.var import VAR, VARBlock, VARConfig
+from arvg_jax.families.var.model import VAR, VARBlock, VARConfig
 from quant import _tree
 from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage
+from quant.coverage import Coverage, FoldRule, FoldTarget, QuantRule
 
 BLOCK_LAYERS = ("ada_lin", "attn/qkv", "attn/proj", "ffn/fc1", "ffn/fc2")  # forward order
 HEAD_LAYERS = ("head_nm/ada_lin", "head")
 
+# PTQ4ARVG's VAR coverage as data (`VAR/quant/quant_model.py:25-52`, `VAR/quant/gps.py`): every
+# Linear except word_embed is quantized; qkv/fc1/head inputs get SmoothQuant, the shift and GPS,
+# folded into the AdaLN before them. Block ada_lin output chunks (width C): (γ1, γ2, scale1,
+# scale2, shift1, shift2); head_nm.ada_lin chunks: (scale, shift) (models/basic_var.py).
+# Token groups: qkv/fc1 one per scale, proj/fc2 sink vs rest, the rest per tensor.
+RULES = (
+    QuantRule(path=r"word_embed", kind="word_embed", keep_float=True),
+    QuantRule(path=r"blocks_\d+/ada_lin", kind="ada_lin"),
+    QuantRule(
+        path=r"(?P<block>blocks_\d+)/attn/qkv",
+        kind="qkv",
+        groups="scale",
+        smooth=True,
+        fold=FoldRule(norm=r"\g<block>/ada_lin", scale=2, shift=4),
+        sink_excluded=True,
+    ),
+    QuantRule(path=r"blocks_\d+/attn/proj", kind="proj", groups="sink"),
+    QuantRule(
+        path=r"(?P<block>blocks_\d+)/ffn/fc1",
+        kind="fc1",
+        groups="scale",
+        smooth=True,
+        fold=FoldRule(norm=r"\g<block>/ada_lin", scale=3, shift=5),
+        sink_excluded=True,
+    ),
+    QuantRule(path=r"blocks_\d+/ffn/fc2", kind="fc2", groups="sink"),
+    QuantRule(path=r"head_nm/ada_lin", kind="ada_lin"),
+    QuantRule(
+        path=r"head",
+        kind="head",
+        smooth=True,
+        fold=FoldRule(norm="head_nm/ada_lin", scale=0, shift=1),
+    ),
+)
 
-@dataclasses.dataclass(frozen=True)
-class FoldTarget:
-    """Where a layer's input transform x' = x / s - p is folded (an AdaLN modulation).
 
-    The modulated input is LN(x) * (1 + scale) + shift, with scale and shift the `scale_cols` and
-    `shift_cols` output columns of the Dense `norm_layer` (the official `ada_lin`).
-    """
-
-    norm_layer: str
-    scale_cols: slice
-    shift_cols: slice
+def dense_layers(cfg: VARConfig) -> tuple[str, ...]:
+    """Every Dense layer path of a (non-shared-AdaLN) VAR, in forward order."""
+    blocks = tuple(f"blocks_{i}/{n}" for i in range(cfg.depth) for n in BLOCK_LAYERS)
+    return ("word_embed", *blocks, *HEAD_LAYERS)
 
 
 class VARAdapter:
@@ -55,6 +83,7 @@ class VARAdapter:
         self._block = VARBlock(cfg)
         self._positions = np.arange(cfg.seq_len, dtype=np.int32)
         self._stage_fns: dict = {}
+        self.coverage = Coverage(RULES, dense_layers(cfg), cfg.embed_dim)
 
     # ---- coverage ------------------------------------------------------------------------------
     def stages(self) -> tuple[Stage, ...]:
@@ -65,49 +94,30 @@ class VARAdapter:
         return blocks + (Stage("head", HEAD_LAYERS),)
 
     def quantized_layers(self) -> tuple[str, ...]:
-        return tuple(n for s in self.stages() for n in s.layers)
+        return self.coverage.quantized()
 
     def layer_kind(self, name: str) -> str:
-        """ "qkv", "proj", "fc1", "fc2", "ada_lin" or "head"."""
-        last = name.split("/")[-1]
-        return "ada_lin" if last == "ada_lin" else last
+        """ "qkv", "proj", "fc1", "fc2", "ada_lin" or "head" (the covering rule's kind)."""
+        return self.coverage[name].rule.kind
 
     def gps_layers(self) -> tuple[str, ...]:
         """The layers whose input gets SmoothQuant, the shift and GPS (official SmoothModules)."""
-        return tuple(
-            n for n in self.quantized_layers() if self.layer_kind(n) in ("qkv", "fc1", "head")
-        )
+        return self.coverage.smoothed()
 
     def fold_target(self, name: str) -> FoldTarget:
-        c = self.cfg.embed_dim
-        kind = self.layer_kind(name)
-        if kind == "head":  # head_nm.ada_lin chunks (scale, shift): models/basic_var.py
-            return FoldTarget("head_nm/ada_lin", slice(0, c), slice(c, 2 * c))
-        block = name.split("/")[0]
-        # Block ada_lin chunks (γ1, γ2, scale1, scale2, shift1, shift2).
-        if kind == "qkv":
-            return FoldTarget(f"{block}/ada_lin", slice(2 * c, 3 * c), slice(4 * c, 5 * c))
-        if kind == "fc1":
-            return FoldTarget(f"{block}/ada_lin", slice(3 * c, 4 * c), slice(5 * c, 6 * c))
-        raise ValueError(f"{name}: no AdaLN precedes this layer's input")
+        fold = self.coverage[name].fold
+        if fold is None:
+            raise ValueError(f"{name}: no AdaLN precedes this layer's input")
+        return fold
 
     def sink_excluded(self, name: str) -> bool:
         """Whether statistics of this layer's input skip the sink token (qkv/fc1: x[:, 1:])."""
-        return self.layer_kind(name) in ("qkv", "fc1")
+        return self.coverage[name].rule.sink_excluded
 
     def stwq_granularity(self, name: str) -> str:
-        """The deployed input quantizer of a layer, as a `group_table` granularity.
-
-        `VAR/quant/quant_model.py:25-52` and `gps.py:absorb_gps_scaling_factor`: qkv/fc1 one group
-        per scale ("scale", 10 groups), proj/fc2 sink vs rest ("sink"), ada_lin linears and head
-        per tensor.
-        """
-        kind = self.layer_kind(name)
-        if kind in ("qkv", "fc1"):
-            return "scale"
-        if kind in ("proj", "fc2"):
-            return "sink"
-        return "tensor"
+        """The deployed input quantizer of a layer, as a `group_table` granularity (the rule's
+        `groups`): "scale", "sink" or "tensor"."""
+        return self.coverage[name].rule.groups
 
     # ---- token groups (STWQ) ------------------------------------------------------------------
     def group_table(self, granularity: str) -> np.ndarray:
@@ -209,12 +219,4 @@ class VARAdapter:
         return np.concatenate(out, axis=0)
 
 
-def tokens_to_batch(vae_params, vae_cfg, labels, tokens) -> dict[str, jax.Array]:
-    """Calibration batch from generated token maps [N, L] (scales concatenated) and labels."""
-    from arvg_jax.tokenizers import var_vqvae
-
-    splits = np.cumsum([p * p for p in vae_cfg.patch_nums])[:-1]
-    idx_list = np.split(np.asarray(tokens), splits, axis=1)
-    # One compiled program instead of hundreds of eager ops (18 s for 128 images at VAR-d30).
-    x = jax.jit(var_vqvae.idx_to_var_input, static_argnums=1)(vae_params, vae_cfg, idx_list)
-    return {"labels": np.asarray(labels), "x": x}
+from arvg_jax.families.var.calibration import tokens_to_batch  # noqa: F401

@@ -118,7 +118,7 @@ def profile_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_png(rows: list[dict[str, Any]], path: str | os.PathLike, title: str) -> None:
     from arvg_jax import imageio
-    from arvg_jax.bench.plot import line_plot
+    from arvg_jax.plot import line_plot
 
     series: dict[str, list[tuple[float, float]]] = {}
     for r in rows:

@@ -78,12 +78,12 @@ def _categorize(line: str | None, kernel: str) -> str:
             else "cuBLAS/library"
         )
         return f"GEMM {'int8' if int8 else 'float'} ({kind})"
-    # The fused attention prologue kernel (arvg_jax.attn_prologue_pallas), named by Pallas.
+    # The fused attention prologue kernel (arvg_jax.kernels.attn_prologue_pallas), named by Pallas.
     if "attn_prologue" in k:
         return "attention prologue (q/k norm, KV write)"
-    if "adaln_kernel" in k:  # arvg_jax.adaln_pallas
+    if "adaln_kernel" in k:  # arvg_jax.kernels.adaln_pallas
         return "AdaLN kernel (residual, LN, quantize)"
-    # "top_k_top_p_filter": the fused filter kernel (arvg_jax.sampling_pallas), named by Pallas.
+    # "top_k_top_p_filter": the fused filter kernel (arvg_jax.kernels.sampling_pallas), named by Pallas.
     if "sort" in k or opcode == "sort" or "sort" in head or "topk" in k or "top_k" in k + ln:
         return "sort / top-k (sampling)"
     if (

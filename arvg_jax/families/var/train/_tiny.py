@@ -22,18 +22,18 @@ import numpy as np
 from arvg_jax import assets, imageio
 from arvg_jax.data import shapes
 from arvg_jax.eval import ClassifierConfig, classify, feature_fid
+from arvg_jax.families.var.model import VARConfig
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
-from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
-from arvg_jax.train._common import StageHParams, StepLogger, count_params, log
-from arvg_jax.train._var import init_var_state, var_eval_loss, var_train_step
-from arvg_jax.train._vqvae import (
+from arvg_jax.families.var.train._classifier import classifier_train_step, init_classifier_state
+from arvg_jax.families.var.train._common import StageHParams, StepLogger, count_params, log
+from arvg_jax.families.var.train._var import init_var_state, var_eval_loss, var_train_step
+from arvg_jax.families.var.train._vqvae import (
     VQLossConfig,
     init_vqvae_state,
     reconstruct,
     tokenize,
     vqvae_train_step,
 )
-from arvg_jax.var import VARConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -468,7 +468,7 @@ def evaluate_generation(
     Returns:
         {name: {cfg, top_k, top_p, classifier_accuracy, per_class_accuracy, fid_vs_real}}.
     """
-    from arvg_jax.var_sampler import generate
+    from arvg_jax.families.var.sampler import generate
 
     var_cfg, var_params, vae_cfg, vae_params, ccfg, cls_params = models
     k = var_cfg.num_classes

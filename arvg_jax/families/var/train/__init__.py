@@ -1,9 +1,9 @@
 """Training of the tiny shapes models (VQVAE tokenizer, VAR, classifier) with optax under jit."""
 
-from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
-from arvg_jax.train._common import StageHParams, lr_schedule, make_optimizer
-from arvg_jax.train._tiny import TinyRecipe, evaluate_generation, reevaluate_tiny, train_tiny
-from arvg_jax.train._var import (
+from arvg_jax.families.var.train._classifier import classifier_train_step, init_classifier_state
+from arvg_jax.families.var.train._common import StageHParams, lr_schedule, make_optimizer
+from arvg_jax.families.var.train._tiny import TinyRecipe, evaluate_generation, reevaluate_tiny, train_tiny
+from arvg_jax.families.var.train._var import (
     init_var_params,
     init_var_state,
     var_eval_loss,
@@ -11,7 +11,7 @@ from arvg_jax.train._var import (
     var_loss,
     var_train_step,
 )
-from arvg_jax.train._vqvae import (
+from arvg_jax.families.var.train._vqvae import (
     VQLossConfig,
     decode_unclamped,
     init_vqvae_state,

@@ -25,7 +25,7 @@ Measured on H100 (BENCHMARKS.md, runs 5-7): per call at that shape the kernel ta
 ``h1`` (XLA's ops alone: 188 µs) and 268 µs for ``h2`` (396 µs), at 1 row and 8 warps per
 program; more rows per program were slower (register pressure: 392 µs for ``h2`` at 4 rows).
 End to end it gained nothing measurable (VAR-d30 batch 64: W8A8 453.3 → 451.6 ms, bf16 646.0 →
-652.2 ms), so `VARConfig.adaln_kernel` stays "xla" by default.
+652.2 ms), so `ExecOptions.adaln_kernel` stays "xla" by default.
 
 Numerics follow the XLA ops of `var.VARBlock` and `quant.ActQuant.quantize`: two-pass mean and
 (biased) variance in float32, ``rsqrt(var + eps)`` (libdevice's, as XLA's), dtype promotion of the
@@ -49,8 +49,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from arvg_jax import sampling_pallas
-from arvg_jax import triton_ieee as ieee
+from arvg_jax.kernels import sampling_pallas
+from arvg_jax.kernels import triton_ieee as ieee
 
 Array = jax.Array
 
@@ -251,7 +251,7 @@ def reference(
     out_dtype=jnp.bfloat16,
 ):
     """What `adaln` computes, with the XLA ops of `var.VARBlock` and `quant.ActQuant`."""
-    from arvg_jax.layers import layer_norm
+    from arvg_jax.nn.layers import layer_norm
 
     if delta is not None:
         x = x + delta * gamma[:, None]

@@ -2,7 +2,7 @@
 
 Why
 ---
-The stacked-blocks sampler (`arvg_jax.var_sampler`, a ``lax.scan`` over blocks) keeps the KV
+The stacked-blocks sampler (`arvg_jax.families.var.sampler`, a ``lax.scan`` over blocks) keeps the KV
 cache of all blocks in one array ``[D, B, L, H, K]`` carried by the scan. Attention needs block
 ``i``'s ``[B, end, H, K]`` keys; a ``lax.dynamic_slice`` of the carry is materialised by XLA as a
 copy before the cuDNN attention custom call (custom calls read whole buffers). On H100 at VAR-d30

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arvg_jax.bench.profile import hlo_summary
+from arvg_jax.families.var.bench.profile import hlo_summary
 
 INT8_PEAK = 1979e12
 BF16_PEAK = 989e12
@@ -124,7 +124,7 @@ def run_gemm(
     log=print,
 ) -> list[dict[str, Any]]:
     """Times every variant at every shape; returns one row per shape."""
-    from arvg_jax.bench.build import _rtn_minmax
+    from arvg_jax.families.var.bench.build import _rtn_minmax
     from quant._packed import pack_kernel
     from quant._qarray import ActQuant
 

@@ -7,7 +7,6 @@ Dims: B images, L tokens (all scales), l tokens of one scale (pn²), V vocabular
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any
 
@@ -16,23 +15,26 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from arvg_jax import sampling, stacked_kv
+from arvg_jax import sampling
+from arvg_jax.families.var.model import VAR, VARBlock, VARConfig, block_modulation, init_kv_caches
+from arvg_jax.nn import stacked_kv
+from arvg_jax.options import ExecOptions
 from arvg_jax.tokenizers import var_vqvae
-from arvg_jax.var import VAR, VARBlock, VARConfig, block_modulation, init_kv_caches
 
 Array = jax.Array
 
-STATIC_ARGNAMES = ("var_cfg", "vae_cfg", "top_k", "top_p", "greedy", "return_margin")
+STATIC_ARGNAMES = ("var_cfg", "opts", "vae_cfg", "top_k", "top_p", "greedy", "return_margin")
 
 
 def _generate_impl(
     var_params: dict,
     vae_params: dict,
     labels: Array,
-    key: Array,
+    keys: Array,
     cfg_weights: Array,
     *,
     var_cfg: VARConfig,
+    opts: ExecOptions,
     vae_cfg: Any,
     top_k: int,
     top_p: float,
@@ -40,11 +42,11 @@ def _generate_impl(
     return_margin: bool,
 ) -> dict[str, Array]:
     """The traced body of `generate`; every scale is unrolled (shapes are static per scale)."""
-    if var_cfg.nibble_unpack == "call":  # once here instead of at every layer call
+    if opts.nibble_unpack == "call":  # once here instead of at every layer call
         from quant import _packed
 
         var_params = _packed.unpack_nibble_storage(var_params)
-    model = VAR(var_cfg)
+    model = VAR(var_cfg, opts)
     variables = {"params": var_params}
     b = labels.shape[0]
     k_scales = var_cfg.num_scales
@@ -56,21 +58,23 @@ def _generate_impl(
     if stacked:  # `stack_blocks` layout: a lax.scan over blocks per scale
         blocks = var_params[STACKED_KEY]
         # The modulations depend on the condition only: once per generation, not per scale.
-        mods_all = lax.map(lambda p: block_modulation(var_cfg, p, ada), blocks)  # [D, 2B, 6, C]
+        mods_all = lax.map(
+            lambda p: block_modulation(var_cfg, opts, p, ada), blocks
+        )  # [D, 2B, 6, C]
         cache_len = var_cfg.seq_len
-        if var_cfg.sampler_kv == "stacked":  # whole pages (arvg_jax.stacked_kv)
-            cache_len = stacked_kv.padded_len(cache_len, var_cfg.kv_page)
+        if opts.sampler_kv == "stacked":  # whole pages (arvg_jax.nn.stacked_kv)
+            cache_len = stacked_kv.padded_len(cache_len, opts.kv_page)
         kv_shape = (var_cfg.depth, 2 * b, cache_len, var_cfg.num_heads, var_cfg.head_dim)
-        kc = jnp.zeros(kv_shape, var_cfg.dtype)
-        vc = jnp.zeros(kv_shape, var_cfg.dtype)
+        kc = jnp.zeros(kv_shape, opts.compute_dtype)
+        vc = jnp.zeros(kv_shape, opts.compute_dtype)
     else:
-        caches = init_kv_caches(var_cfg, 2 * b)
+        caches = init_kv_caches(var_cfg, 2 * b, opts)
     side = var_cfg.patch_nums[-1]
     f_hat = jnp.zeros((b, side, side, var_cfg.cvae), jnp.float32)
     tokens, margins = [], []
     for si in range(k_scales):
         if stacked:
-            x_out, kc, vc = _scan_blocks(var_cfg, blocks, mods_all, x, kc, vc, si)
+            x_out, kc, vc = _scan_blocks(var_cfg, opts, blocks, mods_all, x, kc, vc, si)
             begin, end = var_cfg.begin_ends[si]
             logits = model.apply(
                 variables,
@@ -85,9 +89,11 @@ def _generate_impl(
         mixed = sampling.cfg_mix(logits[:b], logits[b:], t, one_plus_t=one_plus_t)  # [B, l, V]
         if return_margin:
             margins.append(sampling.top2_margin(mixed))
-        key, sub = jax.random.split(key)
-        idx = sampling.sample_tokens(
-            sub, mixed, top_k=top_k, top_p=top_p, greedy=greedy, method=var_cfg.sampling_filter
+        # Each image draws scale si with its own key folded with si: an image's tokens depend on
+        # its key only, never on the batch it was generated in.
+        subkeys = jax.vmap(lambda k, si=si: jax.random.fold_in(k, si))(keys)
+        idx = sampling.sample_tokens_per_row(
+            subkeys, mixed, top_k=top_k, top_p=top_p, greedy=greedy, method=opts.sampling_filter
         )
         tokens.append(idx)
         f_hat, x_next = var_vqvae.next_scale_input(vae_params, vae_cfg, f_hat, idx, si)
@@ -155,10 +161,10 @@ def unstack_blocks(params: dict) -> dict:
     return out
 
 
-def _scan_blocks(cfg: VARConfig, blocks, mods_all, x, kc, vc, si: int):
+def _scan_blocks(cfg: VARConfig, opts: ExecOptions, blocks, mods_all, x, kc, vc, si: int):
     """The blocks of scale si as a lax.scan; kc/vc are stacked caches [D, 2B, L, H, K].
 
-    Each block reads its cache (cfg.sampler_kv "prefix": the prefix [0, end), the keys written
+    Each block reads its cache (opts.sampler_kv "prefix": the prefix [0, end), the keys written
     so far, as `VAR.step` attends to; "full": the whole [0, L) with the tail masked), writes its
     new keys/values at [begin, end) in place, and sees exactly the inputs of the unrolled
     `VAR.step`. Either read is a `dynamic_slice` of the stacked cache, which XLA materialises
@@ -168,9 +174,9 @@ def _scan_blocks(cfg: VARConfig, blocks, mods_all, x, kc, vc, si: int):
     begin, end = cfg.begin_ends[si]
     positions = np.arange(begin, end, dtype=np.int32)
     b2 = x.shape[0]
-    full = cfg.sampler_kv == "full"
-    block = VARBlock(cfg)
-    if cfg.sampler_kv == "stacked":
+    full = opts.sampler_kv == "full"
+    block = VARBlock(cfg, opts)
+    if opts.sampler_kv == "stacked":
         # The block writes its keys into the stacked carry and attends to its pages in place
         # (`SelfAttention` with a "layer" cache): no per-block slice, no write-back.
         def body_stacked(carry, xs):
@@ -190,7 +196,7 @@ def _scan_blocks(cfg: VARConfig, blocks, mods_all, x, kc, vc, si: int):
 
         idx = jnp.arange(cfg.depth, dtype=jnp.int32)
         (x, kc, vc), _ = lax.scan(
-            body_stacked, (x, kc, vc), (blocks, mods_all, idx), unroll=cfg.scan_unroll
+            body_stacked, (x, kc, vc), (blocks, mods_all, idx), unroll=opts.scan_unroll
         )
         return x, kc, vc
     size = (1, b2, cfg.seq_len if full else end, cfg.num_heads, cfg.head_dim)
@@ -220,7 +226,7 @@ def _scan_blocks(cfg: VARConfig, blocks, mods_all, x, kc, vc, si: int):
         return (x, kc, vc), None
 
     idx = jnp.arange(cfg.depth, dtype=jnp.int32)
-    (x, kc, vc), _ = lax.scan(body, (x, kc, vc), (blocks, mods_all, idx), unroll=cfg.scan_unroll)
+    (x, kc, vc), _ = lax.scan(body, (x, kc, vc), (blocks, mods_all, idx), unroll=opts.scan_unroll)
     return x, kc, vc
 
 
@@ -230,19 +236,19 @@ def generate(
     var_cfg: VARConfig,
     vae_cfg: Any,
     labels: Array | np.ndarray,
-    key: Array,
+    keys: Array,
     *,
     cfg: float = 1.5,
     top_k: int = 900,
     top_p: float = 0.96,
     greedy: bool = False,
-    dtype: Any = jnp.float32,
+    options: ExecOptions | None = None,
     return_logits_margin: bool = False,
 ) -> dict[str, Array]:
     """Generates images for class labels (official `autoregressive_infer_cfg`).
 
-    One compiled function per (configs, batch size, top_k, top_p, greedy, dtype); `cfg`, the
-    labels, the key and the params are traced, so a new cfg value does not recompile.
+    One compiled function per (configs, options, batch size, top_k, top_p, greedy); `cfg`, the
+    labels, the keys and the params are traced, so a new cfg value does not recompile.
 
     Args:
         var_params: VAR params (float or quantized), per block (``blocks_<i>``) or stacked by
@@ -252,12 +258,14 @@ def generate(
         var_cfg: the VAR config (its patch_nums must equal the VQVAE's).
         vae_cfg: the VQVAE config.
         labels: int [B] class ids in [0, num_classes).
-        key: PRNG key for the token draws.
+        keys: one PRNG key per image ([B] keys, e.g. `arvg_jax.families.image_keys`), or one
+            key, standing for images 0..B-1 of it (`fold_in(key, i)`). Image i draws scale si
+            with `fold_in(keys[i], si)`: its tokens never depend on the batch it is in.
         cfg: guidance scale; scale si uses t = cfg·si/(K−1) and (1+t)·cond − t·uncond.
         top_k, top_p: filtering before each draw (0 disables; FID setting 900 / 0.96).
         greedy: take the argmax of the filtered logits instead of drawing.
-        dtype: compute dtype of the VAR block matmuls and KV cache (float32 or bfloat16);
-            params stay float32 in storage, logits are float32.
+        options: execution options (`arvg_jax.options.ExecOptions`; compute dtype, kernels,
+            KV layout); "auto" fields are resolved here, outside tracing.
         return_logits_margin: also return the top-1 minus top-2 gap of the CFG-mixed logits.
 
     Returns:
@@ -271,20 +279,36 @@ def generate(
             f"VAR (Cvae {var_cfg.cvae}, V {var_cfg.vocab_size}) does not fit the VQVAE "
             f"(z_channels {vae_cfg.z_channels}, vocab_size {vae_cfg.vocab_size})"
         )
-    var_cfg = _with_dtype(var_cfg, dtype)
-    return _generate_jit(
-        var_params,
-        vae_params,
-        jnp.asarray(labels, jnp.int32),
-        key,
-        cfg_schedule(cfg, var_cfg.num_scales),
-        var_cfg=var_cfg,
-        vae_cfg=vae_cfg,
-        top_k=int(top_k),
-        top_p=float(top_p),
-        greedy=bool(greedy),
-        return_margin=bool(return_logits_margin),
-    )
+    labels = jnp.asarray(labels, jnp.int32)
+    opts = (options or ExecOptions()).resolve_filter()
+    with jax.threefry_partitionable(True):  # pinned: key derivation independent of the default
+        return _generate_jit(
+            var_params,
+            vae_params,
+            labels,
+            per_image_keys(keys, labels.shape[0]),
+            cfg_schedule(cfg, var_cfg.num_scales),
+            var_cfg=var_cfg,
+            opts=opts,
+            vae_cfg=vae_cfg,
+            top_k=int(top_k),
+            top_p=float(top_p),
+            greedy=bool(greedy),
+            return_margin=bool(return_logits_margin),
+        )
+
+
+def per_image_keys(keys: Array, batch: int) -> Array:
+    """[B] raw keys: `keys` as given, or one key's images 0..B-1 (`fold_in(key, i)`)."""
+    keys = jnp.asarray(keys)
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        keys = jax.random.key_data(keys)
+    if keys.ndim == 1:
+        idx = jnp.arange(batch, dtype=jnp.uint32)
+        return jax.vmap(lambda i: jax.random.fold_in(keys, i))(idx)
+    if keys.shape[0] != batch:
+        raise ValueError(f"{keys.shape[0]} PRNG keys for {batch} labels")
+    return keys
 
 
 def cfg_schedule(cfg: float, num_scales: int) -> np.ndarray:
@@ -298,7 +322,3 @@ def cfg_schedule(cfg: float, num_scales: int) -> np.ndarray:
         t = cfg * (si / (num_scales - 1)) if num_scales > 1 else 0.0
         out.append((1 + t, t))
     return np.asarray(out, np.float32)
-
-
-def _with_dtype(var_cfg: VARConfig, dtype: Any) -> VARConfig:
-    return dataclasses.replace(var_cfg, dtype=jnp.dtype(dtype).type)

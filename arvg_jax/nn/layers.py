@@ -57,7 +57,7 @@ class Dense(nn.Module):
         defer_bias: return ``(y, bias)`` instead of ``y``: on the float path ``y`` is the
             matmul output before the bias and before rounding (float32 under matmul_out
             "float32") and ``bias`` the float32 bias (or None), for a fused consumer that adds
-            and rounds itself (`arvg_jax.attn_prologue_pallas`); the quantized path adds its
+            and rounds itself (`arvg_jax.kernels.attn_prologue_pallas`); the quantized path adds its
             bias as usual and returns ``(y, None)``.
     """
 

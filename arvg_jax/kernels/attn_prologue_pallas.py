@@ -5,7 +5,7 @@ What it replaces
 Between the qkv linear layer and the paged attention, `var.SelfAttention` (sampler_kv
 "stacked") adds the qkv bias, rounds to the compute dtype, l2-normalises q and k
 (``models/basic_var.py``: ``F.normalize(q, dim=-1) * scale_mul``, ``F.normalize(k, dim=-1)``)
-and writes k and v into the layer-stacked cache (`arvg_jax.stacked_kv.write`). XLA compiles
+and writes k and v into the layer-stacked cache (`arvg_jax.nn.stacked_kv.write`). XLA compiles
 that into separate fusions (the q and k normalisations tiled ``[1, 256, 1, 1, 64]``) and two
 cache writes that read k and v again.
 
@@ -42,8 +42,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from arvg_jax import sampling_pallas
-from arvg_jax import triton_ieee as ieee
+from arvg_jax.kernels import sampling_pallas
+from arvg_jax.kernels import triton_ieee as ieee
 
 Array = jax.Array
 
@@ -260,8 +260,8 @@ def reference(
     normalize: bool = True,
 ) -> tuple[Array, Array, Array]:
     """What `prologue` computes, with XLA ops (the path `var.SelfAttention` takes without it)."""
-    from arvg_jax import stacked_kv
-    from arvg_jax.layers import l2_normalize
+    from arvg_jax.nn import stacked_kv
+    from arvg_jax.nn.layers import l2_normalize
 
     b, length, _ = qkv.shape
     _, _, _, h, kd = k_cache.shape

@@ -14,7 +14,7 @@ the values of weights or quantizer scales:
     ``quantize_calibrated`` instead runs one float forward of a synthetic calibration batch and
     the official percentile-MSE activation search (slower; same shapes and dtypes).
 
-Every layer PTQ4ARVG quantizes is quantized (`quant.families.var.VARAdapter`): all block linears,
+Every layer PTQ4ARVG quantizes is quantized (`arvg_jax.families.var.quant_adapter.VARAdapter`): all block linears,
 ``head_nm/ada_lin`` and ``head``; ``word_embed`` stays float, as in the official code.
 """
 
@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arvg_jax.options import ExecOptions
+
 PRECISIONS = ("float32", "bfloat16", "w8a8", "w6a6", "w4a8")  # w4a8: weights two codes per byte
 INT8_IMPLS = (
     "auto",
@@ -40,14 +42,14 @@ INT8_IMPLS = (
 )  # qarray: QArray [I, O], unpacked
 ATTENTIONS = ("auto", "xla", "cudnn")
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
-KV_MODES = ("auto", "stacked", "prefix", "full")  # VARConfig.sampler_kv ("auto": its default)
-FILTERS = ("auto", "sort", "bisect", "pallas")  # VARConfig.sampling_filter
-KERNEL_CHOICES = ("auto", "xla", "pallas")  # VARConfig.attn_prologue / adaln_kernel
-UNPACK_MODES = ("call", "layer")  # VARConfig.nibble_unpack
+KV_MODES = ("auto", "stacked", "prefix", "full")  # ExecOptions.sampler_kv ("auto": its default)
+FILTERS = ("auto", "sort", "bisect", "pallas")  # ExecOptions.sampling_filter
+KERNEL_CHOICES = ("auto", "xla", "pallas")  # ExecOptions.attn_prologue / adaln_kernel
+UNPACK_MODES = ("call", "layer")  # ExecOptions.nibble_unpack
 
 
 def _is_page(n: int) -> bool:
-    return n > 0 and n % 64 == 0  # VARConfig.kv_page
+    return n > 0 and n % 64 == 0  # ExecOptions.kv_page
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +70,10 @@ class Variant:
     ffn_fused: bool = True
     filter: str = "auto"
     kv_page: int = 0  # 0: VARConfig's default
-    matmul_out: str = "float32"  # VARConfig.matmul_out ("dtype": +gemm-bf16out)
-    prologue: str = ""  # VARConfig.attn_prologue ("": its default)
-    adaln: str = ""  # VARConfig.adaln_kernel ("": its default)
-    unpack: str = ""  # VARConfig.nibble_unpack ("": its default)
+    matmul_out: str = "float32"  # ExecOptions.matmul_out ("dtype": +gemm-bf16out)
+    prologue: str = ""  # ExecOptions.attn_prologue ("": its default)
+    adaln: str = ""  # ExecOptions.adaln_kernel ("": its default)
+    unpack: str = ""  # ExecOptions.nibble_unpack ("": its default)
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -146,10 +148,10 @@ def abstract_param_bytes(name: str, precisions) -> dict[str, int]:
     costs no weights and no memory. Equal to `param_bytes` of the trees the bench builds
     (tests/bench_test.py checks it on the tiny model).
     """
+    from arvg_jax.families.var.model import VAR
+    from arvg_jax.families.var.quant_adapter import VARAdapter
     from arvg_jax.models import resolve_configs
-    from arvg_jax.var import VAR
     from quant import _packed, _tree
-    from quant.families.var import VARAdapter
 
     cfg, _ = resolve_configs(name, None)
     labels = jax.ShapeDtypeStruct((1,), jnp.int32)
@@ -237,9 +239,9 @@ def random_params(abstract: Any, seed: int) -> Any:
 
 def fast_random_model(name: str, seed: int = 0):
     """`arvg_jax.models.random_model` without compiling the init forward (see module doc)."""
+    from arvg_jax.families.var.model import VAR
     from arvg_jax.models import Model, resolve_configs
     from arvg_jax.tokenizers import var_vqvae
-    from arvg_jax.var import VAR
 
     cfg, vae_cfg = resolve_configs(name, None)
     labels = jax.ShapeDtypeStruct((1,), jnp.int32)
@@ -256,7 +258,7 @@ def fast_random_model(name: str, seed: int = 0):
         vae_cfg,
         vae_params,
         name=f"{name} (random weights)",
-        source={"random_seed": seed, "init": "arvg_jax.bench.build.fast_random_model"},
+        source={"random_seed": seed, "init": "arvg_jax.families.var.bench.build.fast_random_model"},
     )
 
 
@@ -283,7 +285,7 @@ def _act_quant_minmax(lo, hi, bits: int, table):
 
 def calibration_batch(model, n: int, seed: int) -> dict[str, Any]:
     """Synthetic calibration inputs: random labels and random token maps through the VQVAE."""
-    from quant.families.var import tokens_to_batch
+    from arvg_jax.families.var.quant_adapter import tokens_to_batch
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, model.cfg.num_classes, size=n).astype(np.int32)
@@ -300,8 +302,8 @@ def _layer_tables(adapter):
 def quantize_fast(model, bit_pairs, *, calib: int = 2, seed: int = 0) -> dict[tuple, dict]:
     """Quantized param trees (QArray kernels + ActQuant) for each (w_bits, a_bits) pair, from
     min-max fits on synthetic standard-normal layer inputs (module doc); no model forward."""
+    from arvg_jax.families.var.quant_adapter import VARAdapter
     from quant import _tree
-    from quant.families.var import VARAdapter
 
     adapter = VARAdapter(model.cfg)
     tables = _layer_tables(adapter)
@@ -331,10 +333,10 @@ def quantize_fast(model, bit_pairs, *, calib: int = 2, seed: int = 0) -> dict[tu
 def quantize_calibrated(model, bit_pairs, *, calib: int = 2, seed: int = 0) -> dict[tuple, dict]:
     """Like `quantize_fast`, but the activation quantizers use the official percentile-MSE
     search on the layer inputs of one float forward of ``calib`` synthetic sequences."""
+    from arvg_jax.families.var.quant_adapter import VARAdapter
     from quant import _tree
     from quant._calibrate import collect
     from quant._quantizers import fit_act_quant
-    from quant.families.var import VARAdapter
 
     adapter = VARAdapter(model.cfg)
     tables = {"scale": adapter.group_table("scale"), "sink": adapter.group_table("sink")}
@@ -367,29 +369,27 @@ def quantize_calibrated(model, bit_pairs, *, calib: int = 2, seed: int = 0) -> d
 
 
 def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
-    """(params, var_cfg, vae_cfg) of a variant; ``quantized`` from ``quantize_fast``."""
-    from arvg_jax import var_sampler
+    """(params, var_cfg, vae_cfg, ExecOptions) of a variant; ``quantized`` from
+    ``quantize_fast``."""
+    from arvg_jax.families.var import sampler as var_sampler
     from quant import _packed
 
-    var_cfg = dataclasses.replace(
-        model.cfg,
+    opts = ExecOptions(
         dtype=variant.dtype,
         attention=variant.attention,
         fuse_ffn_quant=variant.ffn_fused,
         sampling_filter=variant.filter,
     )
-    if variant.kv != "auto":
-        var_cfg = dataclasses.replace(var_cfg, sampler_kv=variant.kv)
-    if variant.matmul_out != "float32":
-        var_cfg = dataclasses.replace(var_cfg, matmul_out=variant.matmul_out)
-    if variant.kv_page:
-        var_cfg = dataclasses.replace(var_cfg, kv_page=variant.kv_page)
-    if variant.prologue:
-        var_cfg = dataclasses.replace(var_cfg, attn_prologue=variant.prologue)
-    if variant.adaln:
-        var_cfg = dataclasses.replace(var_cfg, adaln_kernel=variant.adaln)
-    if variant.unpack:
-        var_cfg = dataclasses.replace(var_cfg, nibble_unpack=variant.unpack)
+    changes = {
+        "sampler_kv": variant.kv if variant.kv != "auto" else None,
+        "matmul_out": variant.matmul_out if variant.matmul_out != "float32" else None,
+        "kv_page": variant.kv_page or None,
+        "attn_prologue": variant.prologue or None,
+        "adaln_kernel": variant.adaln or None,
+        "nibble_unpack": variant.unpack or None,
+    }
+    opts = opts.replace(**{k: v for k, v in changes.items() if v is not None})
+    var_cfg = model.cfg
     vae_cfg = dataclasses.replace(model.vae_cfg, dtype=variant.dtype)
     if variant.precision == "float32":
         params = model.params

@@ -1,0 +1,1 @@
+"""Shared layers: quantization-aware Dense, norms, activations, KV caches."""

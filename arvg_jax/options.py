@@ -1,0 +1,141 @@
+"""Execution options: how a model runs (dtype, kernels, layouts), apart from what it is.
+
+A family's config holds what the checkpoint determines (the official constructor arguments);
+everything here is a choice of the machine running it: never saved in checkpoints, passed to
+samplers and models as a static argument, with every ``"auto"`` resolved once per target platform
+(`ExecOptions.resolve`) outside tracing. None of these changes the function computed, only float
+rounding and speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, get_args
+
+import jax
+import jax.numpy as jnp
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+Attention = Literal["auto", "xla", "cudnn"]
+SamplerKV = Literal["prefix", "full", "stacked"]
+MatmulOut = Literal["float32", "dtype"]
+Kernel = Literal["auto", "xla", "pallas"]
+NibbleUnpack = Literal["call", "layer"]
+Platform = Literal["cpu", "gpu", "tpu"]
+
+# Fields an older checkpoint config may carry (they lived in VARConfig before 0.2): dropped on read.
+FIELDS = (
+    "dtype",
+    "attention",
+    "sampling_filter",
+    "sampler_kv",
+    "kv_page",
+    "matmul_out",
+    "attn_prologue",
+    "adaln_kernel",
+    "scan_unroll",
+    "fuse_ffn_quant",
+    "nibble_unpack",
+)
+LEGACY_CONFIG_FIELDS = frozenset(FIELDS) | {"param_dtype"}
+
+
+def _check(name: str, value: Any, literal: Any) -> None:
+    allowed = get_args(literal)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExecOptions:
+    """How to run a model; hashable, so it is a static jit argument.
+
+    Attributes:
+      dtype: compute dtype of the transformer matmuls and KV cache (params stay float32; norms,
+        embeddings, heads and logits run in float32). bfloat16 is the official autocast inference.
+      attention: cached-sampling attention: "xla" (einsum + float32 softmax), "cudnn"
+        (`jax.nn.dot_product_attention`; 16-bit dtypes and head dims cuDNN takes) or "auto" (cudnn
+        on GPU in 16-bit where the head dim fits, else xla). Teacher forcing always uses xla.
+      sampling_filter: the top-k / top-p filter (`arvg_jax.sampling.top_k_top_p_filter`): "sort"
+        (the official two sorts), "bisect[:bits[:chunk]]" (sort-free, XLA), "pallas" (one GPU
+        kernel) or "auto" (pallas on NVIDIA GPUs, else sort).
+      sampler_kv: KV layout of VAR's stacked sampler: "stacked" (the scan writes into the
+        layer-stacked cache and attends to the block's pages in place), "prefix" (slices the
+        written prefix, a copy) or "full" (masks the unwritten tail).
+      kv_page: positions per page of the "stacked" cache (a multiple of 64).
+      matmul_out: float Dense output precision: "float32" (the official single rounding) or
+        "dtype" (16-bit matmul outputs, two roundings).
+      attn_prologue: qkv bias + rounding + q/k norm + cache writes as one Pallas kernel
+        ("pallas"), separate XLA ops ("xla") or "auto" (pallas on NVIDIA GPUs where it applies).
+      adaln_kernel: residual add + LayerNorm + modulation (+ next layer's int8 codes) as one
+        Pallas kernel ("pallas"), XLA ("xla", default: no measured gain) or "auto".
+      scan_unroll: `lax.scan` unroll factor over stacked blocks.
+      fuse_ffn_quant: packed int8 fc1 on the Hopper kernel emits fc2's int8 input codes.
+      nibble_unpack: 4-bit weights stored two per byte are expanded once per generate call
+        ("call") or at every layer call ("layer").
+    """
+
+    dtype: Dtype = "float32"
+    attention: Attention = "auto"
+    sampling_filter: str = "auto"
+    sampler_kv: SamplerKV = "stacked"  # 36 ms faster than "prefix" at VAR-d30 b64 (BENCHMARKS.md)
+    kv_page: int = 64
+    matmul_out: MatmulOut = "float32"
+    attn_prologue: Kernel = "auto"  # VAR-d30 b64 on H100: bf16 −18 ms, W8A8 −7 ms (BENCHMARKS.md)
+    adaln_kernel: Kernel = "xla"  # "pallas": no measurable gain at VAR-d30 b64 (BENCHMARKS.md)
+    scan_unroll: int = 1
+    fuse_ffn_quant: bool = True
+    nibble_unpack: NibbleUnpack = "call"
+
+    def __post_init__(self):
+        # Accept any dtype spelling (jnp.bfloat16, "bfloat16", np.dtype) and keep the name.
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
+        _check("dtype", self.dtype, Dtype)
+        _check("attention", self.attention, Attention)
+        _check("sampler_kv", self.sampler_kv, SamplerKV)
+        _check("matmul_out", self.matmul_out, MatmulOut)
+        _check("attn_prologue", self.attn_prologue, Kernel)
+        _check("adaln_kernel", self.adaln_kernel, Kernel)
+        _check("nibble_unpack", self.nibble_unpack, NibbleUnpack)
+        from arvg_jax.sampling import parse_filter_method
+
+        parse_filter_method(self.sampling_filter)  # raises on a bad spec
+        if not (isinstance(self.kv_page, int) and self.kv_page >= 64 and self.kv_page % 64 == 0):
+            raise ValueError(f"kv_page must be a positive multiple of 64, got {self.kv_page!r}")
+        if not (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1):
+            raise ValueError(f"scan_unroll must be a positive int, got {self.scan_unroll!r}")
+
+    @property
+    def compute_dtype(self) -> Any:
+        """The jnp scalar type of `dtype` (jnp.float32, jnp.bfloat16, ...)."""
+        return jnp.dtype(self.dtype).type
+
+    @property
+    def half(self) -> bool:
+        return self.dtype in ("bfloat16", "float16")
+
+    def replace(self, **changes) -> ExecOptions:
+        return dataclasses.replace(self, **changes)
+
+    def resolve_filter(self, platform: str | None = None) -> ExecOptions:
+        """This with `sampling_filter` "auto" resolved for `platform` (default: the runtime's)."""
+        if self.sampling_filter != "auto":
+            return self
+        from arvg_jax import sampling_pallas
+
+        platform = platform or current_platform()
+        pallas = platform == "gpu" and sampling_pallas.available()
+        return self.replace(sampling_filter="pallas" if pallas else "sort")
+
+
+def current_platform() -> str:
+    """ "cpu", "gpu" or "tpu": the default backend of this process."""
+    backend = jax.default_backend()
+    return "gpu" if backend in ("gpu", "cuda", "rocm") else backend
+
+
+def from_legacy_config(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Splits a stored config dict into (architecture fields, execution fields it carried)."""
+    arch = {k: v for k, v in d.items() if k not in LEGACY_CONFIG_FIELDS}
+    execution = {k: v for k, v in d.items() if k in FIELDS}
+    return arch, execution

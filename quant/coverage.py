@@ -1,0 +1,145 @@
+"""Quantization coverage as data: which layers are quantized, how, and where transforms fold.
+
+A family describes its PTQ4ARVG coverage as an ordered tuple of `QuantRule`s. Each layer path
+("blocks_3/attn/qkv", the Dense's path in the param tree) takes the first rule whose `path` regex
+matches it in full; a layer that no rule matches, or a rule that matches no layer, is an error
+(a silent no-match is the classic PTQ bug). Algorithms read the resolved `LayerSpec`s, never a
+family's code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+__all__ = ["Coverage", "FoldRule", "FoldTarget", "LayerSpec", "QuantRule"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FoldRule:
+    """Where a layer's input transform x' = x / s - p folds (no runtime cost).
+
+    Attributes:
+      norm: the layer producing the modulation, as a `re.Match.expand` template of the rule's
+        path match (e.g. r"\\g<block>/ada_lin").
+      scale: chunk index of the modulation's scale columns (chunk width = the model width).
+      shift: chunk index of its shift columns.
+      kind: "adaln": LN(x) * (1 + scale) + shift, scale/shift columns of a Dense (VAR, RAR);
+        "norm_bias": an affine norm's weight, gaining a bias for the shift (PAR, MAR).
+    """
+
+    norm: str
+    scale: int = 0
+    shift: int = 1
+    kind: Literal["adaln", "norm_bias"] = "adaln"
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldTarget:
+    """A resolved `FoldRule`: the norm layer path and its scale / shift output columns."""
+
+    norm_layer: str
+    scale_cols: slice
+    shift_cols: slice
+    kind: str = "adaln"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantRule:
+    """One coverage rule (first match wins).
+
+    Attributes:
+      path: regex, `re.fullmatch`ed against the layer path.
+      kind: the layer's name in reports ("qkv", "fc1", "ada_lin", ...).
+      groups: token-group granularity of its static input quantizer, a name the family's
+        `group_table` knows ("tensor" = one group; VAR "scale", "sink"; ...).
+      smooth: the input gets SmoothQuant, the zero-centering shift and GPS, folded into `fold`.
+      fold: where those transforms fold (required with `smooth`).
+      sink_excluded: input statistics of the transforms skip the sink tokens.
+      share_input_with: a layer path template whose input quantizer this layer reuses (same input
+        tensor, e.g. PAR's w3 and w1).
+      keep_float: the layer stays float (e.g. VAR's word_embed).
+    """
+
+    path: str
+    kind: str
+    groups: str = "tensor"
+    smooth: bool = False
+    fold: FoldRule | None = None
+    sink_excluded: bool = False
+    share_input_with: str | None = None
+    keep_float: bool = False
+
+    def __post_init__(self):
+        re.compile(self.path)
+        if self.smooth and self.fold is None:
+            raise ValueError(f"rule {self.path!r}: smooth=True needs a fold target")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """A layer and the rule that covers it (with its fold target resolved)."""
+
+    name: str
+    rule: QuantRule
+    fold: FoldTarget | None
+
+
+class Coverage:
+    """Rules resolved against a model's layer paths.
+
+    Args:
+      rules: the family's rules, in priority order.
+      layers: every Dense layer path of the model.
+      width: chunk width of fold columns (the model width C).
+
+    Raises:
+      ValueError: a layer no rule matches, or a rule no layer matches (naming them).
+    """
+
+    def __init__(self, rules: Sequence[QuantRule], layers: Iterable[str], width: int):
+        self.rules = tuple(rules)
+        self._specs: dict[str, LayerSpec] = {}
+        used = [False] * len(self.rules)
+        unmatched = []
+        for name in layers:
+            for i, rule in enumerate(self.rules):
+                m = re.fullmatch(rule.path, name)
+                if m is None:
+                    continue
+                used[i] = True
+                fold = None
+                if rule.fold is not None:
+                    f = rule.fold
+                    fold = FoldTarget(
+                        m.expand(f.norm),
+                        slice(f.scale * width, (f.scale + 1) * width),
+                        slice(f.shift * width, (f.shift + 1) * width),
+                        f.kind,
+                    )
+                self._specs[name] = LayerSpec(name, rule, fold)
+                break
+            else:
+                unmatched.append(name)
+        if unmatched:
+            raise ValueError(f"no quantization rule covers layers {unmatched}")
+        unused = [r.path for r, u in zip(self.rules, used) if not u]
+        if unused:
+            raise ValueError(f"quantization rules that match no layer: {unused}")
+
+    def __getitem__(self, name: str) -> LayerSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a layer of this model") from None
+
+    def layers(self) -> tuple[str, ...]:
+        return tuple(self._specs)
+
+    def quantized(self) -> tuple[str, ...]:
+        return tuple(n for n, s in self._specs.items() if not s.rule.keep_float)
+
+    def smoothed(self) -> tuple[str, ...]:
+        return tuple(n for n in self.quantized() if self._specs[n].rule.smooth)

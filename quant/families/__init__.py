@@ -1,1 +1,0 @@
-"""Per-family quantization plumbing: stages, layer coverage, token groups, norm folding."""
