@@ -44,7 +44,7 @@ def add_sampling_arguments(group) -> None:
 def sampling_from_args(model, args) -> dict:
     """The model family's sampling settings: given flags, else the official defaults."""
     out = {}
-    for arg in model.fam.sampling_arguments():
+    for arg in model.fam.sampling_arguments(model.cfg):
         value = getattr(args, arg.name, None)
         out[arg.name] = arg.default if value is None else value
     return out

@@ -112,13 +112,14 @@ class Family:
         raise NotImplementedError(f"{preset_name}: no packaged weights")
 
     # ---- running ------------------------------------------------------------------------------
-    def sampling_arguments(self) -> tuple[SamplingArg, ...]:
-        """The sampler's settings with the official defaults (CLI flags)."""
+    def sampling_arguments(self, cfg=None) -> tuple[SamplingArg, ...]:
+        """The sampler's settings with the official defaults (CLI flags); `cfg` picks per-size
+        defaults where the official sampler has them."""
         raise NotImplementedError
 
-    def sampling_defaults(self) -> dict[str, Any]:
+    def sampling_defaults(self, cfg=None) -> dict[str, Any]:
         """The official sampler's defaults, by `generate` keyword."""
-        return {a.name: a.default for a in self.sampling_arguments()}
+        return {a.name: a.default for a in self.sampling_arguments(cfg)}
 
     def demo_sampling(self) -> dict[str, Any]:
         """The sampling settings of `arvg demo` (default: the official ones)."""

@@ -111,7 +111,7 @@ class VARFamily(Family):
         cfg, params, tok_cfg, tok_params, _, meta = assets.load_tiny()
         return cfg, params, tok_cfg, tok_params, meta
 
-    def sampling_arguments(self):
+    def sampling_arguments(self, cfg=None):
         # The official FID setting (models/var.py autoregressive_infer_cfg callers).
         return (
             SamplingArg(name="cfg", type=float, default=1.5, help="CFG scale (ramped over scales)"),
