@@ -1,0 +1,1 @@
+"""Model families (one sub-package each: config, model, sampler, reference check)."""

@@ -1,0 +1,1 @@
+"""Generic layers shared by several families (attention with a KV cache, ...)."""
