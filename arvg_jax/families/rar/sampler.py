@@ -1,11 +1,12 @@
 """RAR class-conditional generation: raster order, KV cache, CFG, one compiled program.
 
 Matches bytedance/1d-tokenizer (commit 942a96f) `modeling/rar.py` `RAR.generate` with its
-default kv_cache=True: step 0 runs [cls, cond] (2 tokens), step s >= 1 runs image token s - 1 at
-sequence position s + 1 against the cache; the last position's logits are CFG-mixed with the
-power-cosine schedule, divided by the temperature and sampled (no top-k / top-p). The prefill and
-a `lax.fori_loop` over steps 1 .. n - 1 (fixed-shape caches, traced offsets) are one jit program;
-the tokenizer decode can run inside it too.
+default kv_cache=True: step 0 runs [cls, cond], step s >= 1 runs image token s - 1 at sequence
+position s + 1 against the cache; the last position's logits are CFG-mixed with the power-cosine
+schedule, divided by the temperature and sampled (no top-k / top-p). Here one `lax.fori_loop`
+feeds the n + 1 sequence positions one token at a time (fixed-shape caches, traced offsets), so
+the whole generation is one jit program holding one copy of the model; the tokenizer decode can
+run inside it too.
 
 Dims: B images, n image tokens, V codebook size, R recorded steps.
 """
@@ -80,28 +81,31 @@ def _generate_impl(
     rows = cond.shape[0]
     caches = init_caches(cfg, rows, dtype)
 
-    def pick(step, logits_last, state):
-        """Samples token `step` from the [rows, V] logits; records what was asked."""
+    def pick(step, logits_last, state, valid=True):
+        """Samples token `step` from the [rows, V] logits and records what was asked; writes
+        nothing where `valid` is False."""
         mixed = _mix(logits_last, b, use_cfg, schedule[step], temperature)  # [B, V]
         if greedy:
             tok = jnp.argmax(mixed, axis=-1).astype(jnp.int32)
         else:
             sub = jax.random.fold_in(key, step)
             tok = jax.random.categorical(sub, mixed.astype(jnp.float32), axis=-1).astype(jnp.int32)
+
+        def put(buf, x, where):  # buf [B, T, ...] gets x at column `step` where `where`
+            col = jnp.minimum(step, buf.shape[1] - 1)
+            return buf.at[:, col].set(jnp.where(where, x.astype(buf.dtype), buf[:, col]))
+
         state = dict(state)
-        state["tokens"] = state["tokens"].at[:, step].set(tok)
-        state["top2_margin"] = state["top2_margin"].at[:, step].set(top2_margin(mixed))
+        state["tokens"] = put(state["tokens"], tok, valid)
+        state["top2_margin"] = put(state["top2_margin"], top2_margin(mixed), valid)
         if record:
-            idx = jnp.minimum(step, record - 1)
-            keep = step < record
-
-            def put(buf, x):
-                return jnp.where(keep, buf.at[:, idx].set(x.astype(buf.dtype)), buf)
-
-            state["logits_first"] = put(state["logits_first"], mixed)
-            state["cond_logits_first"] = put(state["cond_logits_first"], logits_last[:b])
+            keep = valid & (step < record)
+            state["logits_first"] = put(state["logits_first"], mixed, keep)
+            state["cond_logits_first"] = put(state["cond_logits_first"], logits_last[:b], keep)
             if use_cfg:
-                state["uncond_logits_first"] = put(state["uncond_logits_first"], logits_last[b:])
+                state["uncond_logits_first"] = put(
+                    state["uncond_logits_first"], logits_last[b:], keep
+                )
         return state
 
     state = {
@@ -114,22 +118,25 @@ def _generate_impl(
         if use_cfg:
             state["uncond_logits_first"] = jnp.zeros((b, record, v), jnp.float32)
 
-    # Step 0: [cls, cond] at positions 0, 1 (causal); the cls id is ignored by `embed`.
-    seq = jnp.stack([jnp.zeros_like(cond), cond], axis=1)  # [rows, 2]
-    logits, caches = model.apply(variables, seq, cond, caches, offset=0, method=RAR.decode)
-    state = pick(0, logits[:, -1], state)
-
-    def body(step, carry):
+    def body(pos, carry):
+        """Runs sequence position `pos` (one token) through the cache; from pos 1 on, its
+        logits give image token pos - 1 (= the official step pos - 1)."""
         state, caches = carry
-        prev = state["tokens"][:, step - 1]  # [B]
-        if use_cfg:  # both halves feed the same token
+        # pos 0: cls (its id is ignored by `embed`), pos 1: the condition, pos >= 2: the image
+        # token sampled at step pos - 2 (both CFG halves feed the same token).
+        prev = state["tokens"][:, jnp.maximum(pos - 2, 0)]  # [B]
+        if use_cfg:
             prev = jnp.concatenate([prev, prev])
+        ids = jnp.where(pos == 1, cond, prev)  # [rows]
         logits, caches = model.apply(
-            variables, prev[:, None], cond, caches, offset=step + 1, method=RAR.decode
+            variables, ids[:, None], cond, caches, offset=pos, method=RAR.decode
         )
-        return pick(step, logits[:, -1], state), caches
+        state = pick(jnp.maximum(pos - 1, 0), logits[:, -1], state, valid=pos >= 1)
+        return state, caches
 
-    state, _ = lax.fori_loop(1, n, body, (state, caches))
+    # The official step 0 runs [cls, cond] as one causal 2-token call; here they are two
+    # 1-token steps of the same loop (the same function: one compiled copy of the model).
+    state, _ = lax.fori_loop(0, n + 1, body, (state, caches))
     if vq_params is not None:
         img = maskgit_vqgan.decode_tokens(vq_params, vq_cfg, state["tokens"])
         state["images"] = img
