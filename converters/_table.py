@@ -1,8 +1,8 @@
 """Declarative state-dict conversion: a `(flax path regex, torch key templates, hook)` table
 checked against an abstract param tree (`jax.eval_shape`), shared by the per-family converters.
 
-Hooks are written with `jax.numpy`, so the same table validates a shapes-only release manifest
-through `jax.eval_shape` without allocating anything.
+Hooks use array methods only, so the same table converts numpy arrays and validates a shapes-only
+release manifest through `jax.eval_shape` without allocating anything.
 """
 
 from __future__ import annotations
@@ -23,23 +23,25 @@ Rule = tuple[str, tuple[str, ...], str]
 
 
 # ---- common hooks ----------------------------------------------------------------------------
+# Written with array methods only, so one hook serves numpy arrays (conversion: no jax dispatch,
+# nothing compiled per shape) and tracers (`jax.eval_shape` validation).
 def copy(w):
-    return jnp.asarray(w, jnp.float32)
+    return w.astype(np.float32)
 
 
 def linear_kernel(w):
     """nn.Linear.weight [out, in] -> Dense kernel [in, out]."""
-    return jnp.asarray(w, jnp.float32).T
+    return w.astype(np.float32).T
 
 
 def conv_kernel(w):
     """nn.Conv2d.weight [O, I, kh, kw] -> flax Conv kernel [kh, kw, I, O]."""
-    return jnp.transpose(jnp.asarray(w, jnp.float32), (2, 3, 1, 0))
+    return w.astype(np.float32).transpose(2, 3, 1, 0)
 
 
 def squeeze_leading(w):
     """Drops leading size-1 axes down to rank 2: (1, L, C) -> [L, C]."""
-    w = jnp.asarray(w, jnp.float32)
+    w = w.astype(np.float32)
     while w.ndim > 2 and w.shape[0] == 1:
         w = w[0]
     return w
@@ -47,7 +49,7 @@ def squeeze_leading(w):
 
 def flatten(w):
     """Any shape -> 1-D (e.g. a (1, 1, C) token parameter -> [C])."""
-    return jnp.asarray(w, jnp.float32).reshape(-1)
+    return w.astype(np.float32).reshape(-1)
 
 
 COMMON_HOOKS: dict[str, Callable[..., Any]] = {
@@ -154,7 +156,11 @@ def convert(
                 f"{src_shapes} -> {path}: got {tuple(got.shape)}, expected {tuple(target.shape)}"
             )
             continue
-        out[path] = hook(*(sources[k] for k in keys)) if convert else got
+        if convert:
+            # numpy in, numpy out (see the hooks); one device_put per leaf, nothing compiled.
+            out[path] = jnp.asarray(hook(*(np.asarray(sources[k]) for k in keys)))
+        else:
+            out[path] = got
     if missing or unexpected or misshaped:
         parts = []
         if missing:

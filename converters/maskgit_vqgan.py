@@ -20,7 +20,11 @@ TABLE: tuple[_table.Rule, ...] = (
     (r"decoder/(conv_in|conv_out)/bias", ("decoder.{0}.bias",), "copy"),
     (r"decoder/norm_out/scale", ("decoder.norm_out.weight",), "copy"),
     (r"decoder/norm_out/bias", ("decoder.norm_out.bias",), "copy"),
-    (r"decoder/mid_(\d+)/(conv1|conv2|nin_shortcut)/kernel", ("decoder.mid.{0}.{1}.weight",), "conv_kernel"),
+    (
+        r"decoder/mid_(\d+)/(conv1|conv2|nin_shortcut)/kernel",
+        ("decoder.mid.{0}.{1}.weight",),
+        "conv_kernel",
+    ),
     (r"decoder/mid_(\d+)/(norm1|norm2)/scale", ("decoder.mid.{0}.{1}.weight",), "copy"),
     (r"decoder/mid_(\d+)/(norm1|norm2)/bias", ("decoder.mid.{0}.{1}.bias",), "copy"),
     (
@@ -28,9 +32,21 @@ TABLE: tuple[_table.Rule, ...] = (
         ("decoder.up.{0}.block.{1}.{2}.weight",),
         "conv_kernel",
     ),
-    (r"decoder/up_(\d+)/block_(\d+)/(norm1|norm2)/scale", ("decoder.up.{0}.block.{1}.{2}.weight",), "copy"),
-    (r"decoder/up_(\d+)/block_(\d+)/(norm1|norm2)/bias", ("decoder.up.{0}.block.{1}.{2}.bias",), "copy"),
-    (r"decoder/up_(\d+)/upsample_conv/kernel", ("decoder.up.{0}.upsample_conv.weight",), "conv_kernel"),
+    (
+        r"decoder/up_(\d+)/block_(\d+)/(norm1|norm2)/scale",
+        ("decoder.up.{0}.block.{1}.{2}.weight",),
+        "copy",
+    ),
+    (
+        r"decoder/up_(\d+)/block_(\d+)/(norm1|norm2)/bias",
+        ("decoder.up.{0}.block.{1}.{2}.bias",),
+        "copy",
+    ),
+    (
+        r"decoder/up_(\d+)/upsample_conv/kernel",
+        ("decoder.up.{0}.upsample_conv.weight",),
+        "conv_kernel",
+    ),
     (r"decoder/up_(\d+)/upsample_conv/bias", ("decoder.up.{0}.upsample_conv.bias",), "copy"),
 )
 
@@ -45,7 +61,10 @@ def convert_maskgit_vqgan(state_dict: Mapping[str, Any], cfg: MaskGITVQGANConfig
         ConversionError: listing every missing, unexpected and mis-shaped key.
     """
     return _table.convert(
-        state_dict, abstract_params(cfg), TABLE, ignored=IGNORED_KEYS,
+        state_dict,
+        abstract_params(cfg),
+        TABLE,
+        ignored=IGNORED_KEYS,
         what=f"MaskGIT-VQGAN state dict for {cfg}",
     )
 
@@ -53,6 +72,10 @@ def convert_maskgit_vqgan(state_dict: Mapping[str, Any], cfg: MaskGITVQGANConfig
 def check_manifest(manifest: Mapping[str, Any], cfg: MaskGITVQGANConfig) -> dict:
     """Validates a release manifest (`reference/manifests/maskgit_vqgan.json`) without allocating."""
     return _table.convert(
-        _table.manifest_sources(manifest), abstract_params(cfg), TABLE, ignored=IGNORED_KEYS,
-        what=f"MaskGIT-VQGAN manifest for {cfg}", convert=False,
+        _table.manifest_sources(manifest),
+        abstract_params(cfg),
+        TABLE,
+        ignored=IGNORED_KEYS,
+        what=f"MaskGIT-VQGAN manifest for {cfg}",
+        convert=False,
     )

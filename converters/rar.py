@@ -74,7 +74,11 @@ def convert_rar(state_dict: Mapping[str, Any], cfg: RARConfig) -> dict:
         ConversionError: listing every missing, unexpected and mis-shaped key.
     """
     return _table.convert(
-        state_dict, abstract_params(cfg), TABLE, ignored=IGNORED_KEYS, what=f"RAR state dict for {cfg}"
+        state_dict,
+        abstract_params(cfg),
+        TABLE,
+        ignored=IGNORED_KEYS,
+        what=f"RAR state dict for {cfg}",
     )
 
 

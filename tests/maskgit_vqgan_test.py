@@ -26,9 +26,7 @@ def test_decode_matches_reference(reference):
     cfg = _fixture_cfg(fixture)
     params = convert_maskgit_vqgan(load_state_dict(fixture / "maskgit_vqgan.pth"), cfg)
     io = np.load(fixture / "io.npz")
-    decode = jax.jit(
-        lambda p, t: maskgit_vqgan.decode_tokens(p, cfg, t, clamp=False)
-    )
+    decode = jax.jit(lambda p, t: maskgit_vqgan.decode_tokens(p, cfg, t, clamp=False))
     img = np.asarray(decode(params, jnp.asarray(io["dec_tokens"]))).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(img, io["dec_img_preclamp"], rtol=0, atol=IMG_ATOL)
     np.testing.assert_allclose(np.clip(img, 0, 1), io["dec_img"], rtol=0, atol=IMG_ATOL)

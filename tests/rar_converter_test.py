@@ -37,14 +37,24 @@ def _official_manifest(cfg: RARConfig) -> dict:
     for i in range(cfg.num_hidden_layers):
         b = f"blocks.{i}."
         for name, shape in (
-            ("norm1.weight", [c]), ("norm1.bias", [c]), ("norm2.weight", [c]), ("norm2.bias", [c]),
-            ("attn.qkv.weight", [3 * c, c]), ("attn.qkv.bias", [3 * c]),
-            ("attn.q_norm.weight", [k]), ("attn.q_norm.bias", [k]),
-            ("attn.k_norm.weight", [k]), ("attn.k_norm.bias", [k]),
-            ("attn.proj.weight", [c, c]), ("attn.proj.bias", [c]),
-            ("mlp.fc1.weight", [f, c]), ("mlp.fc1.bias", [f]),
-            ("mlp.fc2.weight", [c, f]), ("mlp.fc2.bias", [c]),
-            ("adaLN_modulation.1.weight", [6 * c, c]), ("adaLN_modulation.1.bias", [6 * c]),
+            ("norm1.weight", [c]),
+            ("norm1.bias", [c]),
+            ("norm2.weight", [c]),
+            ("norm2.bias", [c]),
+            ("attn.qkv.weight", [3 * c, c]),
+            ("attn.qkv.bias", [3 * c]),
+            ("attn.q_norm.weight", [k]),
+            ("attn.q_norm.bias", [k]),
+            ("attn.k_norm.weight", [k]),
+            ("attn.k_norm.bias", [k]),
+            ("attn.proj.weight", [c, c]),
+            ("attn.proj.bias", [c]),
+            ("mlp.fc1.weight", [f, c]),
+            ("mlp.fc1.bias", [f]),
+            ("mlp.fc2.weight", [c, f]),
+            ("mlp.fc2.bias", [c]),
+            ("adaLN_modulation.1.weight", [6 * c, c]),
+            ("adaLN_modulation.1.bias", [6 * c]),
         ):
             m[b + name] = [shape, f32]
     m |= {

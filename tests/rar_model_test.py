@@ -62,7 +62,12 @@ def _cached(params, tokens, condition, orders, *, cfg):
         caches, out = carry
         ids = jax.lax.dynamic_slice_in_dim(seq, pos, 1, axis=1)
         logits, caches = model.apply(
-            {"params": params}, ids, condition, caches, offset=pos, orders=orders,
+            {"params": params},
+            ids,
+            condition,
+            caches,
+            offset=pos,
+            orders=orders,
             method=RAR.decode,
         )
         return caches, out.at[:, pos].set(logits[:, 0])
@@ -112,8 +117,12 @@ def test_guidance_schedule():
 
 @pytest.mark.parametrize(
     ("name", "sizes"),
-    [("b", (16.0, 2.75, 1.0)), ("l", (15.5, 2.5, 1.02)), ("xl", (6.9, 1.5, 1.02)),
-     ("xxl", (8.0, 1.2, 1.02))],
+    [
+        ("b", (16.0, 2.75, 1.0)),
+        ("l", (15.5, 2.5, 1.02)),
+        ("xl", (6.9, 1.5, 1.02)),
+        ("xxl", (8.0, 1.2, 1.02)),
+    ],
 )
 def test_sampling_defaults_per_size(name, sizes):
     st = getattr(SamplingSettings, name)()

@@ -71,7 +71,9 @@ def test_generation(computed, prefix):
         steps = slice(0, s + 1)
         o, r = ours[f"{prefix}_top2_margin"][b, steps], margin[b, steps]
         assert np.abs(o - r).max() <= LOGIT_TOL * np.abs(margin).max(), (b, s)
-    names = ["logits_first"] + (["cond_logits_first", "uncond_logits_first"] if prefix == "gen_cfg" else [])
+    names = ["logits_first"] + (
+        ["cond_logits_first", "uncond_logits_first"] if prefix == "gen_cfg" else []
+    )
     for name in names:
         o, r = ours[f"{prefix}_{name}"], ref[f"{prefix}_{name}"]
         for b, s in enumerate(first):

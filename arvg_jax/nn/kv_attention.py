@@ -41,9 +41,7 @@ def write(cache: dict, k: Array, v: Array, offset: int | Array) -> dict:
     }
 
 
-def causal_attention(
-    q: Array, k: Array, v: Array, *, q_positions: Array, scale: float
-) -> Array:
+def causal_attention(q: Array, k: Array, v: Array, *, q_positions: Array, scale: float) -> Array:
     """softmax(q kᵀ · scale + causal mask) v, with key j visible to a query at position p iff j <= p.
 
     With k, v the whole cache this is cached decoding (the unwritten tail sits beyond every query's
@@ -64,4 +62,6 @@ def causal_attention(
     visible = jnp.arange(s_len, dtype=jnp.int32)[None, :] <= q_positions[:, None]  # [l, S]
     scores = jnp.where(visible, scores, -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1)  # [B, H, l, S]
-    return jnp.einsum("BHqk,BkHK->BqHK", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return jnp.einsum(
+        "BHqk,BkHK->BqHK", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )

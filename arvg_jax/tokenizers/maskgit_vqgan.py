@@ -15,6 +15,7 @@ Dims: B batch, n tokens (h·w, raster), h/w latent side, H/W image side, Z z_cha
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,7 +54,9 @@ class MaskGITVQGANConfig:
             raise ValueError(f"token_size {self.token_size} != z_channels {self.z_channels}")
         bad = [m for m in self.channel_mult if (self.hidden_channels * m) % _GN_GROUPS]
         if bad:
-            raise ValueError(f"GroupNorm(32) needs widths divisible by 32: {self.hidden_channels}x{bad}")
+            raise ValueError(
+                f"GroupNorm(32) needs widths divisible by 32: {self.hidden_channels}x{bad}"
+            )
 
     @classmethod
     def release(cls, **kw) -> MaskGITVQGANConfig:
@@ -112,9 +115,7 @@ def _conv(features: int, kernel: int, name: str, *, bias: bool = True) -> nn.Con
 
 
 def _group_norm(name: str) -> nn.GroupNorm:
-    return nn.GroupNorm(
-        num_groups=_GN_GROUPS, epsilon=_GN_EPS, use_fast_variance=False, name=name
-    )
+    return nn.GroupNorm(num_groups=_GN_GROUPS, epsilon=_GN_EPS, use_fast_variance=False, name=name)
 
 
 class ResnetBlock(nn.Module):
@@ -191,7 +192,7 @@ class MaskGITVQGAN(nn.Module):
     def lookup(self, tokens: jax.Array) -> jax.Array:
         """get_codebook_entry: int [B, n] raster ids -> float32 [B, h, w, Z] (h = w = sqrt n)."""
         b, n = tokens.shape
-        side = int(round(n**0.5))
+        side = round(n**0.5)
         if side * side != n:
             raise ValueError(f"{n} tokens are not a square map")
         z = self.quantize(tokens).astype(jnp.float32)  # [B, n, Z]
@@ -208,6 +209,7 @@ def decode_tokens(params: dict, cfg: MaskGITVQGANConfig, tokens, *, clamp: bool 
     return MaskGITVQGAN(cfg).apply({"params": params}, jnp.asarray(tokens), clamp=clamp)
 
 
+@functools.cache
 def abstract_params(cfg: MaskGITVQGANConfig) -> dict:
     """The param tree as `jax.ShapeDtypeStruct`s (nothing allocated)."""
     tokens = jax.ShapeDtypeStruct((1, cfg.num_tokens), jnp.int32)

@@ -82,19 +82,25 @@ class RARConfig:
         return cls(**{"hidden_size": 768, "num_hidden_layers": 24, "intermediate_size": 3072, **kw})
 
     @classmethod
-    def l(cls, **kw) -> RARConfig:  # noqa: E743 (the official size name)
+    def l(cls, **kw) -> RARConfig:  # the official size name
         """RAR-L: 1024 / 24 / 4096 (461,668,352 params)."""
-        return cls(**{"hidden_size": 1024, "num_hidden_layers": 24, "intermediate_size": 4096, **kw})
+        return cls(
+            **{"hidden_size": 1024, "num_hidden_layers": 24, "intermediate_size": 4096, **kw}
+        )
 
     @classmethod
     def xl(cls, **kw) -> RARConfig:
         """RAR-XL: 1280 / 32 / 5120 (955,425,024 params)."""
-        return cls(**{"hidden_size": 1280, "num_hidden_layers": 32, "intermediate_size": 5120, **kw})
+        return cls(
+            **{"hidden_size": 1280, "num_hidden_layers": 32, "intermediate_size": 5120, **kw}
+        )
 
     @classmethod
     def xxl(cls, **kw) -> RARConfig:
         """RAR-XXL: 1408 / 40 / 6144 (1,498,520,704 params)."""
-        return cls(**{"hidden_size": 1408, "num_hidden_layers": 40, "intermediate_size": 6144, **kw})
+        return cls(
+            **{"hidden_size": 1408, "num_hidden_layers": 40, "intermediate_size": 6144, **kw}
+        )
 
     @classmethod
     def tiny(cls, **kw) -> RARConfig:
@@ -122,7 +128,9 @@ class RARConfig:
         """
         vq_model = dict(vq_model or {})
         unknown = sorted(set(generator) - set(GENERATOR_KEYS) - IGNORED_GENERATOR_KEYS)
-        unknown += sorted(f"vq_model.{k}" for k in set(vq_model) - {"codebook_size"} - IGNORED_VQ_KEYS)
+        unknown += sorted(
+            f"vq_model.{k}" for k in set(vq_model) - {"codebook_size"} - IGNORED_VQ_KEYS
+        )
         if unknown:
             raise ValueError(f"unknown RAR config keys: {unknown}")
         fields = {k: int(generator[k]) for k in GENERATOR_KEYS if k in generator}
@@ -190,7 +198,7 @@ class SamplingSettings:
         return cls(guidance_scale=16.0, guidance_scale_pow=2.75, randomize_temperature=1.0)
 
     @classmethod
-    def l(cls) -> SamplingSettings:  # noqa: E743
+    def l(cls) -> SamplingSettings:
         return cls(guidance_scale=15.5, guidance_scale_pow=2.5, randomize_temperature=1.02)
 
     @classmethod

@@ -39,6 +39,7 @@ Entry points (`RAR(cfg).apply({"params": params}, ..., method=...)`):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -58,9 +59,7 @@ _TABLE_INIT = nn.initializers.truncated_normal(0.02)  # rar.py init_weights / tr
 
 def _layer_norm(name: str) -> nn.LayerNorm:
     """torch.nn.LayerNorm(eps=1e-6) with affine params, two-pass variance, float32."""
-    return nn.LayerNorm(
-        epsilon=_LN_EPS, use_fast_variance=False, dtype=jnp.float32, name=name
-    )
+    return nn.LayerNorm(epsilon=_LN_EPS, use_fast_variance=False, dtype=jnp.float32, name=name)
 
 
 def _modulate(x: Array, shift: Array, scale: Array) -> Array:
@@ -199,7 +198,9 @@ def position_rows(positions: Array, orders: Array | None, n: int) -> tuple[Array
     else:
         orders = orders.astype(jnp.int32)
         slot_pos = jnp.take_along_axis(
-            orders, jnp.broadcast_to(jnp.clip(p - NUM_PREFIX, 0, n - 1), (orders.shape[0], p.shape[1])), 1
+            orders,
+            jnp.broadcast_to(jnp.clip(p - NUM_PREFIX, 0, n - 1), (orders.shape[0], p.shape[1])),
+            1,
         )
         slot_ta = jnp.take_along_axis(
             orders, jnp.broadcast_to(jnp.clip(p - 1, 0, n - 1), (orders.shape[0], p.shape[1])), 1
@@ -345,6 +346,7 @@ def init_caches(cfg: RARConfig, batch: int, dtype=jnp.float32) -> tuple[dict, ..
     )
 
 
+@functools.cache
 def abstract_params(cfg: RARConfig) -> dict:
     """The param tree of `RAR(cfg)` as `jax.ShapeDtypeStruct`s (nothing allocated)."""
     tokens = jax.ShapeDtypeStruct((1, cfg.image_seq_len), jnp.int32)

@@ -79,7 +79,9 @@ def run_reference(fixture_dir: pathlib.Path) -> dict[str, np.ndarray]:
     raster = jnp.asarray(raster_orders(tokens.shape[0], cfg.image_seq_len))
     out["tf_condition"] = np.asarray(condition, i64)
     out["tf_logits"] = np.asarray(_teacher_forced(params, tokens, condition, raster, cfg=cfg))
-    out["tf_orders_logits"] = np.asarray(_teacher_forced(params, tokens, condition, orders, cfg=cfg))
+    out["tf_orders_logits"] = np.asarray(
+        _teacher_forced(params, tokens, condition, orders, cfg=cfg)
+    )
     out["tf_orders_targets"] = np.asarray(shuffle(tokens, orders), i64)
 
     # Generation (greedy), with and without CFG; decoded together with the fixed-grid tokens.

@@ -155,7 +155,7 @@ def generate(
     labels: Array | np.ndarray,
     key: Array,
     *,
-    settings: SamplingSettings = SamplingSettings(),
+    settings: SamplingSettings | None = None,
     greedy: bool = False,
     vq_params: dict | None = None,
     vq_cfg: Any = None,
@@ -173,7 +173,7 @@ def generate(
         labels: int [B] class ids in [0, condition_num_classes).
         key: PRNG key; step s draws with `fold_in(key, s)` (unused when greedy).
         settings: guidance_scale (0 = the official no-CFG branch: B rows, no uncond half),
-            guidance_scale_pow, randomize_temperature. Defaults: RAR-B's.
+            guidance_scale_pow, randomize_temperature. None: RAR-B's (`SamplingSettings()`).
         greedy: argmax instead of a draw (the reference fixture's patched multinomial).
         vq_params, vq_cfg: MaskGIT-VQGAN params/config; when given, also decode the images.
         record_steps: R > 0 also returns the first R steps' logits (see Returns).
@@ -186,6 +186,7 @@ def generate(
         temperature), "cond_logits_first" [B, R, V] (raw logits of the conditional rows) and,
         under CFG, "uncond_logits_first" [B, R, V]}.
     """
+    settings = SamplingSettings() if settings is None else settings
     n = cfg.image_seq_len
     use_cfg = settings.guidance_scale != 0  # rar.py: `if guidance_scale != 0`
     schedule = guidance_schedule(settings.guidance_scale, settings.guidance_scale_pow, n)
