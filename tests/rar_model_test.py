@@ -11,6 +11,8 @@ from flax import traverse_util
 from arvg_jax.families.rar import RARConfig, SamplingSettings
 from arvg_jax.families.rar.model import RAR, abstract_params, init_caches, position_rows, shuffle
 from arvg_jax.families.rar.sampler import _generate_jit, generate, guidance_schedule
+from arvg_jax.tokenizers.maskgit_vqgan import MaskGITVQGANConfig
+from arvg_jax.tokenizers.maskgit_vqgan import abstract_params as vq_abs
 
 LOGIT_TOL = 1e-5  # |Δ| <= 1e-5·max|ref|
 
@@ -159,3 +161,26 @@ def test_greedy_sampler_matches_teacher_forcing():
     np.testing.assert_array_equal(gen["tokens"], np.argmax(full[:, :-1], -1))
     assert _max_rel(gen["logits_first"], full[:, :4]) <= LOGIT_TOL
     assert _max_rel(gen["cond_logits_first"], full[:, :4]) <= LOGIT_TOL
+
+
+def test_bfloat16_generation_with_decode():
+    """bfloat16 block matmuls and cache, tokenizer decode inside the same program."""
+    cfg, vq_cfg = RARConfig.tiny(), MaskGITVQGANConfig.tiny()
+    rng = np.random.default_rng(0)
+    vq_params = jax.tree.map(
+        lambda a: rng.standard_normal(a.shape).astype(np.float32) * 0.3, vq_abs(vq_cfg)
+    )
+    out = generate(
+        _random_params(cfg),
+        cfg,
+        np.array([1, 4], np.int32),
+        jax.random.key(0),
+        vq_params=vq_params,
+        vq_cfg=vq_cfg,
+        dtype=jnp.bfloat16,
+    )
+    assert out["images"].shape == (2, vq_cfg.resolution, vq_cfg.resolution, 3)
+    assert out["images"].dtype == jnp.float32
+    assert float(out["images"].min()) >= 0 and float(out["images"].max()) <= 1
+    tok = np.asarray(out["tokens"])
+    assert tok.min() >= 0 and tok.max() < cfg.codebook_size

@@ -187,6 +187,13 @@ def generate(
         under CFG, "uncond_logits_first" [B, R, V]}.
     """
     settings = SamplingSettings() if settings is None else settings
+    if vq_params is not None and (
+        vq_cfg.codebook_size != cfg.codebook_size or vq_cfg.num_tokens != cfg.image_seq_len
+    ):
+        raise ValueError(
+            f"tokenizer (codebook {vq_cfg.codebook_size}, {vq_cfg.num_tokens} tokens) does not fit "
+            f"RAR (codebook {cfg.codebook_size}, image_seq_len {cfg.image_seq_len})"
+        )
     n = cfg.image_seq_len
     use_cfg = settings.guidance_scale != 0  # rar.py: `if guidance_scale != 0`
     schedule = guidance_schedule(settings.guidance_scale, settings.guidance_scale_pow, n)
