@@ -121,7 +121,7 @@ class ExecOptions:
         """This with `sampling_filter` "auto" resolved for `platform` (default: the runtime's)."""
         if self.sampling_filter != "auto":
             return self
-        from arvg_jax import sampling_pallas
+        from arvg_jax.kernels import sampling_pallas
 
         platform = platform or current_platform()
         pallas = platform == "gpu" and sampling_pallas.available()
