@@ -1,0 +1,1 @@
+"""Generic layers shared by several families (RMSNorm, SwiGLU, RoPE, cached attention)."""
