@@ -93,7 +93,11 @@ def param_table(cfg: VQ16Config) -> Table:
             if lvl == n - 1:
                 _attn(t, f"{f}_attn_{j}", f"{k}.attn.{j}")
         if i != n - 1:
-            _conv(t, f"decoder/conv_blocks_{i}_upsample/conv", f"decoder.conv_blocks.{i}.upsample.conv")
+            _conv(
+                t,
+                f"decoder/conv_blocks_{i}_upsample/conv",
+                f"decoder.conv_blocks.{i}.upsample.conv",
+            )
     _norm(t, "decoder/norm_out", "decoder.norm_out")
     _conv(t, "decoder/conv_out", "decoder.conv_out")
     return t
@@ -110,9 +114,7 @@ def _plan(shapes: Mapping[str, Sequence[int]], cfg: VQ16Config) -> tuple[Table, 
     used = {key for key, _ in table.values()}
     missing = sorted(key for key in used if key not in shapes)
     unexpected = sorted(
-        k
-        for k in shapes
-        if k not in used and not any(re.fullmatch(p, k) for p in IGNORED_KEYS)
+        k for k in shapes if k not in used and not any(re.fullmatch(p, k) for p in IGNORED_KEYS)
     )
     misshaped = []
     for path, (key, hook) in table.items():

@@ -48,7 +48,11 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     (r"tok_embeddings/embedding", "tok_embeddings.weight", "copy"),
     (r"spe_tok_embeddings/embedding", "spe_tok_embeddings.special_embeddings.weight", "copy"),
     # wqkv's output axis is [q | k | v], each head-major: the Dense kernel keeps that order.
-    (r"layers_(\d+)/attention/(wqkv|wo)/kernel", "layers.{0}.attention.{1}.weight", "linear_kernel"),
+    (
+        r"layers_(\d+)/attention/(wqkv|wo)/kernel",
+        "layers.{0}.attention.{1}.weight",
+        "linear_kernel",
+    ),
     (
         r"layers_(\d+)/feed_forward/(w1|w2|w3)/kernel",
         "layers.{0}.feed_forward.{1}.weight",
@@ -150,9 +154,8 @@ def check_manifest(manifest: Mapping[str, Any], cfg: PARConfig) -> dict:
         ConversionError: as `convert_par`.
     """
     sources = {
-        k: _Shaped(shape, np.float32) for k, (shape, _dtype) in (
-            (k, v) for k, v in manifest.items() if k != "__wrapper__"
-        )
+        k: _Shaped(shape, np.float32)
+        for k, (shape, _dtype) in ((k, v) for k, v in manifest.items() if k != "__wrapper__")
     }
     return _check(sources, cfg, convert=False)
 

@@ -12,9 +12,9 @@ from arvg_jax.families.par.model import PAR, abstract_params
 
 CONFIGS = {
     # grid 4 (2 x 2 regions of 2 x 2), 4 tokens per parallel pass.
-    "4x": dict(block_size=16, spe_token_num=3, ar_token_num=4),
+    "4x": {"block_size": 16, "spe_token_num": 3, "ar_token_num": 4},
     # grid 8 (4 x 4 regions of 2 x 2), 16 tokens per parallel pass.
-    "16x": dict(block_size=64, spe_token_num=15, ar_token_num=16),
+    "16x": {"block_size": 64, "spe_token_num": 15, "ar_token_num": 16},
 }
 
 
@@ -29,7 +29,9 @@ def cfg(name: str) -> PARConfig:
 def params(name: str):
     rng = np.random.default_rng(0)
     out = {}
-    for path, leaf in sorted(traverse_util.flatten_dict(abstract_params(cfg(name)), sep="/").items()):
+    for path, leaf in sorted(
+        traverse_util.flatten_dict(abstract_params(cfg(name)), sep="/").items()
+    ):
         noise = rng.standard_normal(leaf.shape).astype(np.float32)
         if path.endswith("kernel"):
             out[path] = noise * np.float32(1.5 / np.sqrt(leaf.shape[0]))

@@ -54,7 +54,9 @@ def test_manifest_of_another_release_is_refused(reference):
     with pytest.raises(ConversionError) as info:
         check_manifest(_manifest(reference, "par_xl"), PARConfig.xxl_4x())
     msg = str(info.value)
-    assert "missing (84)" in msg and "layers.47.ffn_norm.weight (for layers_47/ffn_norm/scale" in msg
+    assert (
+        "missing (84)" in msg and "layers.47.ffn_norm.weight (for layers_47/ffn_norm/scale" in msg
+    )
 
 
 def test_fixture_conversion_layout(reference):
@@ -84,7 +86,9 @@ def test_corrupted_state_dict_lists_bad_keys(reference):
     with pytest.raises(ConversionError) as info:
         convert_par(sd, cfg)
     msg = str(info.value)
-    assert "missing (1): layers.1.feed_forward.w3.weight (for layers_1/feed_forward/w3/kernel" in msg
+    assert (
+        "missing (1): layers.1.feed_forward.w3.weight (for layers_1/feed_forward/w3/kernel" in msg
+    )
     assert "unexpected (1): layers.0.attention.q_norm.weight" in msg
     assert "output.weight (16383, 64) --linear_kernel--> (64, 16383), but output/kernel is" in msg
 

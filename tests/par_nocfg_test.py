@@ -2,8 +2,6 @@
 
 import numpy as np
 import pytest
-
-from arvg_jax.families.par import reference as par_reference
 from _par_fixture import (
     check_same_layout,
     check_tokens_until_near_tie,
@@ -11,6 +9,8 @@ from _par_fixture import (
     reference_arrays,
     rel_err,
 )
+
+from arvg_jax.families.par import reference as par_reference
 
 
 @pytest.fixture

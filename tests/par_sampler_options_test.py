@@ -16,7 +16,9 @@ def test_sampling_filters_keys_and_no_retrace():
     before = sampler._generate_jit._cache_size()
     # top-k 1 leaves one candidate: a draw is the CFG argmax whatever the key or temperature.
     runs = [
-        sampler.generate(params, labels, jax.random.key(s), cfg=cfg, cfg_scale=2.5, top_k=1, temperature=t)
+        sampler.generate(
+            params, labels, jax.random.key(s), cfg=cfg, cfg_scale=2.5, top_k=1, temperature=t
+        )
         for s, t in ((1, 1.0), (2, 0.5))
     ]
     tokens = np.asarray(runs[0]["tokens"])
@@ -29,7 +31,9 @@ def test_sampling_filters_keys_and_no_retrace():
     np.testing.assert_array_equal(tokens[clear], mixed.argmax(-1)[clear])
     # Full draws: different keys give different samples, all within the vocabulary.
     a, b = (
-        np.asarray(sampler.generate(params, labels, jax.random.key(s), cfg=cfg, cfg_scale=2.5)["tokens"])
+        np.asarray(
+            sampler.generate(params, labels, jax.random.key(s), cfg=cfg, cfg_scale=2.5)["tokens"]
+        )
         for s in (3, 4)
     )
     assert not np.array_equal(a, b) and a.min() >= 0 and a.max() < cfg.vocab_size
@@ -41,7 +45,12 @@ def test_bfloat16_execution():
     cfg, name = _cfg("4x"), "4x"
     labels = np.array([4, 9, 1], np.int32)
     out = sampler.generate(
-        _params(name), labels, jax.random.key(0), cfg=cfg, greedy=True, dtype="bfloat16",
+        _params(name),
+        labels,
+        jax.random.key(0),
+        cfg=cfg,
+        greedy=True,
+        dtype="bfloat16",
         return_first_logits=True,
     )
     assert out["tokens"].dtype == jnp.int32 and out["logits_first"].dtype == jnp.float32

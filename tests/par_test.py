@@ -9,8 +9,6 @@ import pathlib
 
 import numpy as np
 import pytest
-
-from arvg_jax.families.par import reference as par_reference
 from _par_fixture import (
     check_same_layout,
     check_tokens_until_near_tie,
@@ -18,6 +16,8 @@ from _par_fixture import (
     reference_arrays,
     rel_err,
 )
+
+from arvg_jax.families.par import reference as par_reference
 
 LOGITS_RTOL = 1e-5
 IMAGE_RTOL = 1e-3

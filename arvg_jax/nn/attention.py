@@ -56,7 +56,9 @@ def init_cache(batch: int, length: int, kv_heads: int, head_dim: int, dtype) -> 
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def cache_write(cache: dict[str, Array], k: Array, v: Array, offset: int | Array) -> dict[str, Array]:
+def cache_write(
+    cache: dict[str, Array], k: Array, v: Array, offset: int | Array
+) -> dict[str, Array]:
     """Writes k, v [B, L, G, K] at cache positions [offset, offset + L) (offset may be traced).
 
     Like `lax.dynamic_update_slice`, an offset past S - L is clamped to S - L; callers keep
