@@ -105,7 +105,9 @@ class AttnBlock(nn.Module):
         k = _conv(c, 1, "k")(hn).reshape(b, h * w, c)
         v = _conv(c, 1, "v")(hn).reshape(b, h * w, c)
         # bmm(q, k) * c^-0.5, softmax over keys.
-        logits = jnp.einsum("BIC,BJC->BIJ", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "BIC,BJC->BIJ", q, k, preferred_element_type=jnp.promote_types(q.dtype, jnp.float32)
+        )
         attn = jax.nn.softmax(logits * (int(c) ** -0.5), axis=-1)  # [B, HW, HW]
         out = jnp.einsum("BIJ,BJC->BIC", attn, v).reshape(b, h, w, c)
         return x + _conv(c, 1, "proj_out")(out)
