@@ -14,6 +14,8 @@ Param tree (plain dicts; `/`-joined paths; every linear is an `arvg_jax.layers.D
 Entry points (`PAR(cfg, dtype=...).apply({"params": params}, ..., method=...)`):
     * `__call__(labels, tokens)`: teacher-forced logits [B, N, V] in PAR order (the official
       training forward, `model(idx=tokens[:, :-1], cond_idx=labels, input_pos=arange(...))`).
+      Piecewise (calibration): `embed(labels, tokens)`, then `apply_layer(x, i=i)` for each layer
+      (with `mutable=["intermediates"]` every Dense input is sown), then `head(x)`.
     * Cached decoding for the sampler: `class_input(labels)`, `token_input(tokens)`,
       `bridge_input(last_token)` give a pass's input embeddings; `decode(x, caches, start)` runs
       one pass at sequence positions [start, start + L) (start may be traced) and returns logits
@@ -166,7 +168,7 @@ class PAR(nn.Module):
 
         The official training forward on idx = tokens[:, :-1]: the sequence
         [cls, t_0..t_{A-1}, spe, t_A..t_{n-2}] (n + E positions) under the group mask, RoPE rows
-        `freqs_cis[:n + E]`; the first n outputs are returned (gpt.py slices block_size outputs).
+        `freqs_cis[:n + E]`; the first n outputs are returned (gpt.py keeps block_size outputs).
 
         Args:
             labels: int [B] class ids.
@@ -175,21 +177,38 @@ class PAR(nn.Module):
         Returns:
             float32 [B, n, V].
         """
-        cfg = self.cfg
         n = tokens.shape[1]
-        x = layout.assemble_sequence(
+        x = self.embed(labels, tokens)
+        for i in range(self.cfg.n_layer):
+            x = self.apply_layer(x, i=i)
+        return self.head(x, np.arange(x.shape[1], dtype=np.int32))[:, :n]
+
+    def embed(self, labels: Array, tokens: Array) -> Array:
+        """The teacher-forcing input [B, n + E, C] (first-layer input `h`) of `__call__`."""
+        return layout.assemble_sequence(
             self.class_input(labels),
             self.token_input(tokens[:, :-1]),
             self.spe_tok_embeddings.embedding.astype(self.dtype),
-            cfg,
-        )  # [B, n + E, C]
+            self.cfg,
+        )
+
+    def apply_layer(self, x: Array, *, i: int, mask: str = "group") -> Array:
+        """Runs layer i alone on a full sequence [B, L, C] from position 0 (for calibration).
+
+        Args:
+            x: [B, L, C], L <= 1 + N + E.
+            i: static layer index.
+            mask: "group" (the official forward) or "none" (bidirectional).
+        """
         length = x.shape[1]
-        rope = jnp.asarray(layout.rope_table(cfg)[:length])
-        mask = jnp.asarray(layout.group_mask(cfg, length))
-        positions = np.arange(length, dtype=np.int32)
-        for layer in self.layers:
-            x = layer(x, rope, mask, positions)
-        return self.head(x, positions)[:, :n]
+        rope = jnp.asarray(layout.rope_table(self.cfg)[:length])
+        if mask == "group":
+            m = jnp.asarray(layout.group_mask(self.cfg, length))
+        elif mask == "none":
+            m = jnp.ones((length, length), bool)
+        else:
+            raise ValueError(f"mask must be 'group' or 'none', got {mask!r}")
+        return self.layers[i](x, rope, m, np.arange(length, dtype=np.int32))
 
     def head(self, x: Array, positions: Array | None = None) -> Array:
         """Final RMSNorm and `output`, cast to float32: [B, L, C] -> [B, L, V]."""
