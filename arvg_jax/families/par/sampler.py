@@ -31,7 +31,6 @@ from jax import lax
 
 from arvg_jax.families.par.config import PARConfig
 from arvg_jax.families.par.model import PAR, init_caches
-from arvg_jax.layers import _is_plain_array
 from arvg_jax.sampling import top2_margin
 
 Array = jax.Array
@@ -96,7 +95,7 @@ def cast_params(params: Any, dtype) -> Any:
     """
     if isinstance(params, dict):
         return {k: cast_params(v, dtype) for k, v in params.items()}
-    if _is_plain_array(params) and jnp.issubdtype(params.dtype, jnp.floating):
+    if isinstance(params, (jax.Array, np.ndarray)) and jnp.issubdtype(params.dtype, jnp.floating):
         return jnp.asarray(params).astype(dtype)
     return params
 
@@ -136,7 +135,7 @@ def _generate_impl(
         if use_cfg:
             cond, uncond = logits[:b], logits[b:]
             logits = jnp.where(cfg_on, uncond + (cond - uncond) * cfg_scale, cond)
-        # generate.py divides by max(temperature, 1e-5); T = 1 leaves logits unchanged either way.
+        # generate.py `sample`: logits / max(temperature, 1e-5), in float32.
         return logits / jnp.maximum(temperature.astype(jnp.float32), 1e-5)
 
     def cfg_active(i: Array) -> Array:
