@@ -119,15 +119,19 @@ def generation_cfg(fx: Fixture) -> dict[str, np.ndarray]:
     """The `gen_cfg_*` outputs: tokens, margins, first logits, raster tokens and images."""
     out = _generate(fx, "cfg")
     tokens = np.asarray(out["tokens"]).astype(np.int64)
-    raster = np.asarray(layout.par_to_raster(tokens, fx.cfg))
-    img = vq16.resize_for_eval(_decode(fx, raster), fx.config["image_size_eval"])
+    decode = jax.jit(
+        lambda p, t: sampler.decode_images(
+            p, fx.vq_cfg, t, cfg=fx.cfg, eval_size=fx.config["image_size_eval"]
+        )
+    )
+    imgs = decode(fx.vq_params, jnp.asarray(out["tokens"]))
     return {
         "gen_cfg_tokens": tokens,
         "gen_cfg_top2_margin": np.asarray(out["top2_margin"], np.float32),
         "gen_cfg_logits_first": np.asarray(out["logits_first"], np.float32),
-        "gen_cfg_tokens_raster": raster,
-        "gen_cfg_img_eval": np.asarray(img, np.float32).transpose(0, 3, 1, 2),
-        "gen_cfg_img_uint8": np.asarray(vq16.to_uint8(img)),
+        "gen_cfg_tokens_raster": np.asarray(layout.par_to_raster(tokens, fx.cfg)),
+        "gen_cfg_img_eval": np.asarray(imgs["images"], np.float32).transpose(0, 3, 1, 2),
+        "gen_cfg_img_uint8": np.asarray(imgs["uint8"]),
     }
 
 

@@ -29,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from arvg_jax.families.par import layout
 from arvg_jax.families.par.config import PARConfig
 from arvg_jax.families.par.model import PAR, init_caches
 from arvg_jax.sampling import top2_margin
+from arvg_jax.tokenizers import llamagen_vq16
 
 Array = jax.Array
 
@@ -252,3 +254,27 @@ def generate(
         return_margin=return_margin,
         return_first_logits=return_first_logits,
     )
+
+
+def decode_images(
+    vq_params: dict, vq_cfg: Any, tokens: Array, *, cfg: PARConfig, eval_size: int | None = 256
+) -> dict[str, Array]:
+    """sample_c2i_ddp.py post-processing: PAR -> raster order, VQ decode, resize, uint8.
+
+    Args:
+        vq_params, vq_cfg: the LlamaGen VQ-16 decoder (`arvg_jax.tokenizers.llamagen_vq16`).
+        tokens: int [B, N] in PAR order (`generate(...)["tokens"]`).
+        cfg: the PAR config (grid and region layout).
+        eval_size: side of the evaluation images (bicubic, as `--image-size-eval`); None keeps
+            the decoder's size.
+
+    Returns:
+        {"images": float32 [B, S, S, 3] not clamped (nominally [-1, 1]),
+         "uint8": uint8 [B, S, S, 3] = clamp(127.5 x + 128, 0, 255), truncated}.
+    """
+    g = cfg.grid_size
+    raster = layout.par_to_raster(jnp.asarray(tokens, jnp.int32), cfg)
+    images = llamagen_vq16.decode_code(vq_params, vq_cfg, raster, (g, g))
+    if eval_size is not None:
+        images = llamagen_vq16.resize_for_eval(images, eval_size)
+    return {"images": images, "uint8": llamagen_vq16.to_uint8(images)}
