@@ -6,9 +6,12 @@ in the activations' dtype, float32; sigma = np.cov(rowvar=False), float64, ddof 
 2 tr sqrtm(σ1 σ2), retried with eps·I on both σ when the square root is not finite).
 
 The covariance is accumulated over row chunks (memory O(chunk·D + D²) for any N) after a float64
-mean, which is np.cov's centring; tr sqrtm(σ1 σ2) is Σ √λ of the symmetric PSD matrix
+mean, which is np.cov's centring. tr sqrtm(σ1 σ2) is Σ √λ of the symmetric PSD matrix
 σ1^½ σ2 σ1^½ (same eigenvalues as σ1 σ2) with λ clipped at 0: no complex parts, and singular
-(N < D) covariances are fine. On the fixture it matches scipy's `sqrtm(disp=False)` to 2e-7.
+(N < D) covariances are fine; on the fixture it matches scipy's `sqrtm(disp=False)` to 2e-7.
+When both fits come from at most D samples, the statistics keep their centred rows A
+(σ = AᵀA) and the trace is the nuclear norm of A1 A2ᵀ (σ1 σ2 = A1ᵀ(A1 A2ᵀ)A2 has the nonzero
+eigenvalues of (A1 A2ᵀ)(A1 A2ᵀ)ᵀ): an [N1, N2] SVD instead of two [D, D] eigendecompositions.
 
 Dims: N samples, D feature width.
 """
@@ -27,10 +30,13 @@ class FIDStatistics:
     Attributes:
         mu: [D] mean (float32 when computed from float32 activations, as np.mean gives).
         sigma: [D, D] covariance, float64.
+        factor: [N, D] float64 rows with sigma = factorᵀ factor (the centred activations over
+            √(N - 1)), kept by `compute_statistics` when N <= D; None otherwise.
     """
 
     mu: np.ndarray
     sigma: np.ndarray
+    factor: np.ndarray | None = None
 
     def frechet_distance(self, other: FIDStatistics, eps: float = 1e-6) -> float:
         """`frechet_distance(self, other, eps)` (the evaluator calls sample.fd(ref))."""
@@ -46,7 +52,7 @@ def compute_statistics(activations: np.ndarray, *, chunk_size: int = 4096) -> FI
 
     Returns:
         FIDStatistics(mu = np.mean(activations, 0) in the input's dtype, sigma float64 with
-        ddof 1, as np.cov(rowvar=False)).
+        ddof 1, as np.cov(rowvar=False); factor when N <= D).
     """
     x = np.asarray(activations)
     if x.ndim != 2 or x.shape[0] < 2:
@@ -58,6 +64,9 @@ def compute_statistics(activations: np.ndarray, *, chunk_size: int = 4096) -> FI
     for i in range(0, n, chunk_size):
         mean64 += np.sum(x[i : i + chunk_size], axis=0, dtype=np.float64)
     mean64 /= n
+    if n <= d:  # low rank: keep the factor (at most D x D values, as sigma itself)
+        factor = (x.astype(np.float64) - mean64) / np.sqrt(n - 1)  # [N, D]
+        return FIDStatistics(mu, factor.T @ factor, factor)
     sigma = np.zeros((d, d), np.float64)
     for i in range(0, n, chunk_size):
         xc = x[i : i + chunk_size].astype(np.float64) - mean64  # [n_chunk, D]
@@ -102,7 +111,11 @@ def frechet_distance(stats1: FIDStatistics, stats2: FIDStatistics, eps: float = 
             f"sigma {s1.shape} vs {s2.shape}"
         )
     diff = mu1 - mu2  # in the means' dtype (float32 for computed statistics), as the evaluator
-    tr_covmean = trace_sqrt_product(s1, s2)
+    if stats1.factor is not None and stats2.factor is not None:
+        cross = stats1.factor @ stats2.factor.T  # [N1, N2]
+        tr_covmean = float(np.sum(np.linalg.svd(cross, compute_uv=False)))
+    else:
+        tr_covmean = trace_sqrt_product(s1, s2)
     if not np.isfinite(tr_covmean):
         offset = np.eye(s1.shape[0]) * eps
         tr_covmean = trace_sqrt_product(s1 + offset, s2 + offset)

@@ -130,6 +130,18 @@ class ManifoldEstimator:
             out[out > max_distances] = 0
         return out
 
+    def distances(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """The whole squared-distance matrix [N, M] float32, block by block (each block takes
+        the float16 or the float32 path on its own, as in `manifold_radii`)."""
+        u, v = np.asarray(u, np.float32), np.asarray(v, np.float32)
+        out = np.zeros((len(u), len(v)), np.float32)
+        for r0 in range(0, len(u), self.row_batch_size):
+            r1 = r0 + self.row_batch_size
+            for c0 in range(0, len(v), self.col_batch_size):
+                c1 = c0 + self.col_batch_size
+                out[r0:r1, c0:c1] = np.asarray(pairwise_distances(u[r0:r1], v[c0:c1]))
+        return out
+
     def evaluate_pr(
         self,
         features_1: np.ndarray,
