@@ -54,13 +54,16 @@ def read_activations(
     """`Evaluator.read_activations`: pool [N, D] and spatial [N, S] of a batch file's `arr_0`
     (plus the logits the network also gives)."""
     settings = settings or EvalSettings()
+    (n, *_), _ = adm_npz.array_shape(path)
+    # A file smaller than a batch runs as one call of its own size (no padding to batch_size).
+    batch_size = max(1, min(settings.batch_size, n))
     # uint8 goes to the device as is: the network casts to float32 first, as the evaluator's
     # `batch.astype(np.float32)` does.
     return compute_activations(
         params,
-        adm_npz.iter_batches(path, settings.batch_size),
+        adm_npz.iter_batches(path, batch_size),
         config=config,
-        batch_size=settings.batch_size,
+        batch_size=batch_size,
         precision=settings.precision,
     )
 
