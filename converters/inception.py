@@ -1,8 +1,8 @@
 """FID Inception-v3 weights (PyTorch layouts) -> `arvg_jax.metrics.inception` params.
 
 Accepted layouts, both converted from the TF graph classify_image_graph_def.pb (2015-12-05):
-- torch-fidelity `weights-inception-2015-12-05-6726825d.pth` (utils/util_convert_inception_weights.py):
-  a plain dict of 472 float32 tensors, `X.bn.{weight,bias,running_mean,running_var}` then
+- torch-fidelity `weights-inception-2015-12-05-6726825d.pth`
+  (utils/util_convert_inception_weights.py): a plain dict of 472 float32 tensors, `X.bn.{weight,bias,running_mean,running_var}` then
   `X.conv.weight`, plus `fc.weight` [1008, 2048] and `fc.bias`;
 - pytorch-fid `pt_inception-2015-12-05-6726825d.pth` (`fid_inception_v3`, torchvision's
   Inception3 module names without AuxLogits): the same parameter keys, conv before bn, and the
@@ -108,9 +108,7 @@ def _check(sources: Mapping[str, Any], config: InceptionConfig, *, convert: bool
                 f"{key} {tuple(src.shape)} -> {path}: got {got}, expected {tuple(target.shape)}"
             )
             continue
-        out[path] = (
-            jnp.asarray(hook(src)) if convert else jax.ShapeDtypeStruct(got, jnp.float32)
-        )
+        out[path] = jnp.asarray(hook(src)) if convert else jax.ShapeDtypeStruct(got, jnp.float32)
     if missing or unexpected or misshaped:
         parts = []
         if missing:

@@ -19,8 +19,11 @@ def fixture():
     with np.load(folder / "io.npz") as io:
         arrays = {k: io[k] for k in io.files}
     config = json.loads((folder / "config.json").read_text())
-    tol = {k: v["tol"] for k, v in json.loads((folder / "tolerances.json").read_text()).items()
-           if not k.startswith("_")}
+    tol = {
+        k: v["tol"]
+        for k, v in json.loads((folder / "tolerances.json").read_text()).items()
+        if not k.startswith("_")
+    }
     return folder, arrays, config, tol
 
 
@@ -29,7 +32,9 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize(("kind", "suffix", "metric"), [("pool", "", "fid"), ("spatial", "_s", "sfid")])
+@pytest.mark.parametrize(
+    ("kind", "suffix", "metric"), [("pool", "", "fid"), ("spatial", "_s", "sfid")]
+)
 def test_statistics_and_frechet_distance(fixture, kind, suffix, metric):
     _, z, config, tol = fixture
     stride = config["sigma_rows_stride"]
@@ -90,8 +95,10 @@ def test_inception_scores(fixture):
         "logits": softmax(z["sample_logits"]),  # the softmax graph with W = I
     }
     for kind, p in probs.items():
-        for name, split in (("", config["is_split_size"]),
-                            ("_split5000", config["evaluator"]["is_split_size_default"])):
+        for name, split in (
+            ("", config["is_split_size"]),
+            ("_split5000", config["evaluator"]["is_split_size_default"]),
+        ):
             got, want = inception_score(p, split), z[f"is_{kind}{name}"]
             assert abs(got - want) / want <= tol[f"is_{kind}{name}"], (kind, name, got, want)
 

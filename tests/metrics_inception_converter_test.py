@@ -14,11 +14,11 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
+from torch_reader_test import Storage, Tensor, strides_of, write_legacy, write_zip
 
 from converters._errors import ConversionError
 from converters.inception import check_manifest, convert_inception, load_inception
 from converters.torch_reader import load_state_dict, open_state_dict
-from torch_reader_test import Storage, Tensor, strides_of, write_legacy, write_zip
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,9 @@ def test_layout_mapping(weights):
     w = sd["Conv2d_1a_3x3.conv.weight"]  # [32, 3, 3, 3]
     np.testing.assert_array_equal(p["Conv2d_1a_3x3/kernel"][1, 2, 0, 5], w[5, 0, 1, 2])
     np.testing.assert_array_equal(p["fc/kernel"], sd["fc.weight"].T)
-    np.testing.assert_array_equal(p["Mixed_5b/branch_pool/moving_variance"],
-                                  sd["Mixed_5b.branch_pool.bn.running_var"])
+    np.testing.assert_array_equal(
+        p["Mixed_5b/branch_pool/moving_variance"], sd["Mixed_5b.branch_pool.bn.running_var"]
+    )
 
 
 def test_round_trip_both_layouts(weights, tmp_path):

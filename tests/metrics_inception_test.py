@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from arvg_jax.metrics import activations
 from arvg_jax.metrics import inception as inc
 from arvg_jax.metrics.inception_score import softmax_from_pool
 from arvg_jax.metrics.reference import inception_config
@@ -94,14 +95,14 @@ def test_max_pools():
 
 def test_padded_batches_rechunk_and_pad():
     batches = [np.full((n, 2, 2, 3), i, np.uint8) for i, n in enumerate([3, 5, 1])]
-    chunks = list(inc._padded_batches(batches, 4))
+    chunks = list(activations._padded_batches(batches, 4))
     assert [valid for _, valid in chunks] == [4, 4, 1]
     assert all(c.shape == (4, 2, 2, 3) for c, _ in chunks)
     rows = np.concatenate([c[:v] for c, v in chunks])[:, 0, 0, 0]
     np.testing.assert_array_equal(rows, [0, 0, 0, 1, 1, 1, 1, 1, 2])
     np.testing.assert_array_equal(chunks[-1][0][1:], 0)
     with pytest.raises(ValueError, match="image size changed"):
-        list(inc._padded_batches([batches[0], np.zeros((1, 3, 3, 3), np.uint8)], 4))
+        list(activations._padded_batches([batches[0], np.zeros((1, 3, 3, 3), np.uint8)], 4))
 
 
 def test_param_tree_matches_manifest_size(reference):
@@ -125,7 +126,7 @@ def test_inception_matches_fixture(reference):
     for image_set in config["image_sets"]:
         name, images = image_set["name"], arrays[image_set["images"]]
         assert list(images.shape) == image_set["shape"]
-        acts = inc.compute_activations(
+        acts = activations.compute_activations(
             params, images, config=inc_cfg, batch_size=config["evaluator"]["batch_size"]
         )
         acts["softmax"] = softmax_from_pool(acts["pool"], np.asarray(params["fc"]["kernel"]))

@@ -104,7 +104,8 @@ def test_fixture_precision_recall(fixture):
 
     scale = np.float32(config["pr_overflow_scale"])
     p, r = compute_prec_recall(ref * scale, sample * scale, estimator=est)
-    assert abs(p - z["pr_overflow_precision"]) / z["pr_overflow_precision"] <= tol[
-        "pr_overflow_precision"
-    ]
+    assert (
+        abs(p - z["pr_overflow_precision"]) / z["pr_overflow_precision"]
+        <= tol["pr_overflow_precision"]
+    )
     assert abs(r - z["pr_overflow_recall"]) / z["pr_overflow_recall"] <= tol["pr_overflow_recall"]

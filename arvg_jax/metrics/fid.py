@@ -10,8 +10,9 @@ mean, which is np.cov's centring. tr sqrtm(σ1 σ2) is Σ √λ of the symmetric
 σ1^½ σ2 σ1^½ (same eigenvalues as σ1 σ2) with λ clipped at 0: no complex parts, and singular
 (N < D) covariances are fine; on the fixture it matches scipy's `sqrtm(disp=False)` to 2e-7.
 When both fits come from at most D samples, the statistics keep their centred rows A
-(σ = AᵀA) and the trace is the nuclear norm of A1 A2ᵀ (σ1 σ2 = A1ᵀ(A1 A2ᵀ)A2 has the nonzero
-eigenvalues of (A1 A2ᵀ)(A1 A2ᵀ)ᵀ): an [N1, N2] SVD instead of two [D, D] eigendecompositions.
+(σ = AᵀA) and the trace is the nuclear norm of A1 A2ᵀ (σ1 σ2 = A1ᵀ(A1 A2ᵀ)A2 has the
+nonzero eigenvalues of (A1 A2ᵀ)(A1 A2ᵀ)ᵀ): an [N1, N2] SVD instead of two [D, D]
+eigendecompositions.
 
 Dims: N samples, D feature width.
 """
