@@ -35,14 +35,14 @@ class EvalSettings:
         softmax_batch_size: rows per softmax matmul.
         is_split_size: rows per Inception Score split (`compute_inception_score`).
         manifold: the precision / recall estimator (k = 3, 10000 x 10000 blocks).
-        precision: conv / matmul precision of the Inception network.
+        matmul_precision: conv / matmul precision of the Inception network.
     """
 
     batch_size: int = 64
     softmax_batch_size: int = 512
     is_split_size: int = 5000
     manifold: ManifoldEstimator = dataclasses.field(default_factory=ManifoldEstimator)
-    precision: lax.PrecisionLike = HIGHEST
+    matmul_precision: lax.PrecisionLike = HIGHEST
 
 
 def read_activations(
@@ -65,7 +65,7 @@ def read_activations(
         adm_npz.iter_batches(path, batch_size),
         config=config,
         batch_size=batch_size,
-        precision=settings.precision,
+        precision=settings.matmul_precision,
     )
 
 
