@@ -8,7 +8,7 @@ import pytest
 from arvg_jax.metrics import adm_npz
 from arvg_jax.metrics.evaluator import EvalSettings, evaluate, read_statistics
 from arvg_jax.metrics.fid import compute_statistics
-from arvg_jax.metrics.inception_score import inception_score, softmax_from_pool
+from arvg_jax.metrics.isc import inception_score, softmax_from_pool
 from arvg_jax.metrics.precision_recall import ManifoldEstimator, compute_prec_recall
 from arvg_jax.metrics.reference import inception_config
 from converters.inception import load_inception

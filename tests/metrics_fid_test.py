@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from arvg_jax.metrics import fid as F
-from arvg_jax.metrics.inception_score import inception_score, softmax, softmax_from_pool
+from arvg_jax.metrics.isc import inception_score, softmax, softmax_from_pool
 from converters.torch_reader import load_state_dict
 
 

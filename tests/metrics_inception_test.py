@@ -14,7 +14,7 @@ import pytest
 
 from arvg_jax.metrics import activations
 from arvg_jax.metrics import inception as inc
-from arvg_jax.metrics.inception_score import softmax_from_pool
+from arvg_jax.metrics.isc import softmax_from_pool
 from arvg_jax.metrics.reference import inception_config
 from arvg_jax.metrics.tf_resize import legacy_taps, resize_bilinear_tf1
 from converters.inception import load_inception

@@ -3,11 +3,14 @@ invariance, and the evaluator fixture (radii, distances, P/R and the overflow ca
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from arvg_jax.metrics.precision_recall import (
     ManifoldEstimator,
+    _f16,
     compute_prec_recall,
     pairwise_distances,
 )
@@ -39,6 +42,18 @@ def _numpy_fp16_distances(u, v):
         nv = np.sum(v16 * v16, axis=1, dtype=np.float32).astype(np.float16)[None, :]
         uv = (u16.astype(np.float32) @ v16.astype(np.float32).T).astype(np.float16)
         return np.maximum(nu - np.float16(2) * uv + nv, np.float16(0))
+
+
+def test_float16_rounding_is_exact():
+    """`_f16` (float32 in, float32 out) equals a float16 cast: normals, subnormals, ties,
+    overflow."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=20000) * 10.0 ** rng.uniform(-9, 6, 20000)
+    edges = [2.0**-25, 3 * 2.0**-25, 5 * 2.0**-25, -(2.0**-25), 2.0**-14, 65519.99, 65520.0]
+    x = np.concatenate([x, edges]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(_f16)(jnp.asarray(x))), want)
 
 
 def test_fp16_block_matches_numpy_float16():

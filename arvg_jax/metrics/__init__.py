@@ -9,7 +9,7 @@ from arvg_jax.metrics.activations import compute_activations
 from arvg_jax.metrics.evaluator import EvalSettings, evaluate, read_activations, read_statistics
 from arvg_jax.metrics.fid import FIDStatistics, compute_statistics, frechet_distance
 from arvg_jax.metrics.inception import InceptionConfig, InceptionV3, abstract_params, init_params
-from arvg_jax.metrics.inception_score import inception_score, softmax_from_pool
+from arvg_jax.metrics.isc import inception_score, softmax_from_pool
 from arvg_jax.metrics.precision_recall import ManifoldEstimator, compute_prec_recall
 
 __all__ = [

@@ -22,7 +22,7 @@ from arvg_jax.metrics import adm_npz
 from arvg_jax.metrics.activations import compute_activations
 from arvg_jax.metrics.fid import FIDStatistics, compute_statistics
 from arvg_jax.metrics.inception import HIGHEST, InceptionConfig
-from arvg_jax.metrics.inception_score import inception_score, softmax_from_pool
+from arvg_jax.metrics.isc import inception_score, softmax_from_pool
 from arvg_jax.metrics.precision_recall import ManifoldEstimator, compute_prec_recall
 
 

@@ -14,8 +14,8 @@ float32 and round to float16; squares and the elementwise combination are float1
 features are cast to float16 in numpy (exact rounding, subnormals, overflow to inf), and every
 float16 op is computed in float32 and rounded with `lax.reduce_precision` (float32 carries more
 than 2·11+2 bits, so rounding after the float32 op equals one float16 rounding; XLA keeps
-reduce_precision where it may drop an f32 -> f16 -> f32 convert pair). reduce_precision flushes
-float16 subnormals (< 6.1e-5) to 0, which moves only near-zero distances.
+reduce_precision where it may drop an f32 -> f16 -> f32 convert pair), float16 subnormals
+included.
 
 Memory: one block of D at a time; the k nearest distances and the in-manifold flags are kept on
 the device, so 50,000 x 50,000 needs O(block²) memory.
@@ -37,8 +37,14 @@ HIGHEST = lax.Precision.HIGHEST
 
 
 def _f16(x: jax.Array) -> jax.Array:
-    """Rounds float32 values to the float16 grid (overflow -> inf), staying float32."""
-    return lax.reduce_precision(x, exponent_bits=5, mantissa_bits=10)
+    """Rounds float32 values to the float16 grid (overflow -> inf), staying float32.
+
+    reduce_precision flushes float16 subnormals to 0; below 2^-14 the grid is the multiples of
+    2^-24, so those values are rounded there instead (x · 2^24 is exact; round half to even).
+    """
+    normal = lax.reduce_precision(x, exponent_bits=5, mantissa_bits=10)
+    subnormal = jnp.round(x * 2.0**24) * 2.0**-24
+    return jnp.where(jnp.abs(x) < 2.0**-14, subnormal, normal)
 
 
 @jax.jit

@@ -16,7 +16,7 @@ import numpy as np
 from arvg_jax.metrics.activations import compute_activations
 from arvg_jax.metrics.fid import compute_statistics
 from arvg_jax.metrics.inception import InceptionConfig
-from arvg_jax.metrics.inception_score import inception_score, softmax, softmax_from_pool
+from arvg_jax.metrics.isc import inception_score, softmax, softmax_from_pool
 from arvg_jax.metrics.precision_recall import ManifoldEstimator
 from converters.inception import load_inception
 

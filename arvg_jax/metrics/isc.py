@@ -1,4 +1,4 @@
-"""Inception Score as the ADM evaluator computes it, in float32 numpy.
+"""Inception Score ("isc", as torch-fidelity names it) as the ADM evaluator computes it.
 
 openai/guided-diffusion evaluations/evaluator.py: `_create_softmax_graph` rebuilds the graph's
 `softmax/logits/MatMul` on pool_3 WITHOUT the `softmax/biases` add, then `tf.nn.softmax`
