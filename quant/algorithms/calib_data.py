@@ -2,13 +2,19 @@
 from a selection of them.
 
 Official VAR procedure (``VAR/sample_cali.py``): ``seed_everything(42)``; per generation batch of
-``cali_batch = 32`` images, labels ``torch.randint(0, 999)`` (class 999 is never drawn) and
+``cali_batch = 32`` images, labels ``torch.randint(0, 999)`` and
 ``autoregressive_infer_cfg(cfg=1.5, top_k=900, top_p=0.95, g_seed=42)`` (the generator is re-seeded
 with the same seed for every batch; note the script declares ``top_p = 0.96`` but passes 0.95 to
 this call). Every image gives two candidate sequences because of CFG: its tokens with its label
 (cond) and the same tokens with the null class (uncond); 128 images -> 256 candidates.
 
-Here: labels from ``numpy.random.default_rng(seed)`` (same range, not torch's stream), one
+Class labels: ``torch.randint``'s upper bound is exclusive, so the official VAR (and RAR,
+``RAR/sample_cali.py``) scripts never draw the last ImageNet class, 999, although their comment
+says "random IN-1k class"; the official PAR and MAR scripts draw ``randint(0, num_classes)``. That
+off-by-one is not part of the method, so here every class can be drawn (``class_draw="all"``,
+default); ``class_draw="all-but-last"`` reproduces the VAR/RAR scripts' range.
+
+Here: labels from ``numpy.random.default_rng(seed)`` (not torch's stream), one
 ``jax.random.PRNGKey(seed)`` per generation batch (the official re-seeding), `var_sampler.generate`.
 
 Candidate layout (``Candidates``): rows ``[0, n)`` are the cond sequences of images ``0..n-1``,
@@ -20,14 +26,16 @@ Dims: n images, L tokens (all scales), E VQVAE latent channels.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
 
 from arvg_jax.progress import Progress
 
-__all__ = ["Candidates", "calibration_batch", "generate_candidates"]
+__all__ = ["Candidates", "calibration_batch", "draw_labels", "generate_candidates"]
+
+ClassDraw = Literal["all", "all-but-last"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +68,28 @@ class Candidates:
         )
 
 
+def draw_labels(
+    num_images: int, num_classes: int, seed: int, class_draw: ClassDraw = "all"
+) -> np.ndarray:
+    """The class labels of the calibration images: int32 [num_images], uniform over the classes.
+
+    Args:
+      num_images: how many labels.
+      num_classes: C; labels lie in ``[0, C)``.
+      seed: ``numpy.random.default_rng`` seed.
+      class_draw: ``"all"`` draws from ``[0, C)``; ``"all-but-last"`` from ``[0, C - 1)`` like the
+        official VAR/RAR ``sample_cali.py`` (``torch.randint(0, 999)``, module doc).
+    """
+    if class_draw == "all":
+        high = num_classes
+    elif class_draw == "all-but-last":
+        high = max(num_classes - 1, 1)
+    else:
+        raise ValueError(f"class_draw must be 'all' or 'all-but-last', got {class_draw!r}")
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, high, size=(num_images,)).astype(np.int32)
+
+
 def generate_candidates(
     var_params: dict[str, Any],
     vae_params: dict[str, Any],
@@ -72,6 +102,7 @@ def generate_candidates(
     top_k: int = 900,
     top_p: float = 0.95,
     gen_batch: int = 32,
+    class_draw: ClassDraw = "all",
     progress: bool = True,
 ) -> Candidates:
     """Generates ``num_images`` images with the float VAR (CFG on) and records their tokens.
@@ -83,6 +114,8 @@ def generate_candidates(
       seed: label seed and the per-batch sampling key (official 42).
       cfg, top_k, top_p: sampling settings of the official calibration run (1.5, 900, 0.95).
       gen_batch: images per `generate` call (official 32; the last batch may be smaller).
+      class_draw: label range, `draw_labels` ("all": every class; "all-but-last": the official
+        VAR/RAR scripts' range, which never draws the last class).
       progress: progress bar over generation batches.
 
     Returns:
@@ -92,9 +125,7 @@ def generate_candidates(
 
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    rng = np.random.default_rng(seed)
-    # torch.randint(0, 999): the official upper bound excludes the last class (999 of 1000).
-    labels = rng.integers(0, max(var_cfg.num_classes - 1, 1), size=(num_images,)).astype(np.int32)
+    labels = draw_labels(num_images, var_cfg.num_classes, seed, class_draw)
     tokens = []
     # One lax.scan over the blocks per scale: the same values, a program ~depth times smaller.
     gen_params = var_sampler.stack_blocks(var_params)
