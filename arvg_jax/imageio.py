@@ -1,17 +1,22 @@
-"""PNG writing and image grids, with numpy and zlib only (no Pillow dependency).
+"""Image writing (PNG, JPEG, WebP, ... via Pillow) and image grids.
 
-Letters: B batch, H height, W width.
+Letters: B batch, H height, W width, C channels (1, 3 or 4).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
-import struct
+import re
 import tempfile
-import zlib
 
 import numpy as np
+from PIL import Image
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Lossy formats are written near-lossless: these files are for looking at samples side by side.
+_SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -36,74 +41,110 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.
     return grid
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """Encodes an [H, W, 3] or [H, W] uint8 array as PNG bytes (8-bit RGB or grey)."""
+def _to_pil(image: np.ndarray, what: str) -> Image.Image:
+    """[H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA) uint8 -> a Pillow image."""
     image = np.ascontiguousarray(image)
     if image.dtype != np.uint8:
-        raise ValueError(f"encode_png expects uint8, got {image.dtype}")
-    if image.ndim == 2:
-        color_type, channels = 0, 1
-    elif image.ndim == 3 and image.shape[2] in (3, 4):
-        channels = image.shape[2]
-        color_type = 2 if channels == 3 else 6
-    else:
-        raise ValueError(f"encode_png expects [H, W], [H, W, 3] or [H, W, 4], got {image.shape}")
-    h, w = image.shape[:2]
-    raw = np.zeros((h, 1 + w * channels), np.uint8)  # filter byte 0 (None) on every row
-    raw[:, 1:] = image.reshape(h, w * channels)
+        raise ValueError(f"{what} expects uint8, got {image.dtype}")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+        raise ValueError(f"{what} expects [H, W], [H, W, 3] or [H, W, 4], got {image.shape}")
+    return Image.fromarray(image)  # mode L, RGB or RGBA from the shape
 
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + tag
-            + data
-            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-        )
 
-    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
+def encode_png(image: np.ndarray) -> bytes:
+    """Encodes an [H, W], [H, W, 3] or [H, W, 4] uint8 array as PNG bytes (8-bit grey/RGB/RGBA)."""
+    buf = io.BytesIO()
+    _to_pil(image, "encode_png").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """Decodes PNGs written by `encode_png` (8-bit, filter 0, non-interlaced). For tests."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
+    """Decodes PNG bytes to uint8 [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA).
+
+    Palette images come back as RGB (RGBA when the palette has transparency); other pixel layouts
+    are returned as Pillow reads them.
+    """
+    if data[:8] != _PNG_SIGNATURE:
         raise ValueError("not a PNG file")
-    pos, idat, shape = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if tag == b"IHDR":
-            w, h, depth, color_type = struct.unpack(">IIBB", body[:10])
-            channels = {0: 1, 2: 3, 6: 4}[color_type]
-            shape = (h, w, channels)
-        elif tag == b"IDAT":
-            idat += body
-    h, w, c = shape
-    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + w * c)
-    if np.any(raw[:, 0] != 0):
-        raise ValueError("decode_png only reads filter type 0")
-    out = raw[:, 1:].reshape(h, w, c)
-    return out[:, :, 0] if c == 1 else out
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+        if img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        return np.array(img)
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
-    """Writes atomically (temp file + rename), so a failure never leaves a half-written PNG."""
-    path = pathlib.Path(path)
+def supported_extensions() -> dict[str, str]:
+    """Lower-case file extension (with the dot) -> Pillow format name, for formats Pillow writes."""
+    Image.init()  # registers every plugin, so the tables below are complete
+    return {
+        ext.lower(): fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE
+    }
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        status = pathlib.Path("/proc/self/status").read_text()
+        m = re.search(r"^Umask:\s*([0-7]+)", status, re.MULTILINE)
+        if m:
+            return int(m.group(1), 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no read-only API elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> pathlib.Path:
+    """Writes `data` to a temp file beside `path`, then renames it over `path`.
+
+    A failure never leaves a half-written file; the file's permissions follow the umask like a
+    plain `open(path, "wb")` would (mkstemp itself creates 0600).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = encode_png(image)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
+    """Writes PNG bytes to `path` (whatever its extension) atomically; returns the path."""
+    path = pathlib.Path(path)
+    return _write_atomic(path, encode_png(image))
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
+    """Writes an image atomically in the format its extension names (.png, .jpg, .webp, .bmp, ...).
+
+    Args:
+      path: destination; its extension (any case) picks the Pillow format.
+      image: uint8 [H, W], [H, W, 3] or [H, W, 4].
+
+    Returns:
+      The path written.
+
+    Raises:
+      ValueError: unknown extension, or an image the format cannot hold (e.g. RGBA as JPEG).
+    """
+    path = pathlib.Path(path)
+    formats = supported_extensions()
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"write_image: cannot tell the image format of {str(path)!r} from its extension "
+            f"{path.suffix!r}; supported: {' '.join(sorted(formats))}"
+        )
+    img = _to_pil(image, "write_image")
+    buf = io.BytesIO()
+    try:
+        img.save(buf, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"write_image: {str(path)!r} as {fmt}, mode {img.mode}: {e}") from e
+    return _write_atomic(path, buf.getvalue())

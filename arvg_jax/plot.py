@@ -1,73 +1,26 @@
-"""A dependency-free line plot rendered with numpy (matplotlib is not a project dependency).
+"""The `arvg bench` throughput plot, drawn with matplotlib into a numpy image.
 
 `line_plot(series, ...)` returns an [H, W, 3] uint8 image: x on a log2 axis (batch sizes), y
-linear from 0, one coloured polyline with square markers per series, tick labels and a legend in
-a built-in 5x7 bitmap font. Write it with `arvg_jax.imageio.write_png`.
+linear from 0, one coloured line with square markers per series, a legend on the right. Write it
+with `arvg_jax.imageio.write_png`. `figure` / `render` are the pixel-sized Agg canvas helpers
+shared with `arvg_jax.eval.plots`.
+
+Matplotlib is used through `Figure` + `FigureCanvasAgg` only (never pyplot): no backend switch,
+no rcParams edits, no global figure registry, so importing this module changes no global state.
+
+Dims: H height, W width (pixels).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullLocator
 
-# 5x7 glyphs, one string of 7 rows x 5 columns ('#' = ink) per character.
-_FONT_ROWS = {
-    "0": " ### #   ##  ### # ###  ##   # ### ",
-    "1": "  #   ##    #    #    #    #   ### ",
-    "2": " ### #   #    #   #   #   #   #####",
-    "3": "#####   #   #     #     ##   # ### ",
-    "4": "   #   ##  # # #  # #####   #    # ",
-    "5": "######    ####     #    ##   # ### ",
-    "6": "  ##  #   #    #### #   ##   # ### ",
-    "7": "#####    #   #   #   #    #    #   ",
-    "8": " ### #   ##   # ### #   ##   # ### ",
-    "9": " ### #   ##   # ####    #   #  ##  ",
-    "a": "           ###     # #####   # ####",
-    "b": "#    #    # ## ##  ##   ##   ##### ",
-    "c": "           ### #    #    #   # ### ",
-    "d": "    #    # ## ##  ###   ##   # ####",
-    "e": "           ### #   #######     ### ",
-    "f": "  ##  #  # #   ###   #    #    #   ",
-    "g": "      #####   ##   # ####    # ### ",
-    "h": "#    #    # ## ##  ##   ##   ##   #",
-    "i": "  #        ##    #    #    #   ### ",
-    "j": "   #        ##    #    # #  #  ##  ",
-    "k": "#    #    #  # # #  ##   # #  #  # ",
-    "l": " ##    #    #    #    #    #   ### ",
-    "m": "          ## # # # ## # ##   ##   #",
-    "n": "          # ## ##  ##   ##   ##   #",
-    "o": "           ### #   ##   ##   # ### ",
-    "p": "          #### #   ##### #    #    ",
-    "q": "           #####   # ####    #    #",
-    "r": "          # ## ##   #    #    #    ",
-    "s": "           ### #     ###     ####  ",
-    "t": " #    #   ###   #    #    #  #  ## ",
-    "u": "          #   ##   ##   ##  ## ## #",
-    "v": "          #   ##   ##   # # #   #  ",
-    "w": "          #   ##   ## # ## # # # # ",
-    "x": "          #   # # #   #   # # #   #",
-    "y": "          #   ##   # ####    # ### ",
-    "z": "          #####   #   #   #   #####",
-    "-": "               #####               ",
-    ".": "                         ##   ##  ",
-    "/": "    #    #   #   #   #    #        ",
-    ":": "      ##   ##        ##   ##       ",
-    " ": "                                   ",
-    "(": "   #   #   #    #    #     #     # ",
-    ")": " #     #     #    #    #   #   #   ",
-    "+": "       #    #  #####  #    #       ",
-    "=": "          #####     #####          ",
-    "%": "##   ##  #   #   #   #   #  ##   ##",
-    ",": "                    ##   ##   #   ",
-    "_": "                              #####",
-}
-_GLYPHS = {}
-for _ch, _rows in _FONT_ROWS.items():
-    if len(_ch) == 1:
-        _rows = (_rows + " " * 35)[:35]
-        _GLYPHS[_ch] = np.array([[c == "#" for c in _rows[r * 5 : (r + 1) * 5]] for r in range(7)])
-
+DPI = 100  # sizes are given in pixels; points = pixels * 72 / DPI
+TEXT_PT = 7.0
+# matplotlib's "tab10" cycle as 0-255 RGB: tests find a series by its exact colour.
 COLORS = [
     (31, 119, 180),
     (255, 127, 14),
@@ -80,44 +33,46 @@ COLORS = [
     (188, 189, 34),
     (23, 190, 207),
 ]
+BLACK, GREY = (0, 0, 0), (225, 225, 225)
 
 
-def draw_text(img: np.ndarray, x: int, y: int, text: str, color=(0, 0, 0), scale: int = 1) -> int:
-    """Draws text with its top-left corner at (x, y); returns the x after the last glyph."""
-    for ch in text:
-        g = _GLYPHS.get(ch, _GLYPHS.get(ch.lower(), _GLYPHS[" "]))
-        if scale > 1:
-            g = np.kron(g, np.ones((scale, scale), bool))
-        h, w = g.shape
-        y0, x0 = max(y, 0), max(x, 0)
-        y1, x1 = min(y + h, img.shape[0]), min(x + w, img.shape[1])
-        if y1 > y0 and x1 > x0:
-            sub = g[y0 - y : y1 - y, x0 - x : x1 - x]
-            img[y0:y1, x0:x1][sub] = color
-        x += w + scale
-    return x
+def rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
+    """0-255 RGB -> matplotlib's 0-1 floats."""
+    return tuple(c / 255.0 for c in color)
 
 
-def text_width(text: str, scale: int = 1) -> int:
-    return len(text) * 6 * scale
+def figure(width: int, height: int) -> Figure:
+    """A white figure of exactly `width` x `height` pixels on its own Agg canvas."""
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
 
 
-def _line(img, x0, y0, x1, y1, color, width=2):
-    n = int(max(abs(x1 - x0), abs(y1 - y0), 1)) * 2
-    for t in np.linspace(0, 1, n + 1):
-        x = int(round(x0 + t * (x1 - x0)))
-        y = int(round(y0 + t * (y1 - y0)))
-        r = width // 2
-        img[max(y - r, 0) : y + r + 1, max(x - r, 0) : x + r + 1] = color
+def axes_px(fig: Figure, *, left: int, right: int, top: int, bottom: int):
+    """Axes placed by pixel margins (the layouts are fixed-size, so no tight_layout guessing)."""
+    w, h = fig.get_size_inches() * fig.dpi
+    pw, ph = max(w - left - right, 1), max(h - top - bottom, 1)  # tiny images: a 1-pixel plot
+    return fig.add_axes((left / w, bottom / h, pw / w, ph / h))
 
 
-def _nice_step(span: float) -> float:
-    raw = span / 5
-    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
-    for m in (1, 2, 2.5, 5, 10):
-        if raw <= m * mag:
-            return m * mag
-    return 10 * mag
+def render(fig: Figure) -> np.ndarray:
+    """Draws `fig` and returns its pixels as uint8 [H, W, 3] (H, W from the figure size)."""
+    canvas = fig.canvas
+    canvas.draw()
+    img = np.asarray(canvas.buffer_rgba())[..., :3]
+    w, h = (round(float(v)) for v in fig.get_size_inches() * fig.dpi)
+    out = np.full((h, w, 3), 255, np.uint8)  # guards against an off-by-one canvas size
+    out[: img.shape[0], : img.shape[1]] = img[:h, :w]
+    return out
+
+
+def style_axes(ax, fontsize: float = TEXT_PT) -> None:
+    """Left and bottom spines only, grey horizontal grid under the data, small tick labels."""
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.set_axisbelow(True)
+    ax.yaxis.grid(True, color=rgb(GREY), linewidth=0.8)
+    ax.tick_params(labelsize=fontsize, length=2, pad=2)
 
 
 def _fmt(v: float) -> str:
@@ -134,54 +89,57 @@ def line_plot(
     height: int = 440,
     scale: int = 1,
 ) -> np.ndarray:
-    """Renders {label: [(x, y), ...]} as an RGB uint8 image (x log2, y linear from 0)."""
-    img = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 70, 190, 34, 50
-    pw, ph = width - left - right, height - top - bottom
-    pts = [(x, y) for s in series.values() for x, y in s if y is not None and x > 0]
-    xs = sorted({x for x, _ in pts}) or [1.0]
-    lx0, lx1 = math.log2(min(xs)), math.log2(max(xs))
-    if lx1 == lx0:
-        lx0, lx1 = lx0 - 1, lx1 + 1
-    ymax = max([y for _, y in pts] + [1e-9])
-    step = _nice_step(ymax * 1.05)
-    ytop = step * math.ceil(ymax * 1.05 / step)
+    """Renders {label: [(x, y), ...]} as an RGB uint8 image (x log2, y linear from 0).
 
-    def px(x):
-        return left + int(round((math.log2(x) - lx0) / (lx1 - lx0) * pw))
+    Args:
+      series: label -> points; points with y None or x <= 0 are left out.
+      title, xlabel, ylabel: texts (empty: none).
+      width, height: image size in pixels.
+      scale: text size multiplier.
 
-    def py(y):
-        return top + ph - int(round(y / ytop * ph))
-
-    grey, black = (225, 225, 225), (0, 0, 0)
-    v = 0.0
-    while v <= ytop + 1e-9:
-        y = py(v)
-        img[y, left : left + pw] = grey
-        label = _fmt(v)
-        draw_text(img, left - 6 - text_width(label), y - 3, label, black)
-        v += step
-    for x in xs:
-        xx = px(x)
-        img[top : top + ph, xx] = grey
-        label = _fmt(x)
-        draw_text(img, xx - text_width(label) // 2, top + ph + 6, label, black)
-    img[top : top + ph + 1, left] = black
-    img[top + ph, left : left + pw + 1] = black
+    Returns:
+      uint8 [height, width, 3].
+    """
+    fs = TEXT_PT * 1.3 * scale
+    fig = figure(width, height)
+    ax = axes_px(fig, left=70, right=190, top=34, bottom=50)
+    style_axes(ax, fs)
+    xs = set()
+    for i, (label, pts) in enumerate(series.items()):
+        pts = sorted((x, y) for x, y in pts if y is not None and x > 0)
+        xs.update(x for x, _ in pts)
+        color = rgb(COLORS[i % len(COLORS)])
+        ax.plot(
+            [x for x, _ in pts],
+            [y for _, y in pts],
+            color=color,
+            linewidth=2,
+            marker="s",
+            markersize=5,
+            label=label[:25],
+        )
+    ax.set_xscale("log", base=2)
+    ticks = sorted(xs) or [1.0]
+    ax.set_xticks(ticks, [_fmt(x) for x in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.grid(True, color=rgb(GREY), linewidth=0.8)
+    if len(ticks) == 1:  # one batch size: a two-octave window around it
+        ax.set_xlim(ticks[0] / 2, ticks[0] * 2)
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _fmt(v)))
     if title:
-        draw_text(img, left, 10, title, black, scale=2 if width >= 600 else 1)
+        fig.text(70 / width, 1 - 8 / height, title, fontsize=fs * 1.4, va="top", ha="left")
     if xlabel:
-        draw_text(img, left + pw // 2 - text_width(xlabel) // 2, height - 18, xlabel, black)
+        ax.set_xlabel(xlabel, fontsize=fs)
     if ylabel:
-        draw_text(img, 4, top - 14, ylabel, black)
-    for i, (label, s) in enumerate(series.items()):
-        color = COLORS[i % len(COLORS)]
-        pts_s = [(px(x), py(y)) for x, y in sorted(s) if y is not None and x > 0]
-        for (x0, y0), (x1, y1) in zip(pts_s, pts_s[1:]):
-            _line(img, x0, y0, x1, y1, color)
-        for x0, y0 in pts_s:
-            img[max(y0 - 3, 0) : y0 + 4, max(x0 - 3, 0) : x0 + 4] = color
-        ly = top + 8 + 16 * i
-        img[ly : ly + 8, left + pw + 14 : left + pw + 30] = color
-        draw_text(img, left + pw + 36, ly, label[:25], black)
-    return img
+        ax.set_ylabel(ylabel, fontsize=fs)
+    if series:
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            frameon=False,
+            fontsize=fs,
+            handlelength=1.6,
+            borderaxespad=0.0,
+        )
+    return render(fig)

@@ -1,56 +1,60 @@
-"""A dependency-free progress bar for long host-side loops (calibration, generation, stages)."""
+"""Progress bars (tqdm, on stderr) for long host-side loops: calibration, generation, stages."""
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from tqdm import tqdm
+
 T = TypeVar("T")
+
+# On a terminal tqdm redraws in place; in a log file every redraw is kept, so redraw seldom there.
+_LOG_MININTERVAL_S = 10.0
+# tqdm's default layout with a fixed bar width; rate_fmt switches to s/it for slow steps.
+_BAR_FORMAT = "{l_bar}{bar:WIDTH}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 class Progress:
-    """Prints `desc [#####.....] i/n elapsed` to stderr; redraws in place on a TTY.
+    """`desc: 40%|####      | 2/5 [00:03<00:04, 1.52s/it, postfix]` on stderr.
+
+    A thin wrapper over tqdm that keeps this project's small API (`update`, `close`, `n`, `total`).
+    A disabled bar prints nothing but still counts.
 
     Args:
-      total: number of steps.
+      total: number of steps (at least 1 is shown).
       desc: label printed before the bar.
       enabled: False silences it (tests, --quiet).
+      width: bar width in characters.
     """
 
     def __init__(self, total: int, desc: str = "", *, enabled: bool = True, width: int = 28):
-        self.total, self.desc, self.enabled, self.width = max(int(total), 1), desc, enabled, width
+        self.total, self.desc, self.enabled = max(int(total), 1), desc, enabled
         self.n = 0
-        self.start = time.perf_counter()
-        self._tty = sys.stderr.isatty()
-        self._last_len = 0
-        if enabled:
-            self._draw()
+        file = sys.stderr
+        tty = bool(getattr(file, "isatty", lambda: False)())
+        self._bar = tqdm(
+            total=self.total,
+            desc=desc,
+            disable=not enabled,
+            file=file,
+            leave=True,
+            mininterval=0.1 if tty else _LOG_MININTERVAL_S,
+            bar_format=_BAR_FORMAT.replace("WIDTH", str(int(width))),
+        )
 
     def update(self, n: int = 1, postfix: str = "") -> None:
-        self.n = min(self.n + n, self.total)
-        if self.enabled:
-            self._draw(postfix)
-
-    def _draw(self, postfix: str = "") -> None:
-        filled = int(self.width * self.n / self.total)
-        bar = "#" * filled + "." * (self.width - filled)
-        elapsed = time.perf_counter() - self.start
-        line = f"{self.desc} [{bar}] {self.n}/{self.total} {elapsed:6.1f}s {postfix}".rstrip()
-        if self._tty:
-            sys.stderr.write("\r" + line.ljust(self._last_len))
-            self._last_len = len(line)
-            if self.n >= self.total:
-                sys.stderr.write("\n")
-        elif self.n >= self.total or self.n == 0:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+        """Advances by `n` steps (never past `total`); `postfix` names the step just done."""
+        step = max(min(n, self.total - self.n), 0)
+        self.n += step
+        if postfix:
+            self._bar.set_postfix_str(postfix, refresh=False)
+        self._bar.update(step)
 
     def close(self) -> None:
-        if self.enabled and self.n < self.total and self._tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        """Ends the bar's line; safe to call twice."""
+        self._bar.close()
 
 
 def track(items: Iterable[T], desc: str = "", total: int | None = None, **kw) -> Iterator[T]:

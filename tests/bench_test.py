@@ -1,31 +1,23 @@
 """`arvg bench` on the CPU at the tiny config: well-formed JSON / markdown / PNG; the pieces."""
 
 import json
-import zlib
+import pathlib
 
 import numpy as np
 
 from arvg_jax.options import ExecOptions
 import pytest
 
-from arvg_jax import plot
+from arvg_jax import imageio, plot
 from arvg_jax.families.var.bench import build, gemm, profile
 from arvg_jax.cli import main
 from arvg_jax.families.var.model import VARConfig
 
 
 def _png_pixels(path):
-    data = open(path, "rb").read()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    idat, pos = b"", 8
-    while pos < len(data):
-        n = int.from_bytes(data[pos : pos + 4], "big")
-        if data[pos + 4 : pos + 8] == b"IDAT":
-            idat += data[pos + 8 : pos + 8 + n]
-        pos += 12 + n
-    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
-    return raw[:, 1:].reshape(h, w, 3)
+    img = imageio.decode_png(pathlib.Path(path).read_bytes())
+    assert img.ndim == 3 and img.shape[2] == 3
+    return img
 
 
 def test_bench_command_tiny_cpu(tmp_path):
@@ -252,18 +244,6 @@ def test_quantized_variants_have_the_ptq4arvg_layout(fit):
     assert isinstance(params["blocks"]["attn"]["qkv"]["kernel"], PackedKernel)
     assert opts.dtype == "bfloat16"
     assert build.param_bytes(params) < build.param_bytes(build.to_bfloat16(model.params))
-
-
-def test_font_glyphs_are_5x7():
-    """Every glyph string of the plot font spans at most 7 rows of 5 (longer ones misalign)."""
-    from arvg_jax import plot
-
-    for ch, rows in plot._FONT_ROWS.items():
-        if len(ch) == 1:
-            assert len(rows) <= 35, ch
-            assert plot._GLYPHS[ch].shape == (7, 5)
-    # q is p mirrored: its bowl and stem sit on the right.
-    assert plot._GLYPHS["q"][:, -1].sum() == 5 and plot._GLYPHS["p"][:, 0].sum() == 5
 
 
 def test_abstract_param_bytes_equal_the_built_trees():

@@ -35,7 +35,7 @@ def test_candidates_are_both_cfg_halves_of_each_image(var_dir):
     assert c.labels.shape == (2 * n,) and c.tokens.shape == (2 * n, m.cfg.seq_len)
     np.testing.assert_array_equal(c.tokens[:n], c.tokens[n:])
     assert np.all(c.labels[n:] == m.cfg.num_classes)  # the null class
-    assert np.all((c.labels[:n] >= 0) & (c.labels[:n] < m.cfg.num_classes - 1))
+    assert np.all((c.labels[:n] >= 0) & (c.labels[:n] < m.cfg.num_classes))
     np.testing.assert_array_equal(c.is_cond, np.arange(2 * n) < n)
     np.testing.assert_array_equal(c.image, np.tile(np.arange(n), 2))
     assert c.tokens.min() >= 0 and c.tokens.max() < m.cfg.vocab_size

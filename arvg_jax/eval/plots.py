@@ -1,47 +1,35 @@
-"""Bar and line charts rasterised with numpy (matplotlib is not a dependency), for the docs figures.
+"""Bar and line charts drawn with matplotlib into numpy images, for the docs figures.
 
-Each function returns an RGB uint8 image [H, W, 3]; write it with `arvg_jax.imageio.write_png`.
-Text uses the 5x7 bitmap font of `arvg_jax.plot` (digits, lower-case letters, a little
-punctuation; upper case is drawn in lower case). `stack` tiles panels into one figure.
+Each function returns an RGB uint8 image [H, W, 3] of the requested pixel size; write it with
+`arvg_jax.imageio.write_png`. `stack` tiles panels into one figure. Drawing goes through the
+Agg canvas helpers of `arvg_jax.plot` (matplotlib `Figure` + `FigureCanvasAgg`, no pyplot).
 
 Dims: H height, W width (pixels), N bars / points.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from arvg_jax.plot import COLORS, draw_text, text_width
-
-BLACK, GREY = (0, 0, 0), (225, 225, 225)
-# The shared font's "q" draws an "r" (its row string is shifted by one column); ours:
-_Q = np.array(
-    [
-        [c == "#" for c in row]
-        for row in ("     ", "     ", " ####", "#   #", "#   #", " ####", "    #")
-    ]
+from arvg_jax.plot import (
+    BLACK,
+    COLORS,
+    DPI,
+    GREY,
+    TEXT_PT,
+    axes_px,
+    figure,
+    render,
+    rgb,
+    style_axes,
 )
 
-
-def _text(img: np.ndarray, x: int, y: int, text: str, color=BLACK, scale: int = 1) -> int:
-    """`draw_text` with a correct "q"; returns the x after the last glyph."""
-    for ch in text:
-        if ch.lower() != "q":
-            x = draw_text(img, x, y, ch, color, scale=scale)
-            continue
-        g = np.kron(_Q, np.ones((scale, scale), bool)) if scale > 1 else _Q
-        h, w = g.shape
-        sub = img[max(y, 0) : y + h, max(x, 0) : x + w]
-        sub[g[: sub.shape[0], : sub.shape[1]]] = color
-        x += w + scale
-    return x
-
-
 HIGHLIGHT = (214, 39, 40)  # red: the bars `bar_chart` is asked to mark
+_CHAR_PX = TEXT_PT * DPI / 72 * 0.6  # average glyph width, to keep x tick labels apart
 
 
 def _fmt(v: float) -> str:
@@ -53,7 +41,7 @@ def _fmt(v: float) -> str:
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """Round tick values covering [lo, hi] (linear axis)."""
+    """Round tick values covering [lo, hi] (linear axis); the axis spans first..last tick."""
     span = max(hi - lo, 1e-12)
     raw = span / n
     mag = 10 ** math.floor(math.log10(raw))
@@ -68,46 +56,26 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return ticks
 
 
-class _Axes:
-    """Maps data to pixels inside a frame and draws the frame, grid and y ticks."""
-
-    def __init__(self, img, *, left, top, width, height, y_lo, y_hi, log_y):
-        self.img, self.left, self.top, self.w, self.h = img, left, top, width, height
-        self.log_y = log_y
-        if log_y:
-            y_lo = max(y_lo, 1e-12)
-            self.ticks = [
-                10.0**e
-                for e in range(math.floor(math.log10(y_lo)), math.ceil(math.log10(y_hi)) + 1)
-            ]
-            if len(self.ticks) < 2:
-                self.ticks = [self.ticks[0], self.ticks[0] * 10]
-            self.lo, self.hi = math.log10(self.ticks[0]), math.log10(self.ticks[-1])
-        else:
-            self.ticks = _nice_ticks(y_lo, y_hi)
-            self.lo, self.hi = self.ticks[0], self.ticks[-1]
-
-    def py(self, y: float) -> int:
-        v = math.log10(max(y, 1e-12)) if self.log_y else y
-        frac = (v - self.lo) / (self.hi - self.lo or 1.0)
-        return self.top + self.h - round(min(max(frac, 0.0), 1.0) * self.h)
-
-    def draw_frame(self):
-        img = self.img
-        for t in self.ticks:
-            y = self.py(t)
-            img[y, self.left : self.left + self.w] = GREY
-            label = _fmt(t)
-            _text(img, self.left - 5 - text_width(label), y - 3, label, BLACK)
-        img[self.top : self.top + self.h + 1, self.left] = BLACK
-        img[self.top + self.h, self.left : self.left + self.w + 1] = BLACK
+def _y_axis(ax, lo: float, hi: float, log_y: bool) -> tuple[float, float]:
+    """Round ticks (decades on a log axis) spanning [lo, hi]; returns the axis limits, which
+    depend only on (lo, hi) so panels given the same `y_max` share their scale."""
+    if log_y:
+        lo = max(lo, 1e-12)
+        e0, e1 = math.floor(math.log10(lo)), math.ceil(math.log10(max(hi, lo)))
+        ticks = [10.0**e for e in range(e0, max(e1, e0 + 1) + 1)]
+        ax.set_yscale("log")
+    else:
+        ticks = _nice_ticks(lo, hi)
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _fmt(v)))
+    ax.set_ylim(ticks[0], ticks[-1])
+    return ticks[0], ticks[-1]
 
 
-def _canvas(width: int, height: int, title: str) -> np.ndarray:
-    img = np.full((height, width, 3), 255, np.uint8)
+def _title(fig, title: str, width: int, height: int) -> None:
     if title:
-        _text(img, 8, 6, title, BLACK)
-    return img
+        fig.text(8 / width, 1 - 4 / height, title, fontsize=TEXT_PT, va="top", ha="left")
 
 
 def bar_chart(
@@ -136,35 +104,38 @@ def bar_chart(
         uint8 [H, W, 3].
     """
     v = np.asarray(values, np.float64)
-    img = _canvas(width, height, title)
+    fig = figure(width, height)
     left, top, right, bottom = 48, 20, 8, 14
+    ax = axes_px(fig, left=left, right=right, top=top, bottom=bottom)
+    style_axes(ax)
+    _title(fig, title, width, height)
     hi = float(y_max if y_max is not None else max(v.max(initial=0.0), 1e-9))
     lo = float(max(v[v > 0].min(initial=hi) * 0.8, 1e-12)) if log_y else 0.0
-    ax = _Axes(
-        img,
-        left=left,
-        top=top,
-        width=width - left - right,
-        height=height - top - bottom,
-        y_lo=lo,
-        y_hi=hi,
-        log_y=log_y,
-    )
-    ax.draw_frame()
+    base, _ = _y_axis(ax, lo, hi, log_y)
     n = max(len(v), 1)
     marked = {int(i) for i in highlight}
-    base = ax.py(ax.ticks[0])
-    for i, val in enumerate(v):
-        x0 = left + 1 + int(i * ax.w / n)
-        x1 = max(left + 1 + int((i + 1) * ax.w / n) - (1 if ax.w / n >= 3 else 0), x0 + 1)
-        y = ax.py(val)
-        color = HIGHLIGHT if i in marked else COLORS[0]
-        img[min(y, base - 1) : base, x0:x1] = color
+    colors = [rgb(HIGHLIGHT if i in marked else COLORS[0]) for i in range(len(v))]
+    # a one-pixel gap between bars only where a bar is at least 3 pixels wide
+    gap = 1.0 / ((width - left - right) / n) if (width - left - right) / n >= 3 else 0.0
+    heights = np.maximum(v, base) - base  # bars start at the axis bottom (log axes have no 0)
+    ax.bar(np.arange(len(v)), heights, bottom=base, width=1.0 - gap, color=colors, linewidth=0)
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.xaxis.set_major_locator(NullLocator())
     if hline is not None:
-        y = ax.py(hline)
-        for x in range(left + 1, left + ax.w, 6):
-            img[y, x : x + 3] = BLACK
-    return img
+        ax.axhline(hline, color=rgb(BLACK), linewidth=0.8, linestyle=(0, (3, 3)))
+    return render(fig)
+
+
+def _spaced(ticks: Sequence[float], x_lo: float, x_hi: float, plot_px: float) -> list[float]:
+    """Leaves out tick labels that would overlap the previous kept one."""
+    kept, last_end = [], -math.inf
+    for t in sorted(ticks):
+        half = len(_fmt(t)) * _CHAR_PX / 2
+        x = (t - x_lo) / (x_hi - x_lo or 1.0) * plot_px
+        if x - half > last_end + 4:
+            kept.append(t)
+            last_end = x + half
+    return kept
 
 
 def line_chart(
@@ -183,7 +154,7 @@ def line_chart(
     """Polylines {label: [N] values} over a shared x, with a legend on the right.
 
     Args:
-        series: label -> y values (NaN points are skipped).
+        series: label -> y values (NaN points are skipped: the line joins their neighbours).
         x: [N] x positions (default 0..N-1 of the longest series).
         title: text above the plot.
         log_y: logarithmic y axis.
@@ -198,52 +169,44 @@ def line_chart(
     ys = {k: np.asarray(v, np.float64) for k, v in series.items()}
     n = max(len(v) for v in ys.values())
     xs = np.arange(n, dtype=np.float64) if x is None else np.asarray(x, np.float64)
-    img = _canvas(width, height, title)
-    left, top, bottom = 48, 20, 16
-    pw = width - left - legend_width - 8
+    fig = figure(width, height)
+    left, top, bottom, right = 48, 20, 16, legend_width + 8
+    ax = axes_px(fig, left=left, right=right, top=top, bottom=bottom)
+    style_axes(ax)
+    _title(fig, title, width, height)
     finite = np.concatenate([v[np.isfinite(v)] for v in ys.values()])
     hi = float(finite.max(initial=1.0))
     lo = float(finite[finite > 0].min(initial=hi) * 0.8) if log_y else min(0.0, finite.min())
-    ax = _Axes(
-        img,
-        left=left,
-        top=top,
-        width=pw,
-        height=height - top - bottom,
-        y_lo=lo,
-        y_hi=hi,
-        log_y=log_y,
-    )
+    _y_axis(ax, lo, hi, log_y)
     x_lo, x_hi = float(xs.min()), float(xs.max())
-
-    def px(v: float) -> int:
-        return left + round((v - x_lo) / (x_hi - x_lo or 1.0) * (pw - 1))
-
+    ax.set_xlim(x_lo, x_hi if x_hi > x_lo else x_lo + 1.0)
     for v in vlines:
-        img[top : top + ax.h, px(v)] = GREY
-    ax.draw_frame()
-    last_end = -(10**9)
-    for t in sorted(x_ticks):  # labels that would overlap the previous one are left out
-        label = _fmt(t)
-        x0 = px(t) - text_width(label) // 2
-        if x0 > last_end + 4:
-            last_end = _text(img, x0, top + ax.h + 4, label, BLACK)
+        ax.axvline(v, color=rgb(GREY), linewidth=0.8, zorder=0)
+    shown = _spaced(x_ticks, x_lo, x_hi, width - left - right)
+    ax.xaxis.set_major_locator(FixedLocator(shown))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _fmt(v)))
+    ax.xaxis.set_minor_locator(NullLocator())
     for i, (label, y) in enumerate(ys.items()):
-        color = COLORS[i % len(COLORS)]
-        pts = [(px(xs[j]), ax.py(y[j])) for j in range(len(y)) if np.isfinite(y[j])]
-        for (x0, y0), (x1, y1) in itertools.pairwise(pts):
-            steps = max(abs(x1 - x0), abs(y1 - y0), 1)
-            for t in np.linspace(0.0, 1.0, steps + 1):
-                xx, yy = round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))
-                img[yy : yy + 2, xx : xx + 2] = color
-        if markers:
-            for x0, y0 in pts:
-                img[max(y0 - 2, 0) : y0 + 3, max(x0 - 2, 0) : x0 + 3] = color
-        ly = top + 4 + 12 * i
-        lx = left + pw + 10
-        img[ly + 1 : ly + 6, lx : lx + 12] = color
-        _text(img, lx + 16, ly, label[: (legend_width - 20) // 6], BLACK)
-    return img
+        ok = np.isfinite(y)
+        ax.plot(
+            xs[: len(y)][ok],
+            y[ok],
+            color=rgb(COLORS[i % len(COLORS)]),
+            linewidth=1.5,
+            marker="s" if markers else None,
+            markersize=3,
+            label=label[: (legend_width - 20) // 6],
+        )
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.0 + 10 / (width - left - right), 1.0),
+        frameon=False,
+        fontsize=TEXT_PT,
+        handlelength=1.2,
+        borderaxespad=0.0,
+        labelspacing=0.3,
+    )
+    return render(fig)
 
 
 def stack(panels: Sequence[np.ndarray], cols: int = 1, pad: int = 4) -> np.ndarray:
@@ -272,14 +235,20 @@ def label_rows(
     margin: int = 110,
     scale: int = 1,
 ) -> np.ndarray:
-    """Adds a white margin on the left with one label per row (e.g. model names of a grid)."""
+    """Adds a white margin on the left with one label per row (e.g. model names of a grid).
+
+    The image's pixels are copied unchanged; only the margin is drawn (labels longer than the
+    margin holds are cut).
+    """
     h = image.shape[0]
-    out = np.full((h, image.shape[1] + margin, 3), 255, np.uint8)
-    out[:, margin:] = image
+    fig = figure(margin, h)
+    fs = TEXT_PT * 1.2 * scale
     for i, label in enumerate(labels):
-        y = top + i * row_height + row_height // 2 - 4 * scale
-        _text(out, 4, y, label[: (margin - 8) // (6 * scale)], BLACK, scale=scale)
-    return out
+        y = top + i * row_height + row_height / 2  # row centre, pixels from the top
+        fig.text(
+            4 / margin, 1 - y / h, label[: (margin - 8) // (6 * scale)], fontsize=fs, va="center"
+        )
+    return np.concatenate([render(fig), np.asarray(image, np.uint8)], axis=1)
 
 
 __all__ = ["bar_chart", "label_rows", "line_chart", "stack"]

@@ -8,7 +8,13 @@ with the same seed for every batch; note the script declares ``top_p = 0.96`` bu
 this call). Every image gives two candidate sequences because of CFG: its tokens with its label
 (cond) and the same tokens with the null class (uncond); 128 images -> 256 candidates.
 
-Here: labels from ``numpy.random.default_rng(seed)`` over all classes (`calibration_labels`), and
+Class labels: ``torch.randint``'s upper bound is exclusive, so the official VAR (and RAR,
+``RAR/sample_cali.py``) scripts never draw the last ImageNet class, 999, although their comment
+says "random IN-1k class"; the official PAR and MAR scripts draw ``randint(0, num_classes)``. That
+off-by-one is not part of the method, so here every class can be drawn (``class_draw="all"``,
+default); ``class_draw="all-but-last"`` reproduces the VAR/RAR scripts' range (`draw_labels`).
+
+Here: labels from ``numpy.random.default_rng(seed)`` (`draw_labels`), and
 image i drawn with its own key ``fold_in(PRNGKey(seed), i)`` so the generation batch size never
 changes the candidates. The family's generator (e.g. `arvg_jax.families.var.calibration`) is passed
 to `quant.api.prepare_calibration`; this package imports no model.
@@ -22,10 +28,13 @@ Dims: n images, L tokens (all scales), E VQVAE latent channels.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["Candidates", "calibration_labels"]
+__all__ = ["Candidates", "ClassDraw", "draw_labels"]
+
+ClassDraw = Literal["all", "all-but-last"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +67,23 @@ class Candidates:
         )
 
 
-def calibration_labels(num_images: int, num_classes: int, seed: int) -> np.ndarray:
-    """int32 [n] class labels of the calibration generations, drawn from every class [0, C).
+def draw_labels(
+    num_images: int, num_classes: int, seed: int, class_draw: ClassDraw = "all"
+) -> np.ndarray:
+    """The class labels of the calibration images: int32 [num_images], uniform over the classes.
 
-    The official script draws ``torch.randint(0, 999)`` for 1000 classes, which never picks the
-    last class; that bound is an off-by-one of the script, not a choice of the method, so the
-    draw here covers all classes (``numpy.random.default_rng(seed)``, not torch's stream).
+    Args:
+      num_images: how many labels.
+      num_classes: C; labels lie in ``[0, C)``.
+      seed: ``numpy.random.default_rng`` seed.
+      class_draw: ``"all"`` draws from ``[0, C)``; ``"all-but-last"`` from ``[0, C - 1)`` like the
+        official VAR/RAR ``sample_cali.py`` (``torch.randint(0, 999)``, module doc).
     """
+    if class_draw == "all":
+        high = num_classes
+    elif class_draw == "all-but-last":
+        high = max(num_classes - 1, 1)
+    else:
+        raise ValueError(f"class_draw must be 'all' or 'all-but-last', got {class_draw!r}")
     rng = np.random.default_rng(seed)
-    return rng.integers(0, num_classes, size=(num_images,)).astype(np.int32)
+    return rng.integers(0, high, size=(num_images,)).astype(np.int32)

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from quant.algorithms.calib_data import Candidates, calibration_labels
+from quant.algorithms.calib_data import Candidates, ClassDraw, draw_labels
 
 __all__ = ["calibration_batch", "generate_candidates", "tokens_to_batch"]
 
@@ -30,6 +30,7 @@ def generate_candidates(
     top_k: int = 900,
     top_p: float = 0.95,
     gen_batch: int = 32,
+    class_draw: ClassDraw = "all",
     progress: bool = True,
 ) -> Candidates:
     """Generates ``num_images`` images with the float VAR (CFG on) and records their tokens.
@@ -42,6 +43,7 @@ def generate_candidates(
         `families.image_keys(seed, i, 1)`, so the batch size never changes the candidates.
       cfg, top_k, top_p: sampling settings of the official calibration run (1.5, 900, 0.95).
       gen_batch: images per `generate` call (official 32).
+      class_draw: "all" classes, or "all-but-last" as the official script (`draw_labels`).
       progress: progress bar over generation batches.
 
     Returns:
@@ -53,7 +55,7 @@ def generate_candidates(
 
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    labels = calibration_labels(num_images, var_cfg.num_classes, seed)
+    labels = draw_labels(num_images, var_cfg.num_classes, seed, class_draw)
     tokens = []
     # One lax.scan over the blocks per scale: the same values, a program ~depth times smaller.
     gen_params = sampler.stack_blocks(var_params)
