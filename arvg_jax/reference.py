@@ -62,8 +62,14 @@ def run_family_reference(
     """Writes every output array of a family's fixture, computed by the port, to `out_path`."""
     from arvg_jax import families
 
+    write_outputs(families.get(family).reference_outputs(pathlib.Path(fixture)), fixture, out_path)
+
+
+def write_outputs(
+    outputs: dict[str, np.ndarray], fixture: str | os.PathLike, out_path: str | os.PathLike
+) -> None:
+    """Writes computed fixture outputs atomically and prints the informational comparison."""
     fixture, out_path = pathlib.Path(fixture), pathlib.Path(out_path)
-    outputs = families.get(family).reference_outputs(fixture)
     _write_npz(out_path, outputs)
     for line in compare(outputs, fixture / "io.npz"):
         print(line, file=sys.stderr)

@@ -347,6 +347,32 @@ def sample_tokens_per_row(
     return draw(keys, logits).astype(jnp.int32)
 
 
+def per_image_keys(keys: Array, batch: int) -> Array:
+    """[B] raw keys: `keys` as given, or one key's images 0..B-1 (`fold_in(key, i)`)."""
+    keys = jnp.asarray(keys)
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        keys = jax.random.key_data(keys)
+    if keys.ndim == 1:
+        idx = jnp.arange(batch, dtype=jnp.uint32)
+        return jax.vmap(lambda i: jax.random.fold_in(keys, i))(idx)
+    if keys.shape[0] != batch:
+        raise ValueError(f"{keys.shape[0]} PRNG keys for {batch} labels")
+    return keys
+
+
+def cfg_schedule(cfg: float, num_scales: int) -> np.ndarray:
+    """float32 [K, 2]: (1 + t, t) per scale, t = cfg · si / (K − 1).
+
+    models/var.py computes `ratio = si / num_stages_minus_1; t = cfg * ratio` in Python double and
+    torch casts the scalars (1 + t) and t to float32 when multiplying the logits; so do we.
+    """
+    out = []
+    for si in range(num_scales):
+        t = cfg * (si / (num_scales - 1)) if num_scales > 1 else 0.0
+        out.append((1 + t, t))
+    return np.asarray(out, np.float32)
+
+
 def top2_margin(logits: Array) -> Array:
     """Best minus second-best logit along the last axis: [...] float32 (near-tie detector)."""
     top2 = jax.lax.top_k(logits.astype(jnp.float32), 2)[0]

@@ -2,6 +2,7 @@
 
     python scripts/reference_check.py --family var --fixture ../shared/reference/var --out var_out.npz
     python scripts/reference_check.py --family quant --fixture ../shared/reference/quant --out q.npz
+    python scripts/reference_check.py --family eval --fixture ../shared/reference/eval --out e.npz
 
 The fixture directory has the layout of `../shared/reference/<family>/` (config.json, the official
 checkpoint files, inputs.json and io.npz / cases.npz holding at least the input arrays). Outputs
@@ -22,7 +23,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # Fixtures that are not a model family; every registered family is checked through the registry.
-OTHERS = {"quant": "quant._reference:run_quant_reference"}
+OTHERS = {
+    "quant": "quant._reference:run_quant_reference",  # writes OUT itself
+    "eval": "arvg_jax.metrics.reference:run_reference",  # returns the arrays
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")
     if args.family in OTHERS:
         module_name, fn_name = OTHERS[args.family].split(":")
-        getattr(importlib.import_module(module_name), fn_name)(args.fixture, args.out)
+        fn = getattr(importlib.import_module(module_name), fn_name)
+        if args.family == "quant":
+            fn(args.fixture, args.out)
+        else:
+            from arvg_jax.reference import write_outputs
+
+            write_outputs(fn(args.fixture), args.fixture, args.out)
     else:
         from arvg_jax.reference import run_family_reference
 

@@ -172,9 +172,13 @@ def _registry() -> dict[str, Family]:
         if not info.ispkg:
             continue
         module = importlib.import_module(f"{pkg.__name__}.{info.name}")
-        family = getattr(module, "FAMILY", None)
+        if not hasattr(module, "FAMILY"):
+            raise TypeError(f"{module.__name__}: defines no FAMILY (a Family instance, or None)")
+        family = module.FAMILY
+        if family is None:  # a port in progress: its modules exist, the registry skips it
+            continue
         if not isinstance(family, Family):
-            raise TypeError(f"{module.__name__}: defines no FAMILY (a Family instance)")
+            raise TypeError(f"{module.__name__}: FAMILY is not a Family instance")
         if family.name in out:
             raise ValueError(f"two families named {family.name!r}")
         out[family.name] = family

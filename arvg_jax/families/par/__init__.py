@@ -3,3 +3,6 @@
 from arvg_jax.families.par.config import PARConfig
 
 __all__ = ["PARConfig"]
+
+# Not registered yet: the registry entry comes with its Family class.
+FAMILY = None

@@ -23,6 +23,7 @@ from jax import lax
 
 from arvg_jax.families.rar.config import RARConfig, SamplingSettings
 from arvg_jax.families.rar.model import RAR, init_caches
+from arvg_jax import sampling
 from arvg_jax.sampling import top2_margin
 from arvg_jax.tokenizers import maskgit_vqgan
 
@@ -61,7 +62,7 @@ def _generate_impl(
     params: dict,
     vq_params: dict | None,
     labels: Array,
-    key: Array,
+    keys: Array,
     schedule: Array,
     temperature: Array,
     *,
@@ -87,9 +88,10 @@ def _generate_impl(
         mixed = _mix(logits_last, b, use_cfg, schedule[step], temperature)  # [B, V]
         if greedy:
             tok = jnp.argmax(mixed, axis=-1).astype(jnp.int32)
-        else:
-            sub = jax.random.fold_in(key, step)
-            tok = jax.random.categorical(sub, mixed.astype(jnp.float32), axis=-1).astype(jnp.int32)
+        else:  # row i draws step s with fold_in(keys[i], s): independent of the batch
+            sub = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+            draw = jax.vmap(lambda k, lg: jax.random.categorical(k, lg.astype(jnp.float32)))
+            tok = draw(sub, mixed).astype(jnp.int32)
 
         def put(buf, x, where):  # buf [B, T, ...] gets x at column `step` where `where`
             col = jnp.minimum(step, buf.shape[1] - 1)
@@ -153,7 +155,7 @@ def generate(
     params: dict,
     cfg: RARConfig,
     labels: Array | np.ndarray,
-    key: Array,
+    keys: Array,
     *,
     settings: SamplingSettings | None = None,
     greedy: bool = False,
@@ -171,7 +173,9 @@ def generate(
         params: RAR params (float or quantized).
         cfg: the architecture.
         labels: int [B] class ids in [0, condition_num_classes).
-        key: PRNG key; step s draws with `fold_in(key, s)` (unused when greedy).
+        keys: one PRNG key per image ([B] keys, `arvg_jax.families.image_keys`) or one key
+            standing for images 0..B-1 of it; image i draws step s with `fold_in(keys[i], s)`
+            (unused when greedy), so its tokens never depend on the batch it is in.
         settings: guidance_scale (0 = the official no-CFG branch: B rows, no uncond half),
             guidance_scale_pow, randomize_temperature. None: RAR-B's (`SamplingSettings()`).
         greedy: argmax instead of a draw (the reference fixture's patched multinomial).
@@ -197,11 +201,12 @@ def generate(
     n = cfg.image_seq_len
     use_cfg = settings.guidance_scale != 0  # rar.py: `if guidance_scale != 0`
     schedule = guidance_schedule(settings.guidance_scale, settings.guidance_scale_pow, n)
+    labels = jnp.asarray(labels, jnp.int32)
     return _generate_jit(
         params,
         vq_params,
-        jnp.asarray(labels, jnp.int32),
-        key,
+        labels,
+        sampling.per_image_keys(keys, labels.shape[0]),
         jnp.asarray(schedule),
         jnp.float32(settings.randomize_temperature),
         cfg=cfg,

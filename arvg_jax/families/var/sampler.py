@@ -286,7 +286,7 @@ def generate(
             var_params,
             vae_params,
             labels,
-            per_image_keys(keys, labels.shape[0]),
+            sampling.per_image_keys(keys, labels.shape[0]),
             cfg_schedule(cfg, var_cfg.num_scales),
             var_cfg=var_cfg,
             opts=opts,
@@ -296,29 +296,3 @@ def generate(
             greedy=bool(greedy),
             return_margin=bool(return_logits_margin),
         )
-
-
-def per_image_keys(keys: Array, batch: int) -> Array:
-    """[B] raw keys: `keys` as given, or one key's images 0..B-1 (`fold_in(key, i)`)."""
-    keys = jnp.asarray(keys)
-    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        keys = jax.random.key_data(keys)
-    if keys.ndim == 1:
-        idx = jnp.arange(batch, dtype=jnp.uint32)
-        return jax.vmap(lambda i: jax.random.fold_in(keys, i))(idx)
-    if keys.shape[0] != batch:
-        raise ValueError(f"{keys.shape[0]} PRNG keys for {batch} labels")
-    return keys
-
-
-def cfg_schedule(cfg: float, num_scales: int) -> np.ndarray:
-    """float32 [K, 2]: (1 + t, t) per scale, t = cfg · si / (K − 1).
-
-    models/var.py computes `ratio = si / num_stages_minus_1; t = cfg * ratio` in Python double and
-    torch casts the scalars (1 + t) and t to float32 when multiplying the logits; so do we.
-    """
-    out = []
-    for si in range(num_scales):
-        t = cfg * (si / (num_scales - 1)) if num_scales > 1 else 0.0
-        out.append((1 + t, t))
-    return np.asarray(out, np.float32)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arvg_jax import sampling
 from arvg_jax.families.var import sampler as var_sampler
 from arvg_jax.options import ExecOptions
 
@@ -132,7 +133,7 @@ def time_generation(
         params,
         vae_params,
         jnp.asarray(labels),
-        var_sampler.per_image_keys(key, batch),
+        sampling.per_image_keys(key, batch),
         var_sampler.cfg_schedule(cfg, var_cfg.num_scales),
     )
     kwargs = dict(
