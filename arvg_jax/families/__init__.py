@@ -1,0 +1,1 @@
+"""Model families (one subpackage each): config, model, sampler, reference check."""

@@ -1,0 +1,5 @@
+"""MAR (LTH14/mar): masked AR with continuous tokens and a diffusion head.
+
+Modules: `config` (MARConfig), `model` (encoder-decoder), `diffloss` (head, schedule, p_sample
+loop), `sampler` (sample_tokens), `reference` (fixture check).
+"""
