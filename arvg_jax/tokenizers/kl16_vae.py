@@ -14,6 +14,7 @@ Dims: B batch, H/W spatial, C channels, E = embed_dim latent channels.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -159,6 +160,7 @@ class KL16Decode(nn.Module):
         return Decoder(self.config, name="decoder")(z)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def decode(params: dict, z: Array, *, cfg: KL16Config) -> Array:
     """Latents NHWC [B, h, w, E] (VAE scale, i.e. MAR tokens / 0.2325) -> image [B, H, W, 3].
 
@@ -167,6 +169,7 @@ def decode(params: dict, z: Array, *, cfg: KL16Config) -> Array:
     return KL16Decode(cfg).apply({"params": params}, z.astype(jnp.float32))
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def decode_with_mid(params: dict, z: Array, *, cfg: KL16Config) -> tuple[Array, Array]:
     """`decode` plus the `decoder.mid.block_2` output [B, h, w, C] (a parity checkpoint)."""
     img, state = KL16Decode(cfg).apply(
