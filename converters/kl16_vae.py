@@ -81,9 +81,7 @@ def _plan(shapes: Mapping[str, Sequence[int]], cfg: KL16Config) -> tuple[Table, 
         )
     used = {key for key, _ in table.values()}
     missing = sorted(key for key in used if key not in shapes)
-    unexpected = sorted(
-        k for k in shapes if k not in used and not k.startswith(IGNORED_PREFIXES)
-    )
+    unexpected = sorted(k for k in shapes if k not in used and not k.startswith(IGNORED_PREFIXES))
     misshaped = []
     for path, (key, hook) in table.items():
         if key not in shapes:

@@ -54,7 +54,9 @@ def test_fixture_config_and_layout(reference):
         t["encoder_blocks_1"]["attn"]["qkv"]["kernel"], sd["encoder_blocks.1.attn.qkv.weight"].T
     )
     np.testing.assert_array_equal(t["mask_token"], sd["mask_token"].reshape(-1))
-    np.testing.assert_array_equal(t["encoder_pos_embed_learned"], sd["encoder_pos_embed_learned"][0])
+    np.testing.assert_array_equal(
+        t["encoder_pos_embed_learned"], sd["encoder_pos_embed_learned"][0]
+    )
     np.testing.assert_array_equal(t["fake_latent"], sd["fake_latent"][0])
     np.testing.assert_array_equal(
         h["res_blocks_1"]["adaLN_modulation_1"]["bias"],
@@ -87,4 +89,7 @@ def test_bad_state_dict_lists_every_problem(reference):
     msg = str(info.value)
     assert "missing (1):" in msg and "decoder_blocks.1.mlp.fc2.bias" in msg
     assert "unexpected (1):" in msg and "diffloss.net.extra.weight" in msg
-    assert "z_proj.weight (64, 15) --linear_transpose--> (15, 64), but transformer/z_proj/kernel" in msg
+    assert (
+        "z_proj.weight (64, 15) --linear_transpose--> (15, 64), but transformer/z_proj/kernel"
+        in msg
+    )

@@ -63,7 +63,7 @@ def test_schedule_is_exact(reference, prefix, steps):
 
 def test_head_matches_fixture(reference):
     cfg, params, io = _load(reference("mar"))
-    kw = dict(width=cfg.diffloss_w, depth=cfg.diffloss_d)
+    kw = {"width": cfg.diffloss_w, "depth": cfg.diffloss_d}
     x, t, c = io["head_x"], io["head_t"], io["head_c"]
     out = jax.jit(functools.partial(diffloss.head_apply, **kw))(params, x, t, c)
     assert _rel(out, io["head_out"]) <= 1e-5
@@ -83,11 +83,18 @@ def test_sample_matches_fixture(reference):
         )
     )
     p = "ds_nocfg"
-    out, traj = run(params, io[f"{p}_z"], io[f"{p}_noise0"], io[f"{p}_noise"], io[f"{p}_temperature"], None)
+    out, traj = run(
+        params, io[f"{p}_z"], io[f"{p}_noise0"], io[f"{p}_noise"], io[f"{p}_temperature"], None
+    )
     assert _rel(out, io[f"{p}_out"]) <= 1e-5 and _rel(traj, io[f"{p}_traj"]) <= 1e-5
     p = "ds_cfg"
     out, traj = run(
-        params, io[f"{p}_z"], io[f"{p}_noise0"], io[f"{p}_noise"], io[f"{p}_temperature"], io[f"{p}_scale"]
+        params,
+        io[f"{p}_z"],
+        io[f"{p}_noise0"],
+        io[f"{p}_noise"],
+        io[f"{p}_temperature"],
+        io[f"{p}_scale"],
     )
     # Rows 0-5 are the sample; the uncond half is carried as the official code carries it.
     assert _rel(out[:6], io[f"{p}_out"][:6]) <= 1e-5

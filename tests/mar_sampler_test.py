@@ -5,7 +5,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from arvg_jax.families.mar import sampler
 from arvg_jax.families.mar.config import MARConfig
@@ -99,7 +98,7 @@ def _check_record(tokens, rec, cfg):
 def test_conditional_cfg_sampler_with_prng():
     cfg = PRIME
     params = _random_params(cfg, 2)
-    kw = dict(cfg=cfg, num_iter=4, cfg_scale=3.0, record=True)
+    kw = {"cfg": cfg, "num_iter": 4, "cfg_scale": 3.0, "record": True}
     tokens, rec = sampler.sample_tokens(params, jnp.array([3, 5]), jax.random.key(0), **kw)
     _check_record(tokens, rec, cfg)
     # Linear schedule; the last step's mask_len is clamped to 1.

@@ -14,6 +14,7 @@ import numpy as np
 from arvg_jax.families.mar import sampler
 from arvg_jax.families.mar.reference import run_reference
 
+
 @functools.lru_cache(maxsize=1)
 def _outputs(fixture: pathlib.Path) -> dict:
     return run_reference(fixture)

@@ -76,9 +76,7 @@ def _conv(features: int, kernel: int, name: str) -> nn.Conv:
 
 
 def _group_norm(name: str) -> nn.GroupNorm:
-    return nn.GroupNorm(
-        num_groups=_GN_GROUPS, epsilon=_GN_EPS, use_fast_variance=False, name=name
-    )
+    return nn.GroupNorm(num_groups=_GN_GROUPS, epsilon=_GN_EPS, use_fast_variance=False, name=name)
 
 
 class ResnetBlock(nn.Module):

@@ -226,7 +226,7 @@ def make_schedule(num_sampling_steps: str, num_timesteps: int = 1000) -> Schedul
 def _step_tables(s: Schedule) -> dict[str, np.ndarray]:
     """Per-step fp32 tables in loop order (i = S-1 .. 0), as `_extract_into_tensor` casts them."""
     rev = slice(None, None, -1)
-    f32 = lambda a: np.asarray(a, np.float64)[rev].astype(np.float32)  # noqa: E731
+    f32 = lambda a: np.asarray(a, np.float64)[rev].astype(np.float32)
     return {
         "t": s.timestep_map[rev].astype(np.int32),
         "nonzero": (np.arange(s.num_steps)[rev] != 0).astype(np.float32),

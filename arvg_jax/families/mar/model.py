@@ -212,7 +212,10 @@ def abstract_params(cfg: MARConfig) -> dict:
             jnp.zeros((b,), bool),
         )
         net = head.init(
-            key, jnp.zeros((b, d)), jnp.zeros((b,), jnp.int32), jnp.zeros((b, cfg.decoder_embed_dim))
+            key,
+            jnp.zeros((b, d)),
+            jnp.zeros((b,), jnp.int32),
+            jnp.zeros((b, cfg.decoder_embed_dim)),
         )
         return {"transformer": transformer["params"], "diffloss": net["params"]}
 

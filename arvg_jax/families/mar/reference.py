@@ -155,12 +155,14 @@ def run_reference(fixture_dir: pathlib.Path) -> dict[str, np.ndarray]:
         out["fwd_enc_out"] = np.stack([enc[i][keep[i]] for i in range(2 * b)]).astype(np.float32)
         out["fwd_z"] = np.asarray(z, np.float32)
 
-        head = dict(width=cfg.diffloss_w, depth=cfg.diffloss_d)
+        head = {"width": cfg.diffloss_w, "depth": cfg.diffloss_d}
         x, t, c = inp["head_x"], inp["head_t"], inp["head_c"]
         net = jax.jit(functools.partial(diffloss.head_apply, **head))
         net_cfg = jax.jit(functools.partial(diffloss.head_apply_cfg, **head))
         out["head_out"] = np.asarray(net(params["diffloss"], x, t, c))
-        out["head_cfg_out"] = np.asarray(net_cfg(params["diffloss"], x, t, c, inp["head_cfg_scale"]))
+        out["head_cfg_out"] = np.asarray(
+            net_cfg(params["diffloss"], x, t, c, inp["head_cfg_scale"])
+        )
 
         steps = str(io.get("ds_num_sampling_steps", cfg.num_sampling_steps))
         ds_sample = jax.jit(

@@ -30,6 +30,7 @@ import numpy as np
 from arvg_jax.families.mar import diffloss
 from arvg_jax.families.mar.config import MARConfig
 from arvg_jax.families.mar.model import MAR
+from arvg_jax.tokenizers import kl16_vae
 
 Array = jax.Array
 
@@ -96,9 +97,7 @@ def random_orders(key: Array, batch: int, seq_len: int) -> Array:
 
 def _ascending_positions(sel: Array, size: int, fill: int) -> Array:
     # sel bool [B, L] -> int32 [B, size]: the selected positions in ascending order, then `fill`.
-    return jax.vmap(lambda s: jnp.nonzero(s, size=size, fill_value=fill)[0])(sel).astype(
-        jnp.int32
-    )
+    return jax.vmap(lambda s: jnp.nonzero(s, size=size, fill_value=fill)[0])(sel).astype(jnp.int32)
 
 
 STATIC_ARGNAMES = (
@@ -141,15 +140,17 @@ def _sample(
     n_max = ms.n_max
     rows = b * n_max  # N, one CFG half
     # rank[b, orders[b, i]] = i: position p is unknown entering step k iff rank < unknown_k.
-    rank = jnp.zeros((b, l), jnp.int32).at[jnp.arange(b)[:, None], orders].set(
-        jnp.arange(l, dtype=jnp.int32)[None]
+    rank = (
+        jnp.zeros((b, l), jnp.int32)
+        .at[jnp.arange(b)[:, None], orders]
+        .set(jnp.arange(l, dtype=jnp.int32)[None])
     )
     cond_drop = jnp.full((b,), not conditional)
     labels2, drop2 = labels, cond_drop
     if use_cfg:  # rows [cond; uncond], the uncond half uses fake_latent
         labels2 = jnp.concatenate([labels, labels])
         drop2 = jnp.concatenate([cond_drop, jnp.ones((b,), bool)])
-    head = dict(schedule=schedule, width=cfg.diffloss_w, depth=cfg.diffloss_d)
+    head = {"schedule": schedule, "width": cfg.diffloss_w, "depth": cfg.diffloss_d}
     xs = {
         "k": jnp.arange(num_iter, dtype=jnp.int32),
         "unknown": jnp.asarray(ms.unknown, jnp.int32),
@@ -282,14 +283,17 @@ def sample_tokens(
 
 
 def tokens_to_image(
-    vae_params: dict, tokens: Array, *, cfg: MARConfig, vae_cfg: Any, token_scale: float = 0.2325
+    vae_params: dict,
+    tokens: Array,
+    *,
+    cfg: MARConfig,
+    vae_cfg: kl16_vae.KL16Config,
+    token_scale: float = 0.2325,
 ) -> Array:
     """`vae.decode(sampled_tokens / 0.2325)` (engine_mar.py): tokens [B, L, D] -> NHWC image.
 
     The KL-16 latents were scaled by `token_scale` for MAR's token space; decoding divides here,
     where the official pipeline does, not inside the VAE.
     """
-    from arvg_jax.tokenizers import kl16_vae
-
     latents = jnp.transpose(unpatchify(tokens, cfg), (0, 2, 3, 1))  # [B, h, w, Cv]
     return kl16_vae.decode(vae_params, latents / token_scale, cfg=vae_cfg)
