@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from arvg_jax.families.mar import sampler
 from arvg_jax.families.mar.config import MARConfig
@@ -104,8 +105,9 @@ def test_conditional_cfg_sampler_with_prng():
     # Linear schedule; the last step's mask_len is clamped to 1.
     l = cfg.seq_len
     assert np.asarray(rec["cfg_iter"])[-1] == np.float32(1 + np.float32(2.0) * (l - 1) / l)
-    # New labels, keys and temperature reuse the compiled sampler; other keys, other tokens.
+    # New labels, keys, CFG scale and temperature reuse the compiled sampler.
     before = sampler._sample._cache_size()
+    kw["cfg_scale"] = 2.5
     again, _ = sampler.sample_tokens(
         params, jnp.array([1, 2]), jax.random.key(9), temperature=0.5, **kw
     )
@@ -139,3 +141,18 @@ def test_unpatchify_layout():
     lat = np.asarray(sampler.unpatchify(tokens, cfg))  # latents[b, c, h, w] = tokens[b, 5h + w, c]
     assert lat.shape == (2, 5, 5, 5)
     assert lat[1, 3, 2, 4] == tokens[1, 5 * 2 + 4, 3]
+
+
+@pytest.mark.parametrize("name", ["base", "large", "huge"])
+def test_release_presets_trace(name):
+    # The whole sampler traces at release sizes (head dim 64 / 64 / 80), nothing allocated.
+    cfg = getattr(MARConfig, name)()
+    out = jax.eval_shape(
+        lambda p, labels, key: sampler.sample_tokens(
+            p, labels, key, cfg=cfg, num_iter=64, cfg_scale=2.9
+        )[0],
+        abstract_params(cfg),
+        jax.ShapeDtypeStruct((3,), jnp.int32),
+        jax.random.key(0),
+    )
+    assert out.shape == (3, 256, 16) and out.dtype == jnp.float32
