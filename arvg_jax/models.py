@@ -39,6 +39,10 @@ class Model:
     def fam(self) -> Family:
         return families.get(self.family)
 
+    @property
+    def num_classes(self) -> int:
+        return self.fam.num_classes(self.cfg)
+
 
 # One serialisation of configs for every file we write (quantized checkpoints, packaged tiny
 # models): architecture fields only. Execution choices (`arvg_jax.options.ExecOptions`) are never

@@ -81,7 +81,7 @@ def run(args) -> int:
                 raise ValueError(f"{d}: quantized from another model config than --model")
             r = qm.recipe
             q_models.append((f"{r['method']} W{r['w_bits']}A{r['a_bits']}", qm))
-        n_cls = float_model.cfg.num_classes
+        n_cls = float_model.num_classes
         classes = (
             parse_classes(args.classes, n_cls)
             if args.classes

@@ -114,7 +114,7 @@ def run(args) -> int:
 
     try:
         model = model_from_args(args)
-        classes = parse_classes(args.classes, model.cfg.num_classes)
+        classes = parse_classes(args.classes, model.num_classes)
     except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
         print(f"arvg generate: {e}", file=sys.stderr)
         return 2

@@ -95,6 +95,10 @@ class Family:
         config.json)."""
         raise NotImplementedError
 
+    def num_classes(self, cfg) -> int:
+        """Class labels the model takes: [0, num_classes) (the null class excluded)."""
+        return int(cfg.num_classes)
+
     # ---- parameters ---------------------------------------------------------------------------
     def convert(self, state_dict: Mapping[str, np.ndarray], cfg) -> dict:
         """Official transformer state dict -> params (converters/<family>.py)."""

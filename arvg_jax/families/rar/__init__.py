@@ -62,6 +62,9 @@ class RARFamily(Family):
         )
         return cfg, tok
 
+    def num_classes(self, cfg) -> int:
+        return int(cfg.condition_num_classes)
+
     def convert(self, state_dict, cfg):
         from converters.rar import convert_rar
 
