@@ -360,19 +360,6 @@ def per_image_keys(keys: Array, batch: int) -> Array:
     return keys
 
 
-def cfg_schedule(cfg: float, num_scales: int) -> np.ndarray:
-    """float32 [K, 2]: (1 + t, t) per scale, t = cfg · si / (K − 1).
-
-    models/var.py computes `ratio = si / num_stages_minus_1; t = cfg * ratio` in Python double and
-    torch casts the scalars (1 + t) and t to float32 when multiplying the logits; so do we.
-    """
-    out = []
-    for si in range(num_scales):
-        t = cfg * (si / (num_scales - 1)) if num_scales > 1 else 0.0
-        out.append((1 + t, t))
-    return np.asarray(out, np.float32)
-
-
 def top2_margin(logits: Array) -> Array:
     """Best minus second-best logit along the last axis: [...] float32 (near-tie detector)."""
     top2 = jax.lax.top_k(logits.astype(jnp.float32), 2)[0]
