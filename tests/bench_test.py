@@ -20,6 +20,7 @@ def _png_pixels(path):
     return img
 
 
+@pytest.mark.slow
 def test_bench_command_tiny_cpu(tmp_path):
     out = tmp_path / "bench"
     rc = main(

@@ -42,14 +42,13 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from arvg_jax.kernels import sampling_pallas
+from arvg_jax.kernels import _triton, sampling_pallas
 from arvg_jax.kernels import triton_ieee as ieee
 
 Array = jax.Array
@@ -57,7 +56,6 @@ Array = jax.Array
 ROWS = 1  # tokens per program: [1, 2048] tiles for VAR-d30 (C = 1920); scripts/probe_adaln.py
 NUM_WARPS = 8
 
-warnings.filterwarnings("ignore", message=r"The Pallas Triton backend is deprecated")
 
 __all__ = ["adaln", "available", "reference"]
 
@@ -69,8 +67,7 @@ def available() -> bool:
 
 def _adaln_kernel(*refs, length, channels, rows, eps, has_delta, quant, mod_dtype, interpret):
     """refs: x, scale, shift, [delta, gamma], [qscale, qzero] | outputs: [x_new], h | q, sums."""
-    from jax.experimental.pallas import triton as plt
-
+    plt = _triton.triton()
     it = iter(refs)
     x_ref, scale_ref, shift_ref = next(it), next(it), next(it)
     delta_ref, gamma_ref = (next(it), next(it)) if has_delta else (None, None)
@@ -219,8 +216,7 @@ def adaln(
         out_shape.append(jax.ShapeDtypeStruct(x.shape, out_dtype))
     kwargs = {}
     if not interpret:
-        from jax.experimental.pallas import triton as plt
-
+        plt = _triton.triton()
         kwargs["compiler_params"] = plt.CompilerParams(num_warps=num_warps, num_stages=1)
     outs = pl.pallas_call(
         kernel,

@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from arvg_jax.kernels import sampling_pallas
+from arvg_jax.kernels import _triton, sampling_pallas
 from arvg_jax.kernels import triton_ieee as ieee
 
 Array = jax.Array
@@ -51,7 +50,6 @@ ROWS = 64  # tokens per program: [64, 64] tiles, 32 values per thread of 4 warps
 NUM_WARPS = 4
 EPS = 1e-12  # torch.nn.functional.normalize's default eps
 
-warnings.filterwarnings("ignore", message=r"The Pallas Triton backend is deprecated")
 
 __all__ = ["available", "prologue", "reference", "unsupported_reason"]
 
@@ -90,8 +88,7 @@ def _attn_prologue(
     interpret: bool,
 ):
     del k_in, v_in  # aliased to k_ref / v_ref
-    from jax.experimental.pallas import triton as plt
-
+    plt = _triton.triton()
     # Head groups vary fastest across the launch (CUDA's x): CTAs resident together read
     # neighbouring 128-byte pieces of the same qkv rows and write neighbouring cache rows.
     hg, tb, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
@@ -207,8 +204,7 @@ def prologue(
     rows = min(rows, max(16, 1 << max(0, (length - 1).bit_length())))
     kwargs = {}
     if not interpret:
-        from jax.experimental.pallas import triton as plt
-
+        plt = _triton.triton()
         kwargs["compiler_params"] = plt.CompilerParams(num_warps=num_warps, num_stages=1)
     has_bias = bias is not None
     kernel = functools.partial(

@@ -24,13 +24,14 @@ tests check it.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
+
+from arvg_jax.kernels import _triton
 
 Array = jax.Array
 
@@ -41,13 +42,12 @@ NUM_WARPS = 4  # 4096 logits per row: 32 per thread
 # jax 0.11 warns at every lowering that the Triton backend is deprecated; the warning says
 # nothing actionable to a user of this filter (the fallback is automatic), so it is silenced
 # for this module's kernel only.
-warnings.filterwarnings("ignore", message=r"The Pallas Triton backend is deprecated")
 
 
 def available() -> bool:
     """Whether the compiled kernel can run here: a CUDA GPU and a jax with the Triton backend."""
     try:
-        from jax.experimental.pallas import triton  # noqa: F401
+        _triton.triton()
     except ImportError:  # pragma: no cover - every supported jax has it
         return False
     if jax.default_backend() != "gpu":
@@ -138,8 +138,7 @@ def top_k_top_p_filter(
         rows = jnp.pad(rows, ((0, 0), (0, vp - v)), constant_values=-jnp.inf)
     kwargs = {}
     if not interpret:
-        from jax.experimental.pallas import triton as pl_triton
-
+        pl_triton = _triton.triton()
         kwargs["compiler_params"] = pl_triton.CompilerParams(num_warps=NUM_WARPS, num_stages=1)
     out = pl.pallas_call(
         functools.partial(_filter_row, top_k=top_k, thr=thr),

@@ -202,17 +202,18 @@ def generate(
     use_cfg = settings.guidance_scale != 0  # rar.py: `if guidance_scale != 0`
     schedule = guidance_schedule(settings.guidance_scale, settings.guidance_scale_pow, n)
     labels = jnp.asarray(labels, jnp.int32)
-    return _generate_jit(
-        params,
-        vq_params,
-        labels,
-        sampling.per_image_keys(keys, labels.shape[0]),
-        jnp.asarray(schedule),
-        jnp.float32(settings.randomize_temperature),
-        cfg=cfg,
-        vq_cfg=vq_cfg,
-        use_cfg=bool(use_cfg),
-        greedy=bool(greedy),
-        record=int(record_steps),
-        dtype=dtype,
-    )
+    with jax.threefry_partitionable(True):  # pinned: key derivation independent of the default
+        return _generate_jit(
+            params,
+            vq_params,
+            labels,
+            sampling.per_image_keys(keys, labels.shape[0]),
+            jnp.asarray(schedule),
+            jnp.float32(settings.randomize_temperature),
+            cfg=cfg,
+            vq_cfg=vq_cfg,
+            use_cfg=bool(use_cfg),
+            greedy=bool(greedy),
+            record=int(record_steps),
+            dtype=dtype,
+        )
