@@ -72,6 +72,23 @@ def resolve_configs(model: str, config_path: str | os.PathLike | None) -> tuple[
     return fam, preset.config(), preset.tokenizer_config()
 
 
+def _convert(convert, path, state_dict, cfg, what: str, model: str):
+    """`convert(state_dict, cfg)`, with a short, useful message when the file does not fit: what
+    the file looks like (`converters.identify`) and the start of the converter's key report."""
+    from converters import ConversionError, identify
+
+    try:
+        return convert(state_dict, cfg)
+    except ConversionError as e:
+        found = identify(state_dict)
+        detail = " ".join(str(e).split())
+        if len(detail) > 400:
+            detail = detail[:400] + " …"
+        raise ConversionError(
+            f"{path}: does not fit the {what} of --model {model}: {found.hint}; {detail}"
+        ) from None
+
+
 def load_float(
     model: str,
     ckpt: str | os.PathLike,
@@ -79,13 +96,24 @@ def load_float(
     config_path: str | os.PathLike | None = None,
     *,
     key: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> Model:
-    """Converts official checkpoints (no torch) into a float `Model`."""
-    from converters import load_state_dict
+    """Converts official checkpoints (no torch) into a float `Model`.
+
+    Raises:
+      CheckpointError: an unreadable file, or NaN / Inf weights (unless `allow_nonfinite`).
+      ConversionError: a file that does not fit the model, with a guess of what it is.
+    """
+    from converters import check_finite, load_state_dict
 
     fam, cfg, tok_cfg = resolve_configs(model, config_path)
-    params = fam.convert(load_state_dict(ckpt, key=key), cfg)
-    vae_params = fam.convert_tokenizer(load_state_dict(vae), tok_cfg)
+    sd = load_state_dict(ckpt, key=key)
+    check_finite(sd, ckpt, allow_nonfinite=allow_nonfinite)
+    params = _convert(fam.convert, ckpt, sd, cfg, "transformer (--ckpt)", model)
+    del sd
+    vae_sd = load_state_dict(vae)
+    check_finite(vae_sd, vae, allow_nonfinite=allow_nonfinite)
+    vae_params = _convert(fam.convert_tokenizer, vae, vae_sd, tok_cfg, "tokenizer (--vae)", model)
     return Model(
         fam.name,
         cfg,
@@ -167,6 +195,11 @@ def add_model_arguments(parser, *, quantized: bool = True) -> None:
         "--ckpt-key", default=None, help="entry of a wrapped checkpoint to use (e.g. model_ema)"
     )
     g.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load checkpoints holding NaN / Inf weights (forensics; refused by default)",
+    )
+    g.add_argument(
         "--random-weights",
         action="store_true",
         help="seeded random weights at the preset's size instead of --ckpt/--vae",
@@ -196,7 +229,14 @@ def float_model_from_args(args) -> Model:
             return packaged_model(args.model)
     if not args.ckpt or not args.vae:
         raise ValueError(f"--model {args.model} needs --ckpt and --vae (or --random-weights)")
-    return load_float(args.model, args.ckpt, args.vae, args.config, key=args.ckpt_key)
+    return load_float(
+        args.model,
+        args.ckpt,
+        args.vae,
+        args.config,
+        key=args.ckpt_key,
+        allow_nonfinite=getattr(args, "allow_nonfinite", False),
+    )
 
 
 # ---- what commands do with a Model (the family supplies the how) ------------------------------

@@ -89,3 +89,40 @@ def test_quant_imports_no_model_code():
         if any(m == "arvg_jax" or m.startswith("arvg_jax.") for m in _imports(p))
     ]
     assert not bad, bad
+
+
+def test_wrong_file_for_the_model_is_named_short(reference):
+    """The tokenizer passed as --ckpt: one short line saying what the file looks like."""
+    from arvg_jax.models import load_float
+    from converters import ConversionError
+
+    d = reference("var")
+    with pytest.raises(ConversionError) as e:
+        load_float("var", d / "vae.pth", d / "vae.pth", d / "config.json")
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 900, len(msg)
+    assert "VQVAE" in msg and "--vae" in msg and "vae.pth: does not fit the transformer" in msg
+
+
+def test_nonfinite_weights_are_refused_unless_allowed(reference, monkeypatch):
+    import converters
+    from arvg_jax.models import load_float
+
+    d = reference("var")
+    real = converters.load_state_dict
+    sd = real(d / "var.pth")
+    name = next(k for k, v in sd.items() if np.asarray(v).dtype == np.float32 and v.size > 1)
+
+    def poisoned(path, key=None):
+        out = dict(real(path, key=key))
+        if str(path).endswith("var.pth"):
+            w = np.array(out[name], np.float32)
+            w.flat[0] = np.nan
+            out[name] = w
+        return out
+
+    monkeypatch.setattr(converters, "load_state_dict", poisoned)
+    with pytest.raises(converters.CheckpointError, match=name):
+        load_float("var", d / "var.pth", d / "vae.pth", d / "config.json")
+    m = load_float("var", d / "var.pth", d / "vae.pth", d / "config.json", allow_nonfinite=True)
+    assert m.family == "var"
