@@ -89,6 +89,31 @@ def _convert(convert, path, state_dict, cfg, what: str, model: str):
         ) from None
 
 
+def _read(path, key: str | None, default_keys: tuple[str, ...]):
+    """The state dict of `path`: entry `key`, or for a wrapped file without one the first of the
+    family's official entries that it holds (e.g. MAR's "model_ema")."""
+    import sys
+
+    from converters import CheckpointError, load_state_dict
+
+    if key is not None or not default_keys:
+        return load_state_dict(path, key=key)
+    try:
+        return load_state_dict(path)
+    except CheckpointError as e:
+        if "wrapped checkpoint" not in str(e):
+            raise
+        for k in default_keys:
+            try:
+                sd = load_state_dict(path, key=k)
+            except CheckpointError:
+                continue
+            print(f"{path}: reading entry {k!r} (the official choice; --ckpt-key picks another)",
+                  file=sys.stderr)
+            return sd
+        raise
+
+
 def load_float(
     model: str,
     ckpt: str | os.PathLike,
@@ -107,11 +132,11 @@ def load_float(
     from converters import check_finite, load_state_dict
 
     fam, cfg, tok_cfg = resolve_configs(model, config_path)
-    sd = load_state_dict(ckpt, key=key)
+    sd = _read(ckpt, key, fam.checkpoint_keys)
     check_finite(sd, ckpt, allow_nonfinite=allow_nonfinite)
     params = _convert(fam.convert, ckpt, sd, cfg, "transformer (--ckpt)", model)
     del sd
-    vae_sd = load_state_dict(vae)
+    vae_sd = _read(vae, None, fam.tokenizer_checkpoint_keys)
     check_finite(vae_sd, vae, allow_nonfinite=allow_nonfinite)
     vae_params = _convert(fam.convert_tokenizer, vae, vae_sd, tok_cfg, "tokenizer (--vae)", model)
     return Model(

@@ -32,12 +32,21 @@ def add_sampling_arguments(group) -> None:
     """Every family's sampling settings as flags (default: the model family's official value)."""
     from arvg_jax import families
 
+    per_family: dict[str, list[str]] = {}
+    for fam in families.all_families().values():
+        for a in fam.sampling_arguments():
+            per_family.setdefault(a.name, []).append(f"{fam.name} {a.default}")
     for arg in families.sampling_arguments().values():
         if arg.type is bool:
             group.add_argument(arg.flag, action="store_true", default=None, help=arg.help)
         else:
+            official = "; ".join(per_family[arg.name])
             group.add_argument(
-                arg.flag, type=arg.type, default=None, help=f"{arg.help} (official: {arg.default})"
+                arg.flag,
+                type=arg.type,
+                default=None,
+                help=f"{arg.help} (default: the official value, per size where it varies: "
+                f"{official})",
             )
 
 

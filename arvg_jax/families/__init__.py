@@ -85,6 +85,10 @@ class Family:
     tokenizer_config_cls: type = object
     checkpoint_help: str = ""  # what --ckpt is, e.g. "official transformer checkpoint (var_d16.pth)"
     tokenizer_help: str = ""  # what --vae is
+    # Entries of a wrapped official checkpoint ({"model": ..., "model_ema": ...}) to read, in
+    # order, when the user names none (--ckpt-key): the official sampler's choice.
+    checkpoint_keys: tuple[str, ...] = ()
+    tokenizer_checkpoint_keys: tuple[str, ...] = ()
 
     # ---- presets and configs ----------------------------------------------------------------------
     def presets(self) -> Mapping[str, Preset]:
@@ -133,7 +137,7 @@ class Family:
         """The layout the sampler runs fastest (same values); never stored."""
         return params
 
-    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, *, options, **sampling):
+    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
         """Images for class labels: {"tokens": int32 [B, ...], "images": float32 [B, H, W, 3]
         in [0, 1]}. `keys` holds one PRNG key per image (`image_keys`)."""
         raise NotImplementedError

@@ -129,12 +129,12 @@ class VARFamily(Family):
 
         return sampler.inference_layout(params)
 
-    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, *, options, **sampling):
+    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
         from arvg_jax.families.var import sampler
 
         return sampler.generate(
             params, tok_params, cfg, tok_cfg, labels, keys, options=options, **sampling
-        )
+        )  # VAR's sampling setting "cfg" (the guidance scale) is a keyword of sampler.generate
 
     def teacher_forced_logits(
         self, params, tok_params, cfg, tok_cfg, labels, tokens, *, options, batch=16
