@@ -14,7 +14,8 @@ Sampling (generate.py `sample` / `sample_multi`): CFG logits = uncond + (cond - 
 (batch [cond; uncond], uncond = class num_classes; applied iff cfg_scale > 1, constant unless
 cfg_interval > -1), then / max(T, 1e-5), HF-style top-k / top-p filtering (`top_k_top_p_filter`),
 softmax, a categorical draw (torch.multinomial) or, with greedy, the argmax of the probabilities
-(`sample_logits=False`). Draws use explicit PRNG keys: pass p uses `fold_in(key, p)`.
+(`sample_logits=False`). Draws use explicit PRNG keys, one per image: image i draws pass p with
+`fold_in(keys[i], p)`, so an image never depends on the batch it was generated in.
 
 Dims: B images, N tokens, A tokens per parallel pass, V vocabulary, C width.
 """
@@ -81,13 +82,38 @@ def top_k_top_p_filter(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Arr
     return logits
 
 
-def _draw(key: Array, logits: Array, *, top_k: int, top_p: float, greedy: bool) -> Array:
-    """generate.py `sample` after the temperature: filter, softmax, multinomial / top-1. int32."""
+def _draw(keys: Array, logits: Array, *, top_k: int, top_p: float, greedy: bool) -> Array:
+    """generate.py `sample` after the temperature: filter, softmax, multinomial / top-1.
+
+    Args:
+        keys: [B] PRNG keys (typed, or raw uint32 [B, 2]), one per row of `logits`.
+        logits: [B, L, V].
+
+    Returns:
+        int32 [B, L]; row b drawn with keys[b] only.
+    """
     logits = top_k_top_p_filter(logits.astype(jnp.float32), top_k, top_p)
     if greedy:
         # torch.topk(probs, 1): the argmax of the probabilities (first index on ties).
         return jnp.argmax(jax.nn.softmax(logits, axis=-1), axis=-1).astype(jnp.int32)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    draw = jax.vmap(lambda k, x: jax.random.categorical(k, x, axis=-1))
+    return draw(keys, logits).astype(jnp.int32)
+
+
+def _per_image_keys(key: Array, batch: int) -> Array:
+    """[B] keys: `key` itself when it already holds one key per image, else fold_in(key, i).
+
+    A single key is a typed key of shape () or a raw uint32 [2]; per-image keys are typed [B] or
+    raw [B, 2].
+    """
+    key = jnp.asarray(key)
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    single = key.ndim == (0 if typed else 1)
+    if single:
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch, dtype=jnp.uint32))
+    if key.shape[0] != batch:
+        raise ValueError(f"{key.shape[0]} PRNG keys for {batch} labels")
+    return key
 
 
 def cast_params(params: Any, dtype) -> Any:
@@ -105,7 +131,7 @@ def cast_params(params: Any, dtype) -> Any:
 def _generate_impl(
     params: dict,
     labels: Array,
-    key: Array,
+    keys: Array,
     cfg_scale: Array,
     cfg_interval: Array,
     temperature: Array,
@@ -150,8 +176,8 @@ def _generate_impl(
     def record(state, p, s, start):
         """Writes tokens, margins and first logits of pass p (sampler input s [B, L, V])."""
         tokens, margins, first = state
-        sub = jax.random.fold_in(key, p)
-        t = _draw(sub, s, top_k=top_k, top_p=top_p, greedy=greedy)  # [B, L]
+        subs = jax.vmap(lambda k: jax.random.fold_in(k, p))(keys)  # [B]: image i's pass p
+        t = _draw(subs, s, top_k=top_k, top_p=top_p, greedy=greedy)  # [B, L]
         tokens = lax.dynamic_update_slice_in_dim(tokens, t, start, axis=1)
         if return_margin:
             margins = lax.dynamic_update_slice_in_dim(margins, top2_margin(s), start, axis=1)
@@ -221,7 +247,9 @@ def generate(
     Args:
         params: PAR params (`converters.par`); float or quantized leaves.
         labels: int [B] class ids.
-        key: PRNG key (unused when greedy).
+        key: one PRNG key per image (typed [B] or raw uint32 [B, 2], e.g.
+            `families.image_keys`): image i draws pass p with `fold_in(key[i], p)`; or a single
+            key, standing for the per-image keys `fold_in(key, i)`. Unused when greedy.
         cfg: the model config (static).
         cfg_scale: CFG weight; > 1 doubles the batch with null-class rows (static decision,
             traced value). The PAR FID settings: 1.5 (XL-4x, 3B-16x), 1.435 (XXL-4x), 1.345 (3B-4x).
@@ -238,10 +266,11 @@ def generate(
         {"tokens": int32 [B, N] in PAR order (`layout.par_to_raster` for the decoder), ...}.
     """
     use_cfg = float(cfg_scale) > 1.0
+    labels = jnp.asarray(labels)
     return _generate_jit(
         params,
-        jnp.asarray(labels),
-        key,
+        labels,
+        _per_image_keys(key, labels.shape[0]),
         jnp.float32(cfg_scale),
         jnp.float32(cfg_interval),
         jnp.float32(temperature),
