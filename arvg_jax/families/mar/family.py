@@ -98,7 +98,9 @@ def _unwrap(state_dict: Mapping[str, Any], key: str, what: str) -> Mapping[str, 
     if not _is_wrapped(state_dict):
         return state_dict
     if key not in state_dict:
-        raise ValueError(f"wrapped {what} checkpoint without {key!r}; entries: {sorted(state_dict)}")
+        raise ValueError(
+            f"wrapped {what} checkpoint without {key!r}; entries: {sorted(state_dict)}"
+        )
     return state_dict[key]
 
 
@@ -111,7 +113,9 @@ class MARFamily(Family):
         "official MAR checkpoint-last.pth with --ckpt-key model_ema (the EMA weights the official "
         "sampler uses; model: raw weights), or a flat state dict"
     )
-    tokenizer_help = "KL-16 VAE state dict (flat, e.g. kl16.safetensors; kl16.ckpt wraps it as 'model')"
+    tokenizer_help = (
+        "KL-16 VAE state dict (flat, e.g. kl16.safetensors; kl16.ckpt wraps it as 'model')"
+    )
 
     # ---- presets and configs ------------------------------------------------------------------
     def presets(self) -> Mapping[str, Preset]:
@@ -256,4 +260,3 @@ class MARFamily(Family):
         from arvg_jax.families.mar.reference import run_reference
 
         return run_reference(pathlib.Path(fixture_dir))
-
