@@ -97,6 +97,11 @@ class MARConfig:
         return cls(**kw)
 
     @property
+    def num_classes(self) -> int:
+        """Class labels the model takes (`class_num`; the CLI's `--classes` range)."""
+        return self.class_num
+
+    @property
     def seq_h(self) -> int:
         return self.img_size // self.vae_stride // self.patch_size
 

@@ -6,6 +6,9 @@ random order (cosine schedule, clamped to [1, #unknown - 1]; the last step predi
 remaining position), the diffusion head samples the predicted positions (linear or constant CFG
 schedule, CFG halves share their noise), and the samples are written back.
 
+Randomness is per image: image i draws its order and all its noise from `keys[i]` alone
+(`random_orders`, `_image_noise`), so its tokens never depend on the batch it is generated in.
+
 Fixed shapes: the number of tokens predicted at step k depends only on k (the schedule is the
 same for every sample), so each step samples `n_max` = max_k n_k rows per image (padding rows are
 computed and dropped), and the AR loop is one `lax.scan`. The predicted rows of an image are its
@@ -30,6 +33,7 @@ import numpy as np
 from arvg_jax.families.mar import diffloss
 from arvg_jax.families.mar.config import MARConfig
 from arvg_jax.families.mar.model import MAR
+from arvg_jax.sampling import per_image_keys
 from arvg_jax.tokenizers import kl16_vae
 
 Array = jax.Array
@@ -89,10 +93,40 @@ def unpatchify(tokens: Array, cfg: MARConfig) -> Array:
     return x.reshape(b, c, h * p, h * p)
 
 
-def random_orders(key: Array, batch: int, seq_len: int) -> Array:
-    """A random permutation of 0..L-1 per image (`sample_orders`), int32 [B, L]."""
-    keys = jax.random.split(key, batch)
-    return jax.vmap(lambda k: jax.random.permutation(k, seq_len))(keys).astype(jnp.int32)
+def split_image_keys(keys: Array) -> tuple[Array, Array]:
+    """Per image key [B, 2] -> (order keys, noise keys), each uint32 [B, 2]."""
+    both = jax.vmap(lambda k: jax.random.split(k))(keys)  # [B, 2, 2]
+    return both[:, 0], both[:, 1]
+
+
+def random_orders(order_keys: Array, seq_len: int) -> Array:
+    """A random permutation of 0..L-1 per image (`sample_orders`), int32 [B, L]; row i is drawn
+    from `order_keys[i]` alone."""
+    perm = jax.vmap(lambda k: jax.random.permutation(k, seq_len))(order_keys)
+    return perm.astype(jnp.int32)
+
+
+def _image_noise(
+    noise_keys: Array, step: Array, n_max: int, halves: int, steps: int, d: int
+) -> tuple[Array, Array]:
+    """The head's draws of AR step `step` in the padded row layout, image i's from
+    `fold_in(noise_keys[i], step)` only.
+
+    Returns:
+        noise0 [B n_max, D] (x_T, rows image-major) and noise [S, halves B n_max, D] (rows
+        half-major, then image, as `z_rows`).
+    """
+
+    def one(k):
+        k0, k1 = jax.random.split(jax.random.fold_in(k, step))
+        n0 = jax.random.normal(k0, (n_max, d), jnp.float32)
+        nz = jax.random.normal(k1, (steps, halves, n_max, d), jnp.float32)
+        return n0, nz
+
+    n0, nz = jax.vmap(one)(noise_keys)  # [B, n_max, D], [B, S, halves, n_max, D]
+    b = n0.shape[0]
+    nz = jnp.transpose(nz, (1, 2, 0, 3, 4)).reshape(steps, halves * b * n_max, d)
+    return n0.reshape(b * n_max, d), nz
 
 
 def _ascending_positions(sel: Array, size: int, fill: int) -> Array:
@@ -109,6 +143,7 @@ STATIC_ARGNAMES = (
     "conditional",
     "inject_noise",
     "record",
+    "dtype",
 )
 
 
@@ -117,7 +152,7 @@ def _sample(
     params: dict,
     labels: Array,
     orders: Array,
-    key: Array,
+    noise_keys: Array,
     cfg_value: Array,
     cfg_minus_one: Array,
     temperature: Array,
@@ -132,8 +167,9 @@ def _sample(
     conditional: bool,
     inject_noise: bool,
     record: bool,
+    dtype: Any = jnp.float32,
 ) -> tuple[Array, Any]:
-    model = MAR(cfg)
+    model = MAR(cfg, dtype=dtype)
     schedule = diffloss.make_schedule(num_sampling_steps)
     ms = mask_schedule(cfg.seq_len, num_iter)
     b, l, d = orders.shape[0], cfg.seq_len, cfg.token_embed_dim
@@ -171,6 +207,7 @@ def _sample(
         z = model.apply({"params": params["transformer"]}, tok2, mask2, labels2, drop2)
         pos = _ascending_positions(pred, n_max, l)  # [B, n_max]; l marks padding
         take = jnp.minimum(pos, l - 1)[..., None]
+        z = z.astype(jnp.float32)  # the head runs in float32 whatever the transformer's dtype
         z_rows = jnp.take_along_axis(z[:b], take, axis=1).reshape(rows, -1)  # [N, C]
         if use_cfg:
             z_un = jnp.take_along_axis(z[b:], take, axis=1).reshape(rows, -1)
@@ -178,9 +215,8 @@ def _sample(
         if inject_noise:
             n0, nz = x["noise0"], x["noise"]
         else:
-            k0, k1 = jax.random.split(jax.random.fold_in(key, x["k"]))
-            n0 = jax.random.normal(k0, (rows, d), jnp.float32)
-            nz = jax.random.normal(k1, (schedule.num_steps, z_rows.shape[0], d), jnp.float32)
+            halves = 2 if use_cfg else 1
+            n0, nz = _image_noise(noise_keys, x["k"], n_max, halves, schedule.num_steps, d)
         if not use_cfg:
             cfg_iter, scale = jnp.float32(1.0), None
         elif cfg_schedule == "linear":
@@ -213,7 +249,7 @@ def _sample(
 def sample_tokens(
     params: dict,
     labels: Array | None,
-    key: Array,
+    keys: Array,
     *,
     cfg: MARConfig,
     batch: int | None = None,
@@ -226,13 +262,16 @@ def sample_tokens(
     noise0: Array | None = None,
     noise: Array | None = None,
     record: bool = False,
+    dtype: Any = jnp.float32,
 ) -> tuple[Array, dict | None]:
     """`MAR.sample_tokens(bsz, num_iter, cfg, cfg_schedule, labels, temperature)`.
 
     Args:
         params: `{"transformer", "diffloss"}` (`converters.mar`).
         labels: int [B] class labels, or None for unconditional (`fake_latent`) generation.
-        key: PRNG key for the orders (when not given) and the noise (when not injected).
+        keys: one PRNG key per image ([B] keys, `arvg_jax.families.image_keys`), or one key
+            standing for images 0..B-1 of it (`fold_in(key, i)`). Image i draws its order (when
+            not given) and its head noise (when not injected) from `keys[i]` alone.
         cfg: the architecture.
         batch: B when `labels` is None.
         num_iter: AR steps K.
@@ -244,6 +283,7 @@ def sample_tokens(
         noise0: [K, N, D] x_T draws (N = B n_max, padded row layout; `mask_schedule`).
         noise: [K, S, R, D] per-step head draws (R = 2N under CFG, else N); with `noise0`.
         record: also return the per-step record (masks, rows, noise, samples).
+        dtype: compute dtype of the transformer (the diffusion head runs in float32).
 
     Returns:
         tokens [B, L, D] (MAR token space; `unpatchify` for latents) and the record or None.
@@ -253,9 +293,9 @@ def sample_tokens(
     if labels is None and batch is None:
         raise ValueError("give labels or batch")
     b = batch if labels is None else int(labels.shape[0])
-    k_orders, k_noise = jax.random.split(key)
+    k_orders, k_noise = split_image_keys(per_image_keys(keys, b))
     if orders is None:
-        orders = random_orders(k_orders, b, cfg.seq_len)
+        orders = random_orders(k_orders, cfg.seq_len)
     if (noise0 is None) != (noise is None):
         raise ValueError("inject noise0 and noise together")
     labels_arr = jnp.zeros((b,), jnp.int32) if labels is None else jnp.asarray(labels, jnp.int32)
@@ -278,6 +318,7 @@ def sample_tokens(
         conditional=labels is not None,
         inject_noise=noise0 is not None,
         record=record,
+        dtype=dtype,
     )
     return tokens, rec
 
