@@ -116,6 +116,9 @@ class MARFamily(Family):
     tokenizer_help = (
         "KL-16 VAE state dict (flat, e.g. kl16.safetensors; kl16.ckpt wraps it as 'model')"
     )
+    # main_mar.py samples with the EMA weights; the KL-16 file holds its weights under "model".
+    checkpoint_keys = ("model_ema",)
+    tokenizer_checkpoint_keys = ("model",)
 
     # ---- presets and configs ------------------------------------------------------------------
     def presets(self) -> Mapping[str, Preset]:

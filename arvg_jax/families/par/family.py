@@ -62,6 +62,9 @@ class PARFamily(Family):
     tokenizer_config_cls = VQ16Config
     checkpoint_help = "official PAR checkpoint, e.g. PAR-XL-4x.pt (state dict under 'model')"
     tokenizer_help = "official LlamaGen VQ-16 tokenizer vq_ds16_c2i.pt (state dict under 'model')"
+    # sample_c2i_ddp.py: checkpoint["model"], else ["module"], else ["state_dict"].
+    checkpoint_keys = ("model", "module", "state_dict")
+    tokenizer_checkpoint_keys = ("model",)
 
     # ---- presets and configs ----------------------------------------------------------------------
     def presets(self) -> Mapping[str, Preset]:
@@ -127,7 +130,7 @@ class PARFamily(Family):
             SamplingArg(name="greedy", type=bool, default=False, help="argmax instead of a draw"),
         )
 
-    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, *, options, **sampling):
+    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
         """{"tokens": int32 [B, N] raster order, "images": float32 [B, 256, 256, 3] in [0, 1]}.
 
         `images` is the official uint8 sample / 255 (`imageio.to_uint8` gives its bytes back).
