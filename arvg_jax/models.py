@@ -129,7 +129,7 @@ def load_float(
       CheckpointError: an unreadable file, or NaN / Inf weights (unless `allow_nonfinite`).
       ConversionError: a file that does not fit the model, with a guess of what it is.
     """
-    from converters import check_finite, load_state_dict
+    from converters import check_finite
 
     fam, cfg, tok_cfg = resolve_configs(model, config_path)
     sd = _read(ckpt, key, fam.checkpoint_keys)
