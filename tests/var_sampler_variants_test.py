@@ -17,7 +17,7 @@ import pytest
 
 from arvg_jax.families.var import sampler as var_sampler
 from arvg_jax.models import random_model
-from arvg_jax.families.var.model import VAR, VARBlock, VARConfig
+from arvg_jax.families.var.model import VAR, VARBlock
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "sampler_variants.py"
 _SCRIPT = runpy.run_path(str(SCRIPT))  # plain data at import: VARIANTS, BASELINE_OPTIONS
