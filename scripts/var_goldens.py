@@ -49,11 +49,14 @@ def _tree_arrays(prefix: str, tree) -> dict[str, np.ndarray]:
     return out
 
 
-def compute(var_dir: str | pathlib.Path, *, slow: bool = True) -> dict[str, np.ndarray]:
+def compute(
+    var_dir: str | pathlib.Path, *, slow: bool = True, tokens: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """The golden arrays of the reference VAR in `var_dir` (CPU, float32 unless named).
 
-    Fast part: greedy tokens and images, teacher-forced logits in float32 and bfloat16. Slow part
-    (`slow=True`): keyed tokens, the quantized tree of every method and its logits, and the
+    Fast part: teacher-forced logits in float32 and bfloat16 on the greedy tokens (`tokens`, e.g.
+    the stored golden ones, or generated here). Slow part (`slow=True`): the greedy generation
+    (tokens and images), keyed tokens, the quantized tree of every method and its logits, and the
     packed-int8 generation.
     """
     import jax
@@ -62,10 +65,11 @@ def compute(var_dir: str | pathlib.Path, *, slow: bool = True) -> dict[str, np.n
     jax.config.update("jax_default_matmul_precision", "highest")
     model = calls.load(var_dir)
     out: dict[str, np.ndarray] = {}
-    greedy = calls.generate(model, model.params, LABELS, seed=0, greedy=True)
-    out["tokens_greedy"] = greedy["tokens"]
-    out["images_greedy"] = greedy["images"]
-    tokens = greedy["tokens"]
+    if slow or tokens is None:
+        greedy = calls.generate(model, model.params, LABELS, seed=0, greedy=True)
+        out["tokens_greedy"] = greedy["tokens"]
+        out["images_greedy"] = greedy["images"]
+        tokens = greedy["tokens"]
     out["logits_f32"] = calls.logits(model, model.params, LABELS, tokens, dtype="float32")
     out["logits_bf16"] = calls.logits(model, model.params, LABELS, tokens, dtype="bfloat16")
     if not slow:
