@@ -133,7 +133,7 @@ class Family:
         """The layout the sampler runs fastest (same values); never stored."""
         return params
 
-    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, *, options, **sampling):
+    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
         """Images for class labels: {"tokens": int32 [B, ...], "images": float32 [B, H, W, 3]
         in [0, 1]}. `keys` holds one PRNG key per image (`image_keys`)."""
         raise NotImplementedError
