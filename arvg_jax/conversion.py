@@ -257,6 +257,12 @@ def save(
             _save_orbax(tmp / part, _unflatten(flat))
             if progress is not None:
                 progress.update(postfix=part)
+        # Every file orbax wrote, with its size: a truncated copy is named before orbax reads it.
+        doc["files"] = {
+            f.relative_to(tmp).as_posix(): f.stat().st_size
+            for f in sorted(tmp.rglob("*"))
+            if f.is_file()
+        }
         # config.json last: a directory without it was never finished.
         (tmp / CONFIG).write_text(json.dumps(doc, indent=1) + "\n")
         if out.exists():
@@ -527,6 +533,14 @@ def _check_arrays(where, part: str, flat: dict[str, np.ndarray], manifest: dict[
 def _read_parts(p: pathlib.Path, doc: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     parts: dict[str, dict[str, np.ndarray]] = {}
     if p.is_dir():
+        for rel, size in doc.get("files", {}).items():
+            f = p / rel
+            if not f.is_file():
+                raise ConvertedCheckpointError(f"{p}: truncated: {rel} is missing")
+            if f.stat().st_size != size:
+                raise ConvertedCheckpointError(
+                    f"{p}: truncated: {rel} has {f.stat().st_size:,} of its {size:,} bytes"
+                )
         for part in doc["arrays"]:
             if part not in PARTS:
                 raise ConvertedCheckpointError(f"{p}: unknown part {part!r} in its config")

@@ -198,6 +198,8 @@ def load_float(
 
     if conversion.is_converted(ckpt):
         return _load_converted(model, ckpt, vae, config_path, key, allow_nonfinite)
+    if not pathlib.Path(ckpt).exists():
+        raise FileNotFoundError(f"{ckpt}: no such file or directory")
     if model is None:
         raise ValueError(f"{ckpt}: an official checkpoint needs --model (a preset or a family)")
     fam, cfg, tok_cfg = resolve_configs(model, config_path)
