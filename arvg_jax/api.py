@@ -60,6 +60,4 @@ def load(
         if name in families.all_families():
             raise ValueError(f"{name}: a family name needs ckpt= (and config=), or random_weights")
         return models.packaged_model(name)
-    return models.load_float(
-        name, ckpt, vae, config, key=ckpt_key, allow_nonfinite=allow_nonfinite
-    )
+    return models.load_float(name, ckpt, vae, config, key=ckpt_key, allow_nonfinite=allow_nonfinite)

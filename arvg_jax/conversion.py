@@ -74,7 +74,9 @@ class Report:
     seconds: float
 
     def __str__(self) -> str:
-        lines = [f"converted {self.name} ({self.family}) -> {self.path}  [{self.fmt}, {self.dtype}]"]
+        lines = [
+            f"converted {self.name} ({self.family}) -> {self.path}  [{self.fmt}, {self.dtype}]"
+        ]
         for part, info in self.parts.items():
             src = info.get("source") or "-"
             sha = info.get("sha256")
@@ -143,7 +145,9 @@ def _dir_bytes(path: pathlib.Path) -> int:
 
 
 # ---- writing ------------------------------------------------------------------------------------
-def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict) -> int:
+def write_safetensors(
+    path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict
+) -> int:
     """Writes `arrays` as one `.safetensors` file, atomically; returns its size in bytes.
 
     The header (8-byte little-endian length, JSON, space-padded to a multiple of 8) lists the
@@ -162,7 +166,11 @@ def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray], me
         tag = names.get(a.dtype)
         if tag is None:
             raise TypeError(f"{key}: dtype {a.dtype} has no safetensors name")
-        header[key] = {"dtype": tag, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        header[key] = {
+            "dtype": tag,
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
         offset += a.nbytes
         prepared.append(a)
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -357,7 +365,9 @@ def convert(
             sources = dict(m.source)
         else:
             m, keys, sources = _from_files(model, ckpt, vae, config, ckpt_key, allow_nonfinite, bar)
-        path, doc = save(m, out, dtype=dtype, fmt=fmt, overwrite=overwrite, sources=sources, progress=bar)
+        path, doc = save(
+            m, out, dtype=dtype, fmt=fmt, overwrite=overwrite, sources=sources, progress=bar
+        )
     finally:
         bar.close()
     parts = {}
@@ -489,7 +499,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         try:
             doc = json.loads(meta["config"])
         except json.JSONDecodeError as e:
-            raise ConvertedCheckpointError(f"{p}: metadata config is not JSON ({_one_line(e)})") from None
+            raise ConvertedCheckpointError(
+                f"{p}: metadata config is not JSON ({_one_line(e)})"
+            ) from None
         where = p
     else:
         raise FileNotFoundError(f"{p}: no such file or directory")
@@ -498,7 +510,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ConvertedCheckpointError(
             f"{where}: not an arvg-jax converted checkpoint (format {got!r}, want {FORMAT!r})"
         )
-    missing = [k for k in ("family", "model_config", "tokenizer_config", "dtype", "arrays") if k not in doc]
+    missing = [
+        k for k in ("family", "model_config", "tokenizer_config", "dtype", "arrays") if k not in doc
+    ]
     if missing:
         raise ConvertedCheckpointError(f"{where}: lacks {', '.join(missing)}")
     return doc
@@ -549,7 +563,7 @@ def _read_parts(p: pathlib.Path, doc: dict[str, Any]) -> dict[str, dict[str, np.
                 raise ConvertedCheckpointError(f"{p}: truncated: {part}/ is missing")
             try:
                 tree = _restore_orbax(sub)
-            except Exception as e:  # orbax raises many types; one line names the part
+            except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types; one line)
                 raise ConvertedCheckpointError(
                     f"{p}: truncated or corrupt {part}/ (orbax: {_one_line(e)})"
                 ) from None
@@ -564,7 +578,9 @@ def _read_parts(p: pathlib.Path, doc: dict[str, Any]) -> dict[str, dict[str, np.
         for name, a in flat.items():
             part, _, key = name.partition("/")
             if part not in doc["arrays"]:
-                raise ConvertedCheckpointError(f"{p}: tensor {name!r} outside {list(doc['arrays'])}")
+                raise ConvertedCheckpointError(
+                    f"{p}: tensor {name!r} outside {list(doc['arrays'])}"
+                )
             parts.setdefault(part, {})[key] = a
     for part, manifest in doc["arrays"].items():
         _check_arrays(p, part, parts.get(part, {}), manifest)
@@ -605,7 +621,8 @@ def load(path: str | os.PathLike):
         raise ConvertedCheckpointError(f"{p}: holds no transformer params")
     parts = _read_parts(p, doc)
     trees = {
-        part: _unflatten({k: _as_float32(v) for k, v in flat.items()}) for part, flat in parts.items()
+        part: _unflatten({k: _as_float32(v) for k, v in flat.items()})
+        for part, flat in parts.items()
     }
     return Model(
         fam.name,
@@ -616,3 +633,30 @@ def load(path: str | os.PathLike):
         name=doc.get("name") or fam.name,
         source={"converted": str(p), "dtype": doc["dtype"], **doc.get("sources", {})},
     )
+
+
+def describe(path: str | os.PathLike) -> str:
+    """`arvg inspect DIR` of a converted directory: its config and array manifest (no data read)."""
+    doc = read_config(path)
+    lines = [
+        (
+            f"{path}: converted {doc['family']} model {doc.get('name', '')!r} ({FORMAT}), "
+            f"stored {doc['dtype']}, arvg {doc.get('arvg_version', '?')}"
+        )
+    ]
+    for what, src in doc.get("sources", {}).items():
+        if isinstance(src, dict):
+            lines.append(f"source {what}: {src.get('file')} sha256 {src.get('sha256')}")
+        else:
+            lines.append(f"source {what}: {src}")
+    rows = [
+        (f"{part}/{k}", "[" + ", ".join(map(str, shape)) + "]", dtype)
+        for part, arrays in doc["arrays"].items()
+        for k, (shape, dtype) in arrays.items()
+    ]
+    kw = max((len(r[0]) for r in rows), default=0)
+    sw = max((len(r[1]) for r in rows), default=0)
+    lines += [f"  {k:<{kw}}  {s:<{sw}}  {d}" for k, s, d in rows]
+    n = sum(int(np.prod(s)) for arrays in doc["arrays"].values() for s, _ in arrays.values())
+    lines.append(f"{len(rows)} arrays, {n:,} parameters")
+    return "\n".join(lines)

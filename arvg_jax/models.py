@@ -145,7 +145,9 @@ def resolve_configs(model: str, config_path: str | os.PathLike | None) -> tuple[
     registry = families.all_families()
     if model in registry:
         if config_path is None:
-            raise ValueError(f"--model {model} needs --config config.json (official constructor args)")
+            raise ValueError(
+                f"--model {model} needs --config config.json (official constructor args)"
+            )
         fam = registry[model]
         conf = json.loads(pathlib.Path(config_path).read_text())
         cfg, tok_cfg = fam.configs_from_official(conf)
@@ -293,9 +295,7 @@ def packaged_model(model: str) -> Model:
     if not preset.packaged:
         raise ValueError(f"--model {model} has no packaged weights: give --ckpt and --vae")
     cfg, params, tok_cfg, tok_params, _ = fam.load_packaged(model)
-    return Model(
-        fam.name, cfg, params, tok_cfg, tok_params, name=model, source={"packaged": model}
-    )
+    return Model(fam.name, cfg, params, tok_cfg, tok_params, name=model, source={"packaged": model})
 
 
 def load_quantized(directory: str | os.PathLike) -> Model:
@@ -386,7 +386,9 @@ def float_model_from_args(args) -> Model:
             allow_nonfinite=getattr(args, "allow_nonfinite", False),
         )
     if not args.model:
-        raise ValueError("give --model (with --ckpt and --vae), a converted --ckpt, or --quantized DIR")
+        raise ValueError(
+            "give --model (with --ckpt and --vae), a converted --ckpt, or --quantized DIR"
+        )
     if args.random_weights:
         return random_model(args.model, config_path=args.config)
     if not args.ckpt and not args.vae and args.model not in families.all_families():

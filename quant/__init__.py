@@ -18,6 +18,7 @@ The public surface (each function's docstring has an example)::
 
 from quant._dot_general import dense, fake_quant_dense, fake_quant_matmul, quantized_matmul
 from quant._oracle import OracleKernel, oracle
+from quant._public import dgc, gps, ptq4arvg, quantize, rtn, smoothquant, stwq
 from quant._qarray import ActQuant, LogSqrt2Quant, QArray, offset_for_bits
 from quant._quantizers import (
     PERCENTILES,
@@ -37,7 +38,6 @@ from quant._quantizers import (
     quantize_weight,
     search_uniform_params,
 )
-from quant._public import dgc, gps, ptq4arvg, quantize, rtn, smoothquant, stwq
 from quant._reference import run_quant_reference
 from quant.algorithms.calib_data import Candidates
 from quant.recipes import Recipe

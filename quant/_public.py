@@ -56,8 +56,15 @@ def quantize(params, recipe, adapter, calibration_batch, *, progress: bool = Fal
     return api.quantize(adapter, params, calibration_batch, _recipe(recipe), progress=progress)
 
 
-def rtn(params, adapter, calibration_batch, *, bits: str = "w8a8", weight_symmetric: bool = False,
-        progress: bool = False) -> dict[str, Any]:
+def rtn(
+    params,
+    adapter,
+    calibration_batch,
+    *,
+    bits: str = "w8a8",
+    weight_symmetric: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """RTN: per-output-channel weights, per-tensor static activations (`quant.algorithms.rtn`).
 
     Example::
@@ -70,8 +77,16 @@ def rtn(params, adapter, calibration_batch, *, bits: str = "w8a8", weight_symmet
     return _rtn(adapter, params, calibration_batch, recipe, progress=progress)
 
 
-def smoothquant(params, adapter, calibration_batch, *, bits: str = "w8a8", alpha: float = 0.5,
-                weight_symmetric: bool = False, progress: bool = False) -> dict[str, Any]:
+def smoothquant(
+    params,
+    adapter,
+    calibration_batch,
+    *,
+    bits: str = "w8a8",
+    alpha: float = 0.5,
+    weight_symmetric: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """SmoothQuant (α folded into the preceding AdaLN rows), then RTN
     (`quant.algorithms.smoothquant`).
 
@@ -85,8 +100,16 @@ def smoothquant(params, adapter, calibration_batch, *, bits: str = "w8a8", alpha
     return _sq(adapter, params, calibration_batch, recipe, progress=progress)
 
 
-def ptq4arvg(params, adapter, calibration_batch, *, bits: str = "w6a6", alpha: float = 0.5,
-             weight_symmetric: bool = False, progress: bool = False) -> dict[str, Any]:
+def ptq4arvg(
+    params,
+    adapter,
+    calibration_batch,
+    *,
+    bits: str = "w6a6",
+    alpha: float = 0.5,
+    weight_symmetric: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """PTQ4ARVG: SmoothQuant, zero-centering shift, GPS, STWQ, final calibration
     (`quant.algorithms.ptq4arvg`, stages A-G of docs/ptq4arvg.md).
 

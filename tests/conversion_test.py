@@ -7,7 +7,6 @@ torch file; foreign and truncated checkpoints are refused with one line naming w
 """
 
 import json
-import pathlib
 import shutil
 
 import jax
@@ -193,7 +192,9 @@ def test_foreign_and_truncated_checkpoints_are_refused_with_one_line(converted, 
 
     short = tmp_path / "short"
     shutil.copytree(good, short)
-    data = sorted(f for f in (short / "tokenizer").rglob("*") if f.is_file() and f.parent.name == "d")
+    data = sorted(
+        f for f in (short / "tokenizer").rglob("*") if f.is_file() and f.parent.name == "d"
+    )
     data[0].write_bytes(data[0].read_bytes()[:10])
     _refusal(short, "truncated", "tokenizer/", "bytes")
 
@@ -202,7 +203,9 @@ def test_foreign_and_truncated_checkpoints_are_refused_with_one_line(converted, 
     doc = json.loads((corrupt / "config.json").read_text())
     doc.pop("files")
     (corrupt / "config.json").write_text(json.dumps(doc))
-    data = sorted(f for f in (corrupt / "params").rglob("*") if f.is_file() and f.parent.name == "d")
+    data = sorted(
+        f for f in (corrupt / "params").rglob("*") if f.is_file() and f.parent.name == "d"
+    )
     data[0].unlink()
     _refusal(corrupt, "corrupt params/")
 
@@ -255,8 +258,20 @@ def test_cli_convert_every_family_round_trips(name, tmp_path, capsys):
     ref = require_reference(name)
     ckpt, vae, key = FIXTURE_FILES[name]
     out = tmp_path / name
-    argv = ["convert", "--model", name, "--config", str(ref / "config.json"),
-            "--ckpt", str(ref / ckpt), "--vae", str(ref / vae), "--out", str(out), "--quiet"]
+    argv = [
+        "convert",
+        "--model",
+        name,
+        "--config",
+        str(ref / "config.json"),
+        "--ckpt",
+        str(ref / ckpt),
+        "--vae",
+        str(ref / vae),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     argv += ["--ckpt-key", key] if key else []
     assert main(argv) == 0
     report = capsys.readouterr().out
@@ -269,7 +284,24 @@ def test_cli_convert_every_family_round_trips(name, tmp_path, capsys):
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
     st = tmp_path / f"{name}.safetensors"
-    argv = ["convert", "--ckpt", str(out), "--out", str(st), "--format", "safetensors",
-            "--dtype", "bfloat16", "--quiet"]
+    argv = [
+        "convert",
+        "--ckpt",
+        str(out),
+        "--out",
+        str(st),
+        "--format",
+        "safetensors",
+        "--dtype",
+        "bfloat16",
+        "--quiet",
+    ]
     assert main(argv) == 0
     assert models.load_float(None, st, None).cfg == want.cfg
+
+
+def test_inspect_lists_a_converted_directory(converted, capsys):
+    assert main(["inspect", str(converted["orbax", "bfloat16"])]) == 0
+    out = capsys.readouterr().out
+    assert "converted var model" in out and "stored bfloat16" in out
+    assert "params/head/kernel" in out and "sha256" in out

@@ -27,7 +27,7 @@ def test_readme_python_api_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in _section_blocks():
-        exec(compile(block, "README.md (Python API)", "exec"), namespace)
+        exec(compile(block, "README.md (Python API)", "exec"), namespace)  # noqa: S102 (the README examples)
     assert (tmp_path / "converted" / "var-test" / "config.json").is_file()
     assert namespace["chosen"].shape == (3,)
 
