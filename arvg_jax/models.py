@@ -35,6 +35,20 @@ class Model:
     def quantized(self) -> bool:
         return self.recipe is not None
 
+    def __repr__(self) -> str:
+        # The default dataclass repr would print every weight (notebooks echo it).
+        import numpy as np
+
+        from quant import _tree
+
+        n = sum(int(np.prod(getattr(v, "shape", ()))) for v in _tree.flatten(self.params).values())
+        kind = (
+            f"{self.recipe['method']} w{self.recipe['w_bits']}a{self.recipe['a_bits']}"
+            if self.recipe
+            else "float"
+        )
+        return f"Model({self.name!r}, family={self.family!r}, {kind}, {n:,} parameters)"
+
     @property
     def fam(self) -> Family:
         return families.get(self.family)
