@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "models": "list the model families and their presets (every --model value)",
     "demo": "quantize the embedded default model and write images and a report",
+    "convert": "convert official checkpoints once into Flax params (orbax dir or safetensors)",
     "inspect": "list the keys, shapes and dtypes of a checkpoint (or a quantized directory)",
     "generate": "generate images from a float checkpoint or a quantized directory",
     "quantize": "quantize a float checkpoint (rtn | smoothquant | ptq4arvg) into a directory",

@@ -3,7 +3,8 @@
 Prints one aligned `key  [shape]  dtype` line per tensor (wrapped checkpoints as
 `model_ema/blocks.0.attn.proj.weight`), the non-tensor entries, the wrapper structure and the
 totals. A refused file prints its one-line error on stderr and exits 2. A directory is a quantized
-checkpoint written by `arvg quantize`; `quant.checkpoint.describe` lists it.
+checkpoint written by `arvg quantize` (`quant.checkpoint.describe` lists it) or a converted one
+written by `arvg convert` (`arvg_jax.conversion.describe`).
 
     python -m arvg_jax.cli inspect ../shared/reference/mar/mar.pth --key model_ema
 """
@@ -63,6 +64,20 @@ def _describe_dir(path: str, key: str | None) -> int:
     if key is not None:
         print(f"{path}: --key applies to checkpoint files, not directories", file=sys.stderr)
         return 2
+    import pathlib
+
+    if (
+        not (pathlib.Path(path) / "arvg.json").is_file()
+        and (pathlib.Path(path) / "config.json").is_file()
+    ):
+        from arvg_jax.conversion import describe as describe_converted
+
+        try:
+            print(describe_converted(path))
+        except (OSError, ValueError) as e:
+            print(f"{path}: {_one_line(e)}", file=sys.stderr)
+            return 2
+        return 0
     try:
         from quant.checkpoint import describe
     except ImportError as e:
