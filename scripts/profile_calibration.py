@@ -62,7 +62,7 @@ def main() -> int:
     def dump():
         pathlib.Path(args.out).write_text(json.dumps(out, indent=1, default=str))
 
-    cfg, _ = resolve_configs(args.model, None)
+    _, cfg, _ = resolve_configs(args.model, None)
     cfg = dataclasses.replace(cfg, depth=1)
     n, length, c = args.calib, cfg.seq_len, cfg.embed_dim
     labels = jax.ShapeDtypeStruct((1,), jnp.int32)

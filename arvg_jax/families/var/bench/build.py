@@ -153,7 +153,7 @@ def abstract_param_bytes(name: str, precisions) -> dict[str, int]:
     from arvg_jax.models import resolve_configs
     from quant import _packed, _tree
 
-    cfg, _ = resolve_configs(name, None)
+    _, cfg, _ = resolve_configs(name, None)
     labels = jax.ShapeDtypeStruct((1,), jnp.int32)
     x = jax.ShapeDtypeStruct((1, cfg.seq_len - cfg.first_l, cfg.cvae), jnp.float32)
     abstract = jax.eval_shape(
@@ -243,7 +243,7 @@ def fast_random_model(name: str, seed: int = 0):
     from arvg_jax.models import Model, resolve_configs
     from arvg_jax.tokenizers import var_vqvae
 
-    cfg, vae_cfg = resolve_configs(name, None)
+    _, cfg, vae_cfg = resolve_configs(name, None)
     labels = jax.ShapeDtypeStruct((1,), jnp.int32)
     x = jax.ShapeDtypeStruct((1, cfg.seq_len - cfg.first_l, cfg.cvae), jnp.float32)
     abstract = jax.eval_shape(
@@ -401,4 +401,4 @@ def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
         params = _packed.pack(quantized[variant.bits], impl=variant.int8_impl)
     if variant.blocks == "scan":
         params = var_sampler.stack_blocks(params)
-    return params, var_cfg, vae_cfg
+    return params, var_cfg, vae_cfg, opts

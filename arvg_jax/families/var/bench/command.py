@@ -241,7 +241,7 @@ def run(args) -> int:
 
     if args.gemm:
         for model_name in gemm_models:
-            cfg, _ = resolve_configs(model_name, None)
+            _, cfg, _ = resolve_configs(model_name, None)
             for b in gemm_batches:
                 if over_limit():
                     break
