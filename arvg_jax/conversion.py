@@ -384,13 +384,13 @@ def convert(
 def _from_files(model, ckpt, vae, config, ckpt_key, allow_nonfinite, bar):
     """Reads and converts the official files, one progress step each (read, convert, hash)."""
     from arvg_jax import models
-    from converters import check_finite, load_state_dict
+    from converters import check_finite
 
     if vae is None:
         raise ValueError(f"--model {model} needs --vae (the official tokenizer checkpoint)")
     fam, cfg, tok_cfg = models.resolve_configs(model, config)
     keys: dict[str, int | None] = {}
-    sd = load_state_dict(ckpt, key=ckpt_key)
+    sd = models.read_state_dict(ckpt, ckpt_key, fam.checkpoint_keys)
     check_finite(sd, ckpt, allow_nonfinite=allow_nonfinite)
     keys["params"] = len(sd)
     bar.update(postfix="read ckpt")
@@ -405,7 +405,7 @@ def _from_files(model, ckpt, vae, config, ckpt_key, allow_nonfinite, bar):
         vae_source = tok.source.get("vae")
         bar.update(2, postfix="tokenizer")
     else:
-        vae_sd = load_state_dict(vae)
+        vae_sd = models.read_state_dict(vae, None, fam.tokenizer_checkpoint_keys)
         check_finite(vae_sd, vae, allow_nonfinite=allow_nonfinite)
         keys["tokenizer"] = len(vae_sd)
         bar.update(postfix="read vae")

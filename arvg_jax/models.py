@@ -189,7 +189,7 @@ def _convert(convert, path, state_dict, cfg, what: str, model: str):
         ) from None
 
 
-def _read(path, key: str | None, default_keys: tuple[str, ...]):
+def read_state_dict(path, key: str | None, default_keys: tuple[str, ...]):
     """The state dict of `path`: entry `key`, or for a wrapped file without one the first of the
     family's official entries that it holds (e.g. MAR's "model_ema")."""
     import sys
@@ -244,7 +244,7 @@ def load_float(
     if model is None:
         raise ValueError(f"{ckpt}: an official checkpoint needs --model (a preset or a family)")
     fam, cfg, tok_cfg = resolve_configs(model, config_path)
-    sd = _read(ckpt, key, fam.checkpoint_keys)
+    sd = read_state_dict(ckpt, key, fam.checkpoint_keys)
     check_finite(sd, ckpt, allow_nonfinite=allow_nonfinite)
     params = _convert(fam.convert, ckpt, sd, cfg, "transformer (--ckpt)", model)
     del sd
@@ -276,7 +276,7 @@ def _tokenizer(fam: Family, tok_cfg, vae, model: str, allow_nonfinite: bool) -> 
                 f"{vae}: its tokenizer ({tok.family}) does not fit --model {model}"
             )
         return tok.vae_params
-    vae_sd = _read(vae, None, fam.tokenizer_checkpoint_keys)
+    vae_sd = read_state_dict(vae, None, fam.tokenizer_checkpoint_keys)
     check_finite(vae_sd, vae, allow_nonfinite=allow_nonfinite)
     return _convert(fam.convert_tokenizer, vae, vae_sd, tok_cfg, "tokenizer (--vae)", model)
 
