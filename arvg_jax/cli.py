@@ -16,8 +16,9 @@ COMMANDS = {
     "demo": "quantize the embedded default model and write images and a report",
     "inspect": "list the keys, shapes and dtypes of a checkpoint (or a quantized directory)",
     "generate": "generate images from a float checkpoint or a quantized directory",
+    "sample": "sample many images into one resumable ADM .npz batch (FID, IS, precision, recall)",
     "quantize": "quantize a float checkpoint (rtn | smoothquant | ptq4arvg) into a directory",
-    "evaluate": "compare a quantized model with its float model: logits, tokens, images",
+    "evaluate": "compare a quantized model with its float model, or score samples (FID, IS, ...)",
     "bench": "benchmark generation throughput, latency and memory",
 }
 

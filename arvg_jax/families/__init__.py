@@ -83,7 +83,9 @@ class Family:
     description: str = ""
     config_cls: type = object  # architecture config (official constructor arguments only)
     tokenizer_config_cls: type = object
-    checkpoint_help: str = ""  # what --ckpt is, e.g. "official transformer checkpoint (var_d16.pth)"
+    checkpoint_help: str = (
+        ""  # what --ckpt is, e.g. "official transformer checkpoint (var_d16.pth)"
+    )
     tokenizer_help: str = ""  # what --vae is
 
     # ---- presets and configs ----------------------------------------------------------------------
@@ -133,9 +135,10 @@ class Family:
         """The layout the sampler runs fastest (same values); never stored."""
         return params
 
-    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, *, options, **sampling):
+    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
         """Images for class labels: {"tokens": int32 [B, ...], "images": float32 [B, H, W, 3]
-        in [0, 1]}. `keys` holds one PRNG key per image (`image_keys`)."""
+        in [0, 1]}. `keys` holds one PRNG key per image (`image_keys`). The leading arguments are
+        positional-only, so a sampling setting may share a name with one (VAR's `cfg`)."""
         raise NotImplementedError
 
     def teacher_forced_logits(

@@ -118,7 +118,7 @@ class RARFamily(Family):
     def demo_sampling(self):
         return self.sampling_defaults()
 
-    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, *, options, **sampling):
+    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
         from arvg_jax.families.rar import sampler
 
         greedy = bool(sampling.pop("greedy", False))

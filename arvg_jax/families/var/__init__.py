@@ -129,7 +129,7 @@ class VARFamily(Family):
 
         return sampler.inference_layout(params)
 
-    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, *, options, **sampling):
+    def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
         from arvg_jax.families.var import sampler
 
         return sampler.generate(
