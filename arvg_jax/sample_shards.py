@@ -22,17 +22,17 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from arvg_jax import atomic
+
 IMAGES, LABELS = "arr_0", "arr_1"
 RUN_FILE = "run.json"
 _SHARD = re.compile(r"shard_(\d{5,})\.npz")
-_TMP_PREFIX = ".tmp-"
 
 
 def shard_dir(out: str | os.PathLike) -> pathlib.Path:
@@ -61,32 +61,6 @@ def labels_for(start: int, stop: int, per_class: int, num_classes: int) -> np.nd
     return ((np.arange(start, stop, dtype=np.int64) // per_class) % num_classes).astype(np.int64)
 
 
-def _atomic(path: pathlib.Path, write) -> None:
-    """Calls `write(tmp_path)` and renames the file onto `path`; removes it on failure."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)  # mkstemp makes the file 0600; give it the usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes a text file atomically (temporary file + rename)."""
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    _atomic(pathlib.Path(path), write)
-
-
 def open_run(directory: pathlib.Path, run: Mapping[str, Any]) -> list[str]:
     """Creates the shard folder or checks it belongs to the same run; deletes stale temporaries.
 
@@ -94,12 +68,12 @@ def open_run(directory: pathlib.Path, run: Mapping[str, Any]) -> list[str]:
         The fields whose stored value differs from `run` (empty: same run, resume it).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    for p in directory.glob(_TMP_PREFIX + "*"):
+    for p in directory.glob(atomic.TMP_PREFIX + "*"):
         p.unlink(missing_ok=True)
     path = directory / RUN_FILE
     want = json.loads(json.dumps(dict(run)))  # the JSON view (tuples -> lists)
     if not path.exists():
-        write_text(path, json.dumps(want, indent=1, sort_keys=True) + "\n")
+        atomic.write_text(path, json.dumps(want, indent=1, sort_keys=True) + "\n")
         return []
     have = json.loads(path.read_text())
     return sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
@@ -126,7 +100,7 @@ def write_shard(directory: pathlib.Path, index: int, images: np.ndarray, labels:
         with open(tmp, "wb") as f:
             np.savez(f, **{IMAGES: images, LABELS: labels})
 
-    _atomic(shard_path(directory, index), write)
+    atomic.write(shard_path(directory, index), write)
 
 
 def _stream_array(zf: zipfile.ZipFile, key: str, shape, dtype, parts) -> None:
@@ -182,5 +156,5 @@ def assemble(directory: pathlib.Path, out: str | os.PathLike, total: int) -> tup
 
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(out, write)
+    atomic.write(out, write)
     return (n, *tail)
