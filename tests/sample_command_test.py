@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arvg_jax import cli, sample_shards
+from arvg_jax.metrics import adm_npz
 
 # 12 images in shards of 5 (the last one short), 2 per class: labels 0 0 1 1 ... 5 5.
 N, PER_CLASS, SHARD = 12, 2, 5
@@ -60,6 +61,9 @@ def test_batch_size_does_not_change_images(baseline, tmp_path):
     for k in baseline:
         np.testing.assert_array_equal(got[k], baseline[k])
     assert not sample_shards.shard_dir(out).exists()  # removed once the file is written
+    # The evaluator streams arr_0 straight from the zip member: the file must allow that.
+    streamed = np.concatenate(list(adm_npz.iter_batches(out, 5)))
+    np.testing.assert_array_equal(streamed, baseline["arr_0"])
 
 
 def test_ctrl_c_keeps_shards_and_a_rerun_resumes(baseline, tmp_path, monkeypatch, capsys):
