@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arvg_jax import cli, sample_shards
+from arvg_jax.commands import sample as sample_command
 from arvg_jax.metrics import adm_npz
 
 # 12 images in shards of 5 (the last one short), 2 per class: labels 0 0 1 1 ... 5 5.
@@ -77,10 +78,13 @@ def test_ctrl_c_keeps_shards_and_a_rerun_resumes(baseline, tmp_path, monkeypatch
             time.sleep(0.5)  # lets the main thread see it before the next batch
 
     monkeypatch.setattr(sample_shards, "write_shard", write_then_interrupt)
+    exits = []
+    monkeypatch.setattr(sample_command, "_hard_exit", exits.append)  # not the test process
     start = time.monotonic()
     assert _sample(out, 3) == 130
     assert time.monotonic() - start < 60  # (compiled already: no long wait after Ctrl-C)
     assert "interrupted; 1 of 3 shards kept, rerun to resume" in capsys.readouterr().err
+    assert exits == [130]
     assert not out.exists()
     shards = sample_shards.shard_dir(out)
     assert sorted(p.name for p in shards.glob("shard_*")) == ["shard_00000.npz"]
