@@ -17,8 +17,9 @@ COMMANDS = {
     "convert": "convert official checkpoints once into Flax params (orbax dir or safetensors)",
     "inspect": "list the keys, shapes and dtypes of a checkpoint (or a quantized directory)",
     "generate": "generate images from a float checkpoint or a quantized directory",
+    "sample": "sample many images into one resumable ADM .npz batch (FID, IS, precision, recall)",
     "quantize": "quantize a float checkpoint (rtn | smoothquant | ptq4arvg) into a directory",
-    "evaluate": "compare a quantized model with its float model: logits, tokens, images",
+    "evaluate": "compare a quantized model with its float model, or score samples (FID, IS, ...)",
     "bench": "benchmark generation throughput, latency and memory",
 }
 

@@ -1,7 +1,11 @@
-"""`arvg evaluate`: quantized models against their float model (markdown table + PNG grid).
+"""`arvg evaluate`: quantized models against their float model (markdown table + PNG grid), or
+(`--samples` mode, `arvg_jax.commands.evaluate_samples`) the ADM evaluator's IS / FID / sFID /
+precision / recall of a sample batch file.
 
     arvg evaluate --model var --config ref/var/config.json --ckpt ref/var/var.pth \
         --vae ref/var/vae.pth --quantized out/rtn-w8a8 out/ptq4arvg-w8a8 --out out/eval
+    arvg evaluate --samples samples.npz --reference VIRTUAL_imagenet256_labeled.npz \
+        --inception weights-inception-2015-12-05-6726825d.pth --out out/eval
 """
 
 from __future__ import annotations
@@ -16,9 +20,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--quantized",
         nargs="+",
-        required=True,
         metavar="DIR",
-        help="quantized directories (arvg quantize) of this float model",
+        help="quantized directories (arvg quantize) of this float model (fidelity mode)",
     )
     parser.add_argument(
         "--classes",
@@ -30,7 +33,14 @@ def add_arguments(parser) -> None:
     add_sampling_arguments(parser.add_argument_group("sampling"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--out", required=True, help="output directory: report.md, grid.png")
+    parser.add_argument(
+        "--out",
+        help="output directory: report.md, grid.png (fidelity; required) or report.json, "
+        "report.md (--samples; default <samples>.eval beside the file)",
+    )
+    from arvg_jax.commands import evaluate_samples
+
+    evaluate_samples.add_arguments(parser)
 
 
 def evaluate(float_model, q_models, classes, *, seed, sampling, batch, progress=True):
@@ -72,6 +82,23 @@ def run(args) -> int:
     from arvg_jax.models import float_model_from_args, load_quantized
     from converters import CheckpointError, ConversionError
 
+    if args.samples:
+        from arvg_jax.commands import evaluate_samples
+
+        return evaluate_samples.run(args)
+    if not args.quantized:
+        print(
+            "arvg evaluate: give --quantized DIR ... (float vs quantized fidelity) or --samples "
+            "NPZ --reference NPZ --inception WEIGHTS (IS, FID, sFID, precision, recall)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.reference or args.inception:
+        print("arvg evaluate: --reference / --inception go with --samples", file=sys.stderr)
+        return 2
+    if not args.out:
+        print("arvg evaluate: --quantized needs --out DIR", file=sys.stderr)
+        return 2
     try:
         float_model = float_model_from_args(args)
         q_models = []

@@ -72,10 +72,14 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
     return classes
 
 
-def generate_images(model, classes, *, seed, sampling, batch, options=None, progress=True):
+def generate_images(
+    model, classes, *, seed, sampling, batch, options=None, progress=True, start=0, on_batch=None
+):
     """Generates in fixed-size batches (the last one padded, so one compile serves all).
 
-    Image i draws with `families.image_keys(seed, i, 1)`: the batch size changes speed only.
+    Image i (of `classes`) draws with `families.image_keys(seed, start + i, 1)`: the batch size
+    changes speed only, and `start` lets a caller generate a long run in pieces (`arvg sample`).
+    `on_batch(n)`, if given, is called after each batch with its number of images.
     """
     import numpy as np
 
@@ -102,13 +106,15 @@ def generate_images(model, classes, *, seed, sampling, batch, options=None, prog
             model.cfg,
             model.vae_cfg,
             padded,
-            image_keys(seed, lo, b),
+            image_keys(seed, start + lo, b),
             options=options,
             **sampling,
         )
         images.append(np.asarray(out["images"])[: len(chunk)])
         tokens.append(np.asarray(out["tokens"])[: len(chunk)])
         bar.update()
+        if on_batch is not None:
+            on_batch(len(chunk))
     bar.close()
     return np.concatenate(images), np.concatenate(tokens), labels
 

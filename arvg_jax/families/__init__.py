@@ -83,7 +83,9 @@ class Family:
     description: str = ""
     config_cls: type = object  # architecture config (official constructor arguments only)
     tokenizer_config_cls: type = object
-    checkpoint_help: str = ""  # what --ckpt is, e.g. "official transformer checkpoint (var_d16.pth)"
+    checkpoint_help: str = (
+        ""  # what --ckpt is, e.g. "official transformer checkpoint (var_d16.pth)"
+    )
     tokenizer_help: str = ""  # what --vae is
     # Entries of a wrapped official checkpoint ({"model": ..., "model_ema": ...}) to read, in
     # order, when the user names none (--ckpt-key): the official sampler's choice.
@@ -139,7 +141,8 @@ class Family:
 
     def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
         """Images for class labels: {"tokens": int32 [B, ...], "images": float32 [B, H, W, 3]
-        in [0, 1]}. `keys` holds one PRNG key per image (`image_keys`)."""
+        in [0, 1]}. `keys` holds one PRNG key per image (`image_keys`). The leading arguments are
+        positional-only, so a sampling setting may share a name with one (VAR's `cfg`)."""
         raise NotImplementedError
 
     def teacher_forced_logits(
