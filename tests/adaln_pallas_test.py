@@ -131,6 +131,7 @@ def _generate(model, params, opts, dtype):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "w8a8"])
 def test_sampler_generates_the_xla_norms_tokens(precision):
     if precision == "w8a8":

@@ -129,6 +129,7 @@ def _model():
     return dataclasses.replace(m, cfg=cfg, params=var_sampler.stack_blocks(params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_sampler_generates_the_xla_prologues_tokens(dtype):
     m = _model()

@@ -131,6 +131,7 @@ def test_weight_only_packed_kernel():
         quant.dense(x[..., :-1], pk, bias)
 
 
+@pytest.mark.slow
 def test_quantized_model_generates_the_same_tokens_packed_and_stacked():
     from arvg_jax.families.var import sampler as var_sampler
     from arvg_jax.families.var.bench import build

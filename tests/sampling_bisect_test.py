@@ -70,6 +70,7 @@ def _assert_same_up_to_rounding(x, top_k, top_p, method="bisect") -> tuple[int, 
     return rows.size, int(rows.sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bisect_matches_sort_on_var_like_logits(seed):
     total = differ = 0

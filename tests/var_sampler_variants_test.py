@@ -69,6 +69,7 @@ GREEDY = {"greedy": {"greedy": True, "return_logits_margin": True}}
 SAMPLED = {"sampled": {"top_k": 10, "top_p": 0.8}}
 
 
+@pytest.mark.slow
 def test_variants_generate_the_baseline_tokens():
     _assert_same_tokens(_model(2), list(VARIANTS), jnp.float32, GREEDY)
     # Keyed draws: where the filter differs, and the layout furthest from the baseline.
@@ -77,10 +78,12 @@ def test_variants_generate_the_baseline_tokens():
     )
 
 
+@pytest.mark.slow
 def test_scan_unroll_with_a_remainder():
     _assert_same_tokens(_model(3), ["scan_unroll2"], jnp.float32, GREEDY)
 
 
+@pytest.mark.slow
 def test_kv_variants_in_bfloat16():
     _assert_same_tokens(
         _model(2),
@@ -115,6 +118,7 @@ def test_kv_full_attends_only_to_the_written_prefix():
     np.testing.assert_allclose(outs[0], outs[2], rtol=1e-6, atol=1e-6)  # = "prefix"
 
 
+@pytest.mark.slow
 def test_w4a8_nibble_unpack_once_per_call_generates_the_per_layer_tokens():
     """ExecOptions.nibble_unpack: W4A8 weights stored two codes per byte, expanded once per
     `generate` call ("call") or at every layer call ("layer"): the same codes reach the GEMMs,
