@@ -53,7 +53,11 @@ def _load_default(name: str):
             file=sys.stderr,
         )
         return random_model(name), None, f"{name} preset, seeded RANDOM weights (untrained)"
-    desc = f"{name}: {model.fam.presets()[name].description} ({meta.get('dataset', {})})"
+    dataset = meta.get("dataset", {})
+    desc = (
+        f"{name}: {model.fam.presets()[name].description} ({dataset.get('name', '?')}, "
+        f"{len(dataset.get('class_names', []))} classes, {dataset.get('image_size', '?')} px)"
+    )
     return model, (cls_params, assets.tiny_classifier_config(meta)), desc
 
 
