@@ -38,12 +38,18 @@ class FoldRule:
 
 @dataclasses.dataclass(frozen=True)
 class FoldTarget:
-    """A resolved `FoldRule`: the norm layer path and its scale / shift output columns."""
+    """A resolved `FoldRule`: the norm layer path and its scale / shift output columns.
+
+    `siblings`: the other layers reading the same normed input (rules with `share_input_with`
+    naming this layer, e.g. PAR's w3 beside w1): a fold rescales their kernels too, so the model
+    stays the same function.
+    """
 
     norm_layer: str
     scale_cols: slice
     shift_cols: slice
     kind: str = "adaln"
+    siblings: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -80,11 +86,12 @@ class QuantRule:
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
-    """A layer and the rule that covers it (with its fold target resolved)."""
+    """A layer and the rule that covers it (with its fold target and input sharing resolved)."""
 
     name: str
     rule: QuantRule
     fold: FoldTarget | None
+    shares_input_of: str | None = None
 
 
 class Coverage:
@@ -119,7 +126,8 @@ class Coverage:
                         slice(f.shift * width, (f.shift + 1) * width),
                         f.kind,
                     )
-                self._specs[name] = LayerSpec(name, rule, fold)
+                shares = m.expand(rule.share_input_with) if rule.share_input_with else None
+                self._specs[name] = LayerSpec(name, rule, fold, shares)
                 break
             else:
                 unmatched.append(name)
@@ -128,6 +136,21 @@ class Coverage:
         unused = [r.path for r, u in zip(self.rules, used) if not u]
         if unused:
             raise ValueError(f"quantization rules that match no layer: {unused}")
+        self._resolve_sharing()
+
+    def _resolve_sharing(self) -> None:
+        """Adds each input-sharing layer to the fold target of the layer whose input it reads."""
+        for name, spec in list(self._specs.items()):
+            owner = spec.shares_input_of
+            if owner is None:
+                continue
+            target = self._specs.get(owner)
+            if target is None:
+                raise ValueError(f"{name}: share_input_with names {owner!r}, not a layer")
+            if target.fold is None:
+                raise ValueError(f"{name}: shares the input of {owner!r}, which has no fold")
+            fold = dataclasses.replace(target.fold, siblings=(*target.fold.siblings, name))
+            self._specs[owner] = dataclasses.replace(target, fold=fold)
 
     def __getitem__(self, name: str) -> LayerSpec:
         try:

@@ -46,8 +46,34 @@ def test_var_rules_reproduce_the_official_coverage():
     adapter = families.get("var").quant_adapter(VARConfig.tiny())
     c = VARConfig.tiny().embed_dim
     assert "word_embed" not in adapter.quantized_layers()
-    assert adapter.gps_layers() == ("blocks_0/attn/qkv", "blocks_0/ffn/fc1",
-                                    "blocks_1/attn/qkv", "blocks_1/ffn/fc1", "head")
+    assert adapter.gps_layers() == (
+        "blocks_0/attn/qkv",
+        "blocks_0/ffn/fc1",
+        "blocks_1/attn/qkv",
+        "blocks_1/ffn/fc1",
+        "head",
+    )
     assert adapter.stwq_granularity("blocks_1/ffn/fc2") == "sink"
     assert adapter.fold_target("blocks_1/ffn/fc1").scale_cols == slice(3 * c, 4 * c)
     assert adapter.fold_target("head").norm_layer == "head_nm/ada_lin"
+
+
+def test_input_sharing_layers_become_fold_siblings():
+    layers = ("n_0/w1", "n_0/w3", "n_0/w2")
+    rules = (
+        QuantRule(
+            path=r"(?P<b>n_\d+)/w1",
+            kind="w1",
+            smooth=True,
+            fold=FoldRule(norm=r"\g<b>/ffn_norm", kind="norm_bias"),
+        ),
+        QuantRule(path=r"(?P<b>n_\d+)/w3", kind="w3", share_input_with=r"\g<b>/w1"),
+        QuantRule(path=r"n_\d+/w2", kind="w2"),
+    )
+    cov = Coverage(rules, layers, width=5)
+    fold = cov["n_0/w1"].fold
+    assert (fold.norm_layer, fold.kind, fold.siblings) == ("n_0/ffn_norm", "norm_bias", ("n_0/w3",))
+    assert cov["n_0/w3"].shares_input_of == "n_0/w1"
+    bad = (rules[0], QuantRule(path=r"n_\d+/w3", kind="w3", share_input_with="n_0/w2"), rules[2])
+    with pytest.raises(ValueError, match="which has no fold"):
+        Coverage(bad, layers, width=5)

@@ -43,7 +43,7 @@ class Dense(nn.Module):
 
     Attributes:
         features: F.
-        use_bias: whether a bias exists.
+        use_bias: whether init creates a bias (a bias given in the params is always used).
         dtype: compute dtype of the matmul inputs and of the output; accumulation is float32.
         matmul_out: float path only. "float32" (default): the matmul returns float32, the bias is
             added in float32 and the sum is rounded to `dtype` once, as the official autocast
@@ -88,11 +88,12 @@ class Dense(nn.Module):
                 "kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32
             )
         bias = None
-        if self.use_bias:
-            if self.has_variable("params", "bias"):
-                bias = self.get_variable("params", "bias")
-            else:
-                bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        # A bias present in the params is used even with use_bias=False: quantization folds
+        # (a zero-centering shift, `quant._transforms`) give bias-free layers (PAR) a bias.
+        if self.has_variable("params", "bias"):
+            bias = self.get_variable("params", "bias")
+        elif self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         input_quant = None
         if self.has_variable("params", "input_quant"):
             input_quant = self.get_variable("params", "input_quant")

@@ -65,7 +65,7 @@ from quant._calibrate import collect, fit_stages
 from quant._fit import ChannelQuant, FitInput, quantize_weight_jit
 from quant._oracle import OracleKernel
 from quant._progress import Progress
-from quant._transforms import fold_input_transform
+from quant._transforms import fold_into
 from quant.algorithms.gps_core import calculate_scales_hessian
 from quant.algorithms.rtn import quantize_layers
 from quant.algorithms.shift_core import calculate_sym_shift
@@ -170,8 +170,7 @@ def _stats_input(adapter, name: str, x):
 
 
 def _fold(adapter, params: Params, name: str, s, p=None) -> Params:
-    t = adapter.fold_target(name)
-    return fold_input_transform(params, name, t.norm_layer, t.scale_cols, t.shift_cols, s, p)
+    return fold_into(params, name, adapter.fold_target(name), s, p)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quant._calibrate import collect
-from quant._transforms import fold_input_transform
+from quant._transforms import fold_into
 from quant.algorithms.rtn import rtn
 from quant.algorithms.smoothquant_core import smoothquant_scales
 from quant.recipes import Recipe
@@ -42,8 +42,7 @@ def smooth(adapter, params: dict[str, Any], batch, alpha: float = 0.5, *, progre
         kernel = np.asarray(params_get(params, name)["kernel"], np.float32)  # [C_in, C_out]
         w_absmax = np.max(np.abs(kernel), axis=1)
         s = smoothquant_scales(absmax[name], w_absmax, alpha)
-        t = adapter.fold_target(name)
-        params = fold_input_transform(params, name, t.norm_layer, t.scale_cols, t.shift_cols, s)
+        params = fold_into(params, name, adapter.fold_target(name), s)
     return params
 
 
