@@ -426,7 +426,12 @@ def fit_log2(x, bits: int, *, percentiles: Sequence[float] = PERCENTILES):
 
 
 def quantize_weight(
-    kernel, bits: int, *, symmetric: bool = False, include_zero: bool = False
+    kernel,
+    bits: int,
+    *,
+    symmetric: bool = False,
+    include_zero: bool = False,
+    method: str = "mse",
 ) -> QArray:
     """Quantizes a Flax Dense kernel ``[I, O]`` per output channel into a ``QArray``.
 
@@ -435,12 +440,20 @@ def quantize_weight(
     (2**(b-1) - 1)``, codes in ``[-(2**(b-1) - 1), 2**(b-1) - 1]``, stored zero point 0 (an
     all-zero column gets scale 1).
 
+    ``method="minmax"``: asymmetric over each column's [min(w, 0), max(w, 0)], no search: a
+    jit-able device computation for speed measurements on random weights (the bench), where the
+    search's host work at VAR-d30 sizes would dominate and the grid does not change the speed.
+
     Returns:
       ``QArray`` with ``qvalue`` int8 [I, O], ``scale``/``zero_point`` float32 [1, O].
     """
     offset_for_bits(bits)
     if np.ndim(kernel) != 2:
         raise ValueError(f"quantize_weight needs a 2-D [in, out] kernel, got {np.shape(kernel)}")
+    if method == "minmax":
+        return _quantize_weight_minmax(kernel, bits)
+    if method != "mse":
+        raise ValueError(f"quantize_weight method must be 'mse' or 'minmax', got {method!r}")
     w = _as_array(kernel)
     if symmetric:
         wn = np.asarray(w)
@@ -456,6 +469,15 @@ def quantize_weight(
         )
     delta, zp = search_uniform_params(w, bits, reduce_axes=(0,), include_zero=include_zero)
     return QArray.quantize(np.asarray(w), delta, zp, bits)
+
+
+def _quantize_weight_minmax(kernel, bits: int) -> QArray:
+    w = jnp.asarray(kernel, jnp.float32)
+    lo = jnp.minimum(jnp.min(w, axis=0, keepdims=True), 0.0)
+    hi = jnp.maximum(jnp.max(w, axis=0, keepdims=True), 0.0)
+    delta = (hi - lo) / (2**bits - 1)
+    delta = jnp.where(delta > 0, delta, 1.0).astype(jnp.float32)
+    return QArray.quantize(w, delta, jnp.round(-lo / delta), bits)
 
 
 def fit_act_quant(

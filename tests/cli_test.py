@@ -101,23 +101,50 @@ def test_generate_rejects_bad_classes(quantized_dir, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_evaluate_table(quantized_dir, tmp_path, capsys):
-    rc = main(
-        [
-            "evaluate",
-            *TINY,
-            "--quantized",
-            str(quantized_dir),
-            "--classes",
-            "0,5",
-            "--out",
-            str(tmp_path / "eval"),
-        ]
-    )
-    assert rc == 0
-    report = (tmp_path / "eval" / "report.md").read_text()
+def test_evaluate_table(quantized_dir, tmp_path, capsys, reference):
+    from arvg_jax.metrics import adm_npz
+    from arvg_jax.metrics.evaluator import EvalSettings, evaluate
+    from converters.inception import load_inception
+
+    weights = reference("eval", "inception.pth")
+    ref = tmp_path / "ref.npz"
+    rng = np.random.default_rng(0)
+    adm_npz.write_batch(ref, rng.integers(0, 256, (5, 17, 17, 3), dtype=np.uint8))
+    out = tmp_path / "eval"
+    argv = ["evaluate", *TINY, "--quantized", str(quantized_dir), "--classes", "0,5"]
+    argv += ["--per-class", "2", "--out", str(out)]
+    argv += ["--reference", str(ref), "--inception", str(weights), "--is-split-size", "2"]
+    assert main(argv) == 0
+    report = (out / "report.md").read_text()
     assert "| ptq4arvg W6A6 |" in report
-    assert (tmp_path / "eval" / "grid.png").exists()
+    assert (out / "grid.png").exists()
+    # The five ADM numbers of each model's images, kept as batch files beside the report.
+    (n, *_), _ = adm_npz.array_shape(out / "samples_1.npz")
+    assert n == 4  # two classes, two images each
+    want = evaluate(
+        load_inception(weights), ref, out / "samples_1.npz", settings=EvalSettings(is_split_size=2)
+    )
+    row = next(r for r in report.splitlines() if r.startswith("| ptq4arvg W6A6 (samples_1.npz)"))
+    got = [float(v) for v in row.strip("| ").split(" | ")[1:]]
+    keys = ("inception_score", "fid", "sfid", "precision", "recall")
+    np.testing.assert_allclose(got, [want[k] for k in keys], rtol=1e-4, atol=1e-4)
+    # Incomplete score flags are refused before anything runs.
+    assert (
+        main(
+            [
+                "evaluate",
+                *TINY,
+                "--quantized",
+                str(quantized_dir),
+                "--out",
+                str(out),
+                "--reference",
+                str(ref),
+            ]
+        )
+        == 2
+    )
+    assert "pt_inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
 
 
 def test_inspect_quantized_dir(quantized_dir, capsys):

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from _var_calibration import reference_model
 
+import quant
 import quant._quantizers as Q
+from arvg_jax.families.var.quant_adapter import VARAdapter
 from quant import _tree
 from quant._calibrate import fit_stages, run_calibration
 from quant._fit import ChannelQuant, FitInput, quantize_weight_jit, search_rows
 from quant._oracle import OracleKernel
-from arvg_jax.families.var.quant_adapter import VARAdapter
 
 _search_jit = jax.jit(search_rows, static_argnames=("bits", "include_zero"))
 
@@ -160,3 +161,21 @@ def test_fit_stages_equals_sequential_rerun(reference):
                 np.testing.assert_array_equal(
                     np.asarray(getattr(g, a)), np.asarray(getattr(w, a)), err_msg=f"{name} {a}"
                 )
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_minmax_weight_quantizer_covers_each_column_and_zero(bits):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((13, 7)).astype(np.float32)
+    w[:, 2] = np.abs(w[:, 2]) + 0.5  # all-positive column: the range still includes 0
+    w[:, 5] = 0.0  # all-zero column: scale 1
+    q = quant.quantize_weight(w, bits, method="minmax")
+    lo, hi = np.minimum(w.min(0), 0), np.maximum(w.max(0), 0)
+    delta = np.where(hi > lo, (hi - lo) / (2**bits - 1), 1.0)
+    np.testing.assert_allclose(np.asarray(q.scale)[0], delta, rtol=1e-6)
+    err = np.abs(np.asarray(q.dequantize()) - w)
+    assert np.all(err <= delta / 2 + 1e-6)  # no clipping: every weight within half a step
+    jitted = jax.jit(lambda k: quant.quantize_weight(k, bits, method="minmax"))(w)
+    np.testing.assert_array_equal(np.asarray(jitted.qvalue), np.asarray(q.qvalue))
+    with pytest.raises(ValueError, match="method"):
+        quant.quantize_weight(w, bits, method="max")

@@ -31,3 +31,13 @@ def test_generate_cli_images_do_not_depend_on_the_batch(tmp_path):
         outs.append((imageio.decode_png(out.read_bytes()), np.load(tok)["tokens"]))
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
+
+
+def test_uint8_samples_truncate_like_the_official_script(reference):
+    io = np.load(reference("rar", "io.npz"))
+    rar = families.get("rar")
+    images = np.transpose(io["gen_cfg_img"], (0, 2, 3, 1))  # the official float image, NHWC
+    np.testing.assert_array_equal(rar.to_uint8(images), io["gen_cfg_img_uint8"])
+    # 0.999 * 255 = 254.7: the official cast truncates to 254 where rounding gives 255.
+    x = np.full((1, 1, 1, 3), 0.999, np.float32)
+    assert rar.to_uint8(x).max() == 254 and imageio.to_uint8(x).max() == 255

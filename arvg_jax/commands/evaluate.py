@@ -6,6 +6,10 @@ precision / recall of a sample batch file.
         --vae ref/var/vae.pth --quantized out/rtn-w8a8 out/ptq4arvg-w8a8 --out out/eval
     arvg evaluate --samples samples.npz --reference VIRTUAL_imagenet256_labeled.npz \
         --inception weights-inception-2015-12-05-6726825d.pth --out out/eval
+
+In fidelity mode, `--reference` and `--inception` add the ADM evaluator's five numbers of the
+float model's and every quantized model's images (the same labels and keys; `--per-class` images
+of each class) to the report, and keep those images as ADM batch files beside it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument(
+        "--per-class",
+        type=int,
+        default=1,
+        help="images of each class (fidelity mode; with --inception, for the sample scores)",
+    )
+    parser.add_argument(
         "--out",
         help="output directory: report.md, grid.png (fidelity; required) or report.json, "
         "report.md (--samples; default <samples>.eval beside the file)",
@@ -48,7 +58,7 @@ def evaluate(float_model, q_models, classes, *, seed, sampling, batch, progress=
     from arvg_jax import evaluate as ev
     from arvg_jax.commands.generate import generate_images
 
-    kw = dict(seed=seed, sampling=sampling, batch=batch, progress=progress)
+    kw = {"seed": seed, "sampling": sampling, "batch": batch, "progress": progress}
     f_img, f_tok, labels = generate_images(float_model, classes, **kw)
     f_logits = ev.teacher_forced_logits(float_model, labels, f_tok, batch)
     results, images = [], {"float": f_img}
@@ -76,8 +86,8 @@ def run(args) -> int:
 
     import numpy as np
 
+    from arvg_jax import atomic, imageio
     from arvg_jax import evaluate as ev
-    from arvg_jax import imageio
     from arvg_jax.commands.generate import parse_classes, sampling_from_args
     from arvg_jax.models import float_model_from_args, load_quantized
     from converters import CheckpointError, ConversionError
@@ -93,8 +103,9 @@ def run(args) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.reference or args.inception:
-        print("arvg evaluate: --reference / --inception go with --samples", file=sys.stderr)
+    scores = _check_score_args(args)
+    if isinstance(scores, str):
+        print(f"arvg evaluate: {scores}", file=sys.stderr)
         return 2
     if not args.out:
         print("arvg evaluate: --quantized needs --out DIR", file=sys.stderr)
@@ -114,6 +125,14 @@ def run(args) -> int:
             if args.classes
             else [int(c) for c in np.linspace(0, n_cls - 1, 8).round()]
         )
+        if args.per_class < 1:
+            raise ValueError(f"--per-class must be ≥ 1, got {args.per_class}")
+        classes = [c for c in classes for _ in range(args.per_class)]
+        inception = None
+        if scores:
+            from converters.inception import load_inception
+
+            inception = load_inception(args.inception)
     except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
         print(f"arvg evaluate: {e}", file=sys.stderr)
         return 2
@@ -130,12 +149,56 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     imageio.write_png(out / "grid.png", side_by_side(images))
     table = "\n".join([ev.TABLE_HEADER] + [r.row() for r in results])
+    if inception is not None:
+        table += "\n\n" + _score_table(float_model, images, inception, args, out)
     report = (
         f"# Fidelity: {float_model.name}\n\nclasses {classes}, seed {args.seed}, "
         f"{', '.join(f'{k} {v}' for k, v in sampling.items())}\n\n{table}\n\n"
         f"Rows of grid.png: float, then {', '.join(n for n, _ in q_models)}.\n"
     )
-    (out / "report.md").write_text(report)
+    atomic.write_text(out / "report.md", report)
     print(table)
     print(f"wrote {out / 'report.md'} and {out / 'grid.png'}", file=sys.stderr)
     return 0
+
+
+def _check_score_args(args) -> bool | str:
+    """Whether fidelity mode adds the sample scores; a message when the flags are incomplete."""
+    import os
+
+    from arvg_jax.commands.evaluate_samples import MISSING_INCEPTION
+
+    if not (args.reference or args.inception):
+        return False
+    if not args.inception:
+        return MISSING_INCEPTION.replace("--samples needs", "--reference needs")
+    if not args.reference:
+        return "--inception needs --reference NPZ (e.g. VIRTUAL_imagenet256_labeled.npz)"
+    for flag, path in (("--reference", args.reference), ("--inception", args.inception)):
+        if not os.path.isfile(path):
+            return f"{flag} {path}: no such file"
+    return True
+
+
+def _score_table(float_model, images: dict, inception, args, out) -> str:
+    """The five ADM numbers of each model's images (written as `samples_<i>.npz` batches)."""
+    from arvg_jax.commands.evaluate_samples import METRICS
+    from arvg_jax.metrics import adm_npz
+    from arvg_jax.metrics.evaluator import EvalSettings, evaluate_many
+
+    paths = []
+    for i, imgs in enumerate(images.values()):
+        path = out / f"samples_{i}.npz"
+        adm_npz.write_batch(path, float_model.fam.to_uint8(imgs))
+        paths.append(path)
+    settings = EvalSettings(batch_size=args.inception_batch, is_split_size=args.is_split_size)
+    scores = evaluate_many(inception, args.reference, paths, settings=settings)
+    head = "| model | " + " | ".join(label for _, label in METRICS) + " |"
+    rule = "|---" * (len(METRICS) + 1) + "|"
+    rows = [
+        f"| {name} (samples_{i}.npz) | " + " | ".join(f"{m[k]:.4f}" for k, _ in METRICS) + " |"
+        for i, (name, m) in enumerate(zip(images, scores))
+    ]
+    n = len(next(iter(images.values())))
+    note = f"ADM evaluator on {n} images per model against {args.reference}:"
+    return "\n".join([note, "", head, rule, *rows])

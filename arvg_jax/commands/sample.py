@@ -93,7 +93,7 @@ def _generate_shards(model, todo, *, args, sampling, options, directory, stop, b
     """The worker: generates and writes the shards in `todo` until done or `stop` is set."""
     import numpy as np
 
-    from arvg_jax import imageio, sample_shards
+    from arvg_jax import sample_shards
     from arvg_jax.commands import generate
 
     left = [0]  # images of the current shard not yet counted (its padding is not counted)
@@ -128,7 +128,7 @@ def _generate_shards(model, todo, *, args, sampling, options, directory, stop, b
                 start=start,
                 on_batch=on_batch,
             )
-            images = imageio.to_uint8(images[: len(labels)])
+            images = model.fam.to_uint8(images[: len(labels)])
             sample_shards.write_shard(directory, index, images, labels)
     except _Stopped:
         return

@@ -135,6 +135,13 @@ class Family:
         """The sampling settings of `arvg demo` (default: the official ones)."""
         return self.sampling_defaults()
 
+    def to_uint8(self, images) -> np.ndarray:
+        """Generated images (float [B, H, W, 3] in [0, 1]) as the official sampling script's
+        uint8 samples (the bytes FID is computed on). Default: round after clipping."""
+        from arvg_jax import imageio
+
+        return imageio.to_uint8(images)
+
     def inference_layout(self, params: dict) -> dict:
         """The layout the sampler runs fastest (same values); never stored."""
         return params

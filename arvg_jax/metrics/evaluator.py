@@ -100,21 +100,39 @@ def evaluate(
     Returns:
         {"inception_score", "fid", "sfid", "precision", "recall"} as floats.
     """
+    return evaluate_many(params, ref_batch, [sample_batch], settings=settings, config=config)[0]
+
+
+def evaluate_many(
+    params: Mapping,
+    ref_batch: str | os.PathLike,
+    sample_batches,
+    *,
+    settings: EvalSettings | None = None,
+    config: InceptionConfig | None = None,
+) -> list[dict[str, float]]:
+    """`evaluate` of several sample batch files against one reference batch, whose features and
+    statistics are computed once (the float and quantized models of a fidelity report)."""
     settings = settings or EvalSettings()
     ref_acts = read_activations(params, ref_batch, settings=settings, config=config)
     ref_stats, ref_stats_spatial = read_statistics(ref_batch, ref_acts)
-    sample_acts = read_activations(params, sample_batch, settings=settings, config=config)
-    sample_stats, sample_stats_spatial = read_statistics(sample_batch, sample_acts)
-    probs = softmax_from_pool(
-        sample_acts["pool"], params["fc"]["kernel"], batch_size=settings.softmax_batch_size
-    )
-    precision, recall = compute_prec_recall(
-        ref_acts["pool"], sample_acts["pool"], estimator=settings.manifold
-    )
-    return {
-        "inception_score": inception_score(probs, settings.is_split_size),
-        "fid": float(sample_stats.frechet_distance(ref_stats)),
-        "sfid": float(sample_stats_spatial.frechet_distance(ref_stats_spatial)),
-        "precision": precision,
-        "recall": recall,
-    }
+    out = []
+    for sample_batch in sample_batches:
+        sample_acts = read_activations(params, sample_batch, settings=settings, config=config)
+        sample_stats, sample_stats_spatial = read_statistics(sample_batch, sample_acts)
+        probs = softmax_from_pool(
+            sample_acts["pool"], params["fc"]["kernel"], batch_size=settings.softmax_batch_size
+        )
+        precision, recall = compute_prec_recall(
+            ref_acts["pool"], sample_acts["pool"], estimator=settings.manifold
+        )
+        out.append(
+            {
+                "inception_score": inception_score(probs, settings.is_split_size),
+                "fid": float(sample_stats.frechet_distance(ref_stats)),
+                "sfid": float(sample_stats_spatial.frechet_distance(ref_stats_spatial)),
+                "precision": precision,
+                "recall": recall,
+            }
+        )
+    return out

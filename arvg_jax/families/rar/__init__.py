@@ -118,6 +118,11 @@ class RARFamily(Family):
     def demo_sampling(self):
         return self.sampling_defaults()
 
+    def to_uint8(self, images) -> np.ndarray:
+        """As 1d-tokenizer `demo_util.sample_fn`: (clamp(img, 0, 1) * 255).to(uint8), truncating."""
+        images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+        return (images * np.float32(255)).astype(np.uint8)
+
     def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
         from arvg_jax.families.rar import sampler
 

@@ -198,16 +198,10 @@ def to_bfloat16(params: Any) -> Any:
 
 @functools.partial(jax.jit, static_argnames=("bits",))
 def _rtn_minmax(kernel, bits: int):
-    """Per-output-column asymmetric min-max quantization of a [I, O] kernel (official storage)."""
-    from quant._qarray import QArray
+    """Per-output-column asymmetric min-max quantization of a [I, O] kernel (on the device)."""
+    from quant import quantize_weight
 
-    w = kernel.astype(jnp.float32)
-    lo = jnp.minimum(jnp.min(w, axis=0, keepdims=True), 0.0)
-    hi = jnp.maximum(jnp.max(w, axis=0, keepdims=True), 0.0)
-    delta = (hi - lo) / (2**bits - 1)
-    delta = jnp.where(delta > 0, delta, 1.0).astype(jnp.float32)
-    zp = jnp.round(-lo / delta)
-    return QArray.quantize(w, delta, zp, bits)
+    return quantize_weight(kernel, bits, method="minmax")
 
 
 def _random_leaf(key, path: str, leaf):
