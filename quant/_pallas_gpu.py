@@ -1199,8 +1199,8 @@ def int8_dense_fused(
     block_n]`` (so ``partial_sums.sum(0)`` is the next layer's ``sum_x``). Callable inside
     ``jax.jit``; shapes and options are static.
     """
-    if plgpu is None:
-        raise RuntimeError(f"int8_dense_fused: {unavailable_reason()}")
+    if (reason := api_unavailable_reason()) is not None:  # e.g. jax 0.10: fails mid-trace
+        raise ValueError(f"int8_dense_fused: {reason}")
     if stages is None:
         stages = {"ws": 3, "pp": 4}.get(variant, 2)
     cfg = FusedConfig(

@@ -44,7 +44,8 @@ def _model(depth: int):
 
 def _generate(m, stacked, overrides, dtype, **kw):
     params = var_sampler.stack_blocks(m.params) if stacked else m.params
-    opts = ExecOptions(**{**BASELINE, **overrides}, dtype=dtype)
+    # interpret: the testing switch, so "pallas" variants run interpreted off GPUs.
+    opts = ExecOptions(**{**BASELINE, **overrides}, dtype=dtype, interpret=True)
     labels = np.array([1, 3, 5, 10], np.int32)
     return var_sampler.generate(
         params, m.vae_params, m.cfg, m.vae_cfg, labels, jax.random.PRNGKey(7), options=opts, **kw
