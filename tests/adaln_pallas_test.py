@@ -8,13 +8,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from arvg_jax.options import ExecOptions
 import pytest
 
-from arvg_jax.kernels import adaln_pallas as ap
 from arvg_jax.families.var import sampler as var_sampler
+from arvg_jax.kernels import adaln_pallas as ap
 from arvg_jax.models import random_model
+from arvg_jax.options import ExecOptions
 
 B, L, C = 3, 11, 37  # prime-sized: C pads to 64 columns
 

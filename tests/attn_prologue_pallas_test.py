@@ -9,14 +9,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from arvg_jax.options import ExecOptions
 import pytest
 
-from arvg_jax.kernels import attn_prologue_pallas as ap
 from arvg_jax.families.var import sampler as var_sampler
-from arvg_jax.models import random_model
 from arvg_jax.families.var.model import VAR, VARConfig, attn_prologue_impl
+from arvg_jax.kernels import attn_prologue_pallas as ap
+from arvg_jax.models import random_model
+from arvg_jax.options import ExecOptions
 
 # 3 blocks, batch 5, 3 heads of 16 (a power of two: Triton tiles), cache 48.
 D, B, H, K, LP = 3, 5, 3, 16, 48

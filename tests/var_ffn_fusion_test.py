@@ -7,12 +7,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from arvg_jax.options import ExecOptions
 import pytest
 
 from arvg_jax.families.var import sampler as var_sampler
 from arvg_jax.families.var.model import FFN
+from arvg_jax.options import ExecOptions
 from quant import _packed, _pallas_gpu
 
 

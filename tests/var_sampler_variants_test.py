@@ -11,13 +11,12 @@ import runpy
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from arvg_jax.options import ExecOptions
 import pytest
 
 from arvg_jax.families.var import sampler as var_sampler
-from arvg_jax.models import random_model
 from arvg_jax.families.var.model import VAR, VARBlock
+from arvg_jax.models import random_model
+from arvg_jax.options import ExecOptions
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "sampler_variants.py"
 _SCRIPT = runpy.run_path(str(SCRIPT))  # plain data at import: VARIANTS, BASELINE_OPTIONS
