@@ -5,6 +5,13 @@ everything here is a choice of the machine running it: never saved in checkpoint
 samplers and models as a static argument, with every ``"auto"`` resolved once per target platform
 (`ExecOptions.resolve`) outside tracing. None of these changes the function computed, only float
 rounding and speed.
+
+The target platform defaults to the runtime backend but may be any of cpu / gpu / tpu, so a TPU
+program can be built (e.g. `jax.export` with ``platforms=("tpu",)``) on a CPU or GPU host. "auto"
+picks a GPU kernel (Triton, Mosaic GPU, cuDNN) only for a GPU target on a GPU host, where its
+availability can be checked; an explicitly requested GPU kernel on a cpu / tpu target is refused
+by `resolve` (one-line ValueError naming the option and the platform), never run in Pallas
+interpret mode unless the testing switch `interpret` asks for it.
 """
 
 from __future__ import annotations
@@ -73,6 +80,11 @@ class ExecOptions:
       fuse_ffn_quant: packed int8 fc1 on the Hopper kernel emits fc2's int8 input codes.
       nibble_unpack: 4-bit weights stored two per byte are expanded once per generate call
         ("call") or at every layer call ("layer").
+      platform: the platform the program is built for ("cpu", "gpu", "tpu"); None until
+        `resolve` sets it (the runtime backend unless asked otherwise).
+      interpret: testing switch: Pallas GPU kernels requested explicitly ("pallas") on a non-GPU
+        target run in Pallas interpret mode (slow; how the CPU tests check the kernels) instead
+        of being refused by `resolve`.
     """
 
     dtype: Dtype = "float32"
@@ -86,6 +98,8 @@ class ExecOptions:
     scan_unroll: int = 1
     fuse_ffn_quant: bool = True
     nibble_unpack: NibbleUnpack = "call"
+    platform: Platform | None = None
+    interpret: bool = False
 
     def __post_init__(self):
         # Accept any dtype spelling (jnp.bfloat16, "bfloat16", np.dtype) and keep the name.
@@ -97,6 +111,8 @@ class ExecOptions:
         _check("attn_prologue", self.attn_prologue, Kernel)
         _check("adaln_kernel", self.adaln_kernel, Kernel)
         _check("nibble_unpack", self.nibble_unpack, NibbleUnpack)
+        if self.platform is not None:
+            _check("platform", self.platform, Platform)
         from arvg_jax.sampling import parse_filter_method
 
         parse_filter_method(self.sampling_filter)  # raises on a bad spec
@@ -117,15 +133,76 @@ class ExecOptions:
     def replace(self, **changes) -> ExecOptions:
         return dataclasses.replace(self, **changes)
 
-    def resolve_filter(self, platform: str | None = None) -> ExecOptions:
-        """This with `sampling_filter` "auto" resolved for `platform` (default: the runtime's)."""
-        if self.sampling_filter != "auto":
-            return self
-        from arvg_jax.kernels import sampling_pallas
+    @property
+    def target(self) -> str:
+        """The platform the program is built for: `platform`, else the runtime backend."""
+        return self.platform or current_platform()
 
-        platform = platform or current_platform()
-        pallas = platform == "gpu" and sampling_pallas.available()
-        return self.replace(sampling_filter="pallas" if pallas else "sort")
+    @property
+    def gpu_here(self) -> bool:
+        """Whether the target is a GPU and this process runs on one: only then can "auto" check
+        that a GPU kernel is available (elsewhere it takes the portable XLA choice)."""
+        return self.target == "gpu" and current_platform() == "gpu"
+
+    @property
+    def pallas_interpret(self) -> bool:
+        """Whether explicitly requested Pallas GPU kernels run in interpret mode: only with the
+        testing switch `interpret`, and only off GPU targets."""
+        return self.interpret and self.target != "gpu"
+
+    def resolve(self, platform: str | None = None) -> ExecOptions:
+        """This with `platform` set (argument, else the field, else the runtime backend) and
+        every "auto" resolved for it where the platform decides (on a GPU host, "auto" kernels
+        whose use depends on the model's shapes stay "auto" and are decided when traced).
+
+        Idempotent; cheap (no tracing), so samplers call it on every call.
+
+        Raises:
+          ValueError: a kernel was requested that cannot run on the platform (cuDNN attention,
+            a Pallas GPU kernel on cpu / tpu without the `interpret` testing switch).
+        """
+        target = platform or self.platform or current_platform()
+        _check("platform", target, Platform)
+        out = self.replace(platform=target)
+        if target != "gpu":
+            if out.attention == "cudnn":
+                raise _refuse("attention", "cudnn", target, "cuDNN runs on NVIDIA GPUs only")
+            name = _filter_name(out.sampling_filter)
+            for field, value in (
+                ("sampling_filter", name),
+                ("attn_prologue", out.attn_prologue),
+                ("adaln_kernel", out.adaln_kernel),
+            ):
+                if value == "pallas" and not out.interpret:
+                    raise _refuse(field, "pallas", target, "a Pallas GPU (Triton) kernel")
+        here = out.gpu_here
+        changes = {}
+        if out.sampling_filter == "auto":
+            changes["sampling_filter"] = "pallas" if here and _filter_kernel_available() else "sort"
+        if not here:  # "auto" keeps a GPU kernel only where its availability is checked
+            for field in ("attention", "attn_prologue", "adaln_kernel"):
+                if getattr(out, field) == "auto":
+                    changes[field] = "xla"
+        return out.replace(**changes) if changes else out
+
+
+def _filter_kernel_available() -> bool:
+    from arvg_jax.kernels import sampling_pallas  # imports Pallas: only on GPU hosts
+
+    return sampling_pallas.available()
+
+
+def _filter_name(spec: str) -> str:
+    from arvg_jax.sampling import parse_filter_method
+
+    return parse_filter_method(spec)[0]
+
+
+def _refuse(field: str, value: str, platform: str, why: str) -> ValueError:
+    portable = "sort" if field == "sampling_filter" else "xla"
+    return ValueError(
+        f"{field} {value!r} cannot run on platform {platform!r} ({why}); use {portable!r} or 'auto'"
+    )
 
 
 def current_platform() -> str:

@@ -41,7 +41,12 @@ def parse_filter_method(spec: str) -> tuple[str, int, int]:
 
 
 def top_k_top_p_filter(
-    logits: Array, top_k: int = 0, top_p: float = 0.0, *, method: str = "auto"
+    logits: Array,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    *,
+    method: str = "auto",
+    interpret: bool = False,
 ) -> Array:
     """FoundationVision/VAR models/helpers.py `sample_with_top_k_top_p_`, the filtering part.
 
@@ -83,7 +88,8 @@ def top_k_top_p_filter(
       the reductions. scripts/sampler_variants.py times the bits / chunk settings.
     * ``"pallas"``: the "bisect" algorithm as one GPU kernel, a row per program held in registers
       and searched one bit per step (`arvg_jax.kernels.sampling_pallas`, Pallas Triton backend); the
-      logits are read once. Off GPUs it runs in Pallas interpret mode (slow; for tests).
+      logits are read once. It lowers for CUDA GPUs only; with ``interpret=True`` (a testing
+      switch) it runs in Pallas interpret mode anywhere (slow).
     * ``"auto"`` (default): "pallas" where `sampling_pallas.available()` (NVIDIA GPUs), else
       "sort".
 
@@ -94,6 +100,7 @@ def top_k_top_p_filter(
         top_k: static int.
         top_p: static float.
         method: static, see above (`parse_filter_method`).
+        interpret: static; "pallas" runs in Pallas interpret mode (tests off GPUs).
 
     Returns:
         Logits of the same shape and dtype with removed entries at -inf.
@@ -105,7 +112,7 @@ def top_k_top_p_filter(
         from arvg_jax.kernels import sampling_pallas  # imports Pallas: only when asked for
 
         if name == "pallas" or sampling_pallas.available():
-            return sampling_pallas.top_k_top_p_filter(logits, top_k, top_p)
+            return sampling_pallas.top_k_top_p_filter(logits, top_k, top_p, interpret=interpret)
         name = "sort"
     if name == "sort":
         return _filter_sort(logits, top_k, top_p)
@@ -302,19 +309,20 @@ def sample_tokens(
     top_p: float = 0.0,
     greedy: bool = False,
     method: str = "auto",
+    interpret: bool = False,
 ) -> Array:
     """Draws one token per position after top-k / top-p filtering.
 
     Args:
         key: PRNG key (unused when greedy).
         logits: [..., V] float.
-        top_k, top_p, method: see `top_k_top_p_filter` (static).
+        top_k, top_p, method, interpret: see `top_k_top_p_filter` (static).
         greedy: argmax of the filtered logits (first index on ties) instead of a draw.
 
     Returns:
         int32 [...] token ids.
     """
-    logits = top_k_top_p_filter(logits, top_k, top_p, method=method)
+    logits = top_k_top_p_filter(logits, top_k, top_p, method=method, interpret=interpret)
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return jax.random.categorical(key, logits.astype(jnp.float32), axis=-1).astype(jnp.int32)
@@ -328,6 +336,7 @@ def sample_tokens_per_row(
     top_p: float = 0.0,
     greedy: bool = False,
     method: str = "auto",
+    interpret: bool = False,
 ) -> Array:
     """`sample_tokens` with one PRNG key per row of the leading axis.
 
@@ -335,12 +344,12 @@ def sample_tokens_per_row(
         keys: [B] raw PRNG keys (uint32 [B, 2]); row b draws with keys[b] only, so a row's
             tokens do not depend on the other rows of the batch.
         logits: [B, ..., V] float.
-        top_k, top_p, greedy, method: as `sample_tokens`.
+        top_k, top_p, greedy, method, interpret: as `sample_tokens`.
 
     Returns:
         int32 [B, ...] token ids.
     """
-    logits = top_k_top_p_filter(logits, top_k, top_p, method=method)
+    logits = top_k_top_p_filter(logits, top_k, top_p, method=method, interpret=interpret)
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     draw = jax.vmap(lambda k, lg: jax.random.categorical(k, lg.astype(jnp.float32), axis=-1))

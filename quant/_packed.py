@@ -23,7 +23,8 @@ dequantization) and therefore returns the same values (tested against it and aga
 fake-quant oracle on CPU).
 
 Backends (``jax.default_backend()``, chosen when the function is traced; the kernel's static
-``impl`` field or the ``impl=`` argument overrides):
+``impl`` field or the ``impl=`` argument overrides; ``resolve_impls`` fixes them for another target
+platform, e.g. a TPU program exported from any host, and refuses a Pallas impl off GPUs):
   * ``"gpu"``: ``"barrier"``: ``lax.optimization_barrier`` around the int8 operands and the int32
     accumulator. It keeps the dot alone, so XLA gives it to cuBLASLt instead of fusing the
     quantization (prologue) and dequantization (epilogue) into a Triton GEMM, which was measured
@@ -72,6 +73,7 @@ __all__ = [
     "packed_dense",
     "packed_dense_act_quant",
     "packed_dense_codes",
+    "resolve_impls",
     "unpack",
     "unpack_nibble_storage",
 ]
@@ -227,13 +229,55 @@ def unpack(params: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def default_impl() -> str:
-    """ "pallas" on Hopper GPUs (jax >= 0.11), "barrier" on other GPUs, "xla" elsewhere."""
-    if jax.default_backend() not in ("gpu", "cuda", "rocm"):
+def _runtime_platform() -> str:
+    backend = jax.default_backend()
+    return "gpu" if backend in ("gpu", "cuda", "rocm") else backend
+
+
+def default_impl(platform: str | None = None) -> str:
+    """What "auto" stands for on `platform` ("cpu", "gpu", "tpu"; default: the runtime backend):
+    "pallas" on Hopper GPUs (jax >= 0.11), "barrier" on other GPUs and for a GPU program built on a
+    host without one (no GPU to query), "xla" elsewhere (CPU, TPU)."""
+    runtime = _runtime_platform()
+    if (platform or runtime) != "gpu":
         return "xla"
+    if runtime != "gpu":
+        return GPU_IMPL
     from quant import _pallas_gpu
 
     return "pallas" if _pallas_gpu.available() else GPU_IMPL
+
+
+def resolve_impls(params: dict[str, Any], platform: str) -> dict[str, Any]:
+    """``params`` with every ``PackedKernel``'s impl made concrete for the target ``platform``
+    (outside tracing, so a program is built for the target, not for the host): "auto" becomes
+    ``default_impl(platform)``; an explicit impl is checked.
+
+    Raises:
+      ValueError: a Pallas impl (the Mosaic GPU kernel) for a platform other than "gpu".
+    """
+    auto = default_impl(platform)
+
+    def concrete(v):
+        if not isinstance(v, PackedKernel):
+            return v
+        if v.impl == "auto":
+            return v.replace(impl=auto)
+        if v.impl in PALLAS_IMPLS:
+            _check_pallas_target(v.impl, platform)
+        return v
+
+    return jax.tree_util.tree_map(concrete, params, is_leaf=lambda v: isinstance(v, PackedKernel))
+
+
+def _check_pallas_target(impl: str, platform: str) -> None:
+    # On a GPU target the kernel itself refuses a jax without its API (`int8_dense_fused`), and
+    # only for calls that take it (`_pallas_eligible`); the other calls run the portable route.
+    if platform != "gpu":
+        raise ValueError(
+            f"int8 impl {impl!r} cannot run on platform {platform!r} (a Mosaic GPU kernel for"
+            " Hopper GPUs); use 'xla' or 'auto'"
+        )
 
 
 def _resolve_impl(kernel: PackedKernel, impl: str | None) -> str:

@@ -1221,6 +1221,8 @@ def int8_dense_fused(
             f"int8_dense_fused: {cfg} needs ~{need // 1024} KiB of shared memory per CTA, more than"
             f" {SMEM_LIMIT // 1024} KiB; lower stages or the tile"
         )
+    if (reason := api_unavailable_reason()) is not None:  # jax 0.10 would fail mid-trace
+        raise ValueError(f"int8_dense_fused: {reason}")
     rows, cols = _normalize(q_x, q_w, s_x, z_x, sum_x, s_w, z_w, colsum_w, bias)
     m, n = q_x.shape[0], q_w.shape[0]
     cta_n = cfg.cta_tile()[1]

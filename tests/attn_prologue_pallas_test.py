@@ -9,14 +9,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from arvg_jax.options import ExecOptions
 import pytest
 
-from arvg_jax.kernels import attn_prologue_pallas as ap
 from arvg_jax.families.var import sampler as var_sampler
-from arvg_jax.models import random_model
 from arvg_jax.families.var.model import VAR, VARConfig, attn_prologue_impl
+from arvg_jax.kernels import attn_prologue_pallas as ap
+from arvg_jax.models import random_model
+from arvg_jax.options import ExecOptions
 
 # 3 blocks, batch 5, 3 heads of 16 (a power of two: Triton tiles), cache 48.
 D, B, H, K, LP = 3, 5, 3, 16, 48
@@ -86,7 +85,10 @@ def test_interpreted_kernel_equals_the_xla_ops(
 
 def test_normalised_rows_have_unit_norm_times_the_head_scale():
     qkv, bias, scale, kc, vc = _inputs(7, jnp.float32, False)  # no bias: row 0 stays zero
-    q, kc2, _ = ap.prologue(qkv, bias, scale, kc, vc, 0, offset=3, round_dtype=jnp.float32)
+    interpret = not ap.available()  # compiled on CUDA GPUs, interpreted elsewhere
+    q, kc2, _ = ap.prologue(
+        qkv, bias, scale, kc, vc, 0, offset=3, round_dtype=jnp.float32, interpret=interpret
+    )
     norms = np.linalg.norm(np.asarray(q, np.float64), axis=-1)  # [B, l, H]
     expect = np.broadcast_to(np.asarray(scale, np.float64), norms.shape).copy()
     expect[0, 0] = 0.0  # the zero row stays zero (eps)
@@ -136,7 +138,7 @@ def test_sampler_generates_the_xla_prologues_tokens(dtype):
     labels = np.array([1, 3, 5, 10], np.int32)
     outs = {}
     for impl in ("xla", "pallas"):
-        opts = ExecOptions(attn_prologue=impl, dtype=dtype)
+        opts = ExecOptions(attn_prologue=impl, dtype=dtype, interpret=True)  # interpreted off GPU
         assert attn_prologue_impl(m.cfg, opts) == impl
         outs[impl] = var_sampler.generate(
             m.params,

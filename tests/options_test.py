@@ -25,11 +25,43 @@ def test_bad_values_name_the_field(field, bad):
         ExecOptions(**{field: bad})
 
 
-def test_filter_auto_resolves_per_platform():
-    assert ExecOptions().resolve_filter("cpu").sampling_filter == "sort"
-    assert ExecOptions().resolve_filter("tpu").sampling_filter == "sort"
-    pinned = ExecOptions(sampling_filter="bisect:3")
-    assert pinned.resolve_filter("cpu") is pinned
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
+def test_auto_resolves_to_portable_choices_off_gpu(platform):
+    opts = ExecOptions(dtype="bfloat16", attn_prologue="auto", adaln_kernel="auto")
+    got = opts.resolve(platform)
+    assert got.platform == platform and got.target == platform
+    assert (got.sampling_filter, got.attention, got.attn_prologue, got.adaln_kernel) == (
+        "sort",
+        "xla",
+        "xla",
+        "xla",
+    )
+    assert got.resolve() == got  # idempotent: the platform set sticks
+    pinned = ExecOptions(sampling_filter="bisect:3", platform=platform)
+    assert pinned.resolve().sampling_filter == "bisect:3"
+    with pytest.raises(ValueError, match="platform must be one of"):
+        ExecOptions(platform="cuda")
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("attention", "cudnn"),
+        ("sampling_filter", "pallas"),
+        ("attn_prologue", "pallas"),
+        ("adaln_kernel", "pallas"),
+    ],
+)
+def test_gpu_kernels_are_refused_off_gpu_in_one_line(field, value):
+    opts = ExecOptions(**{field: value})
+    for platform in ("cpu", "tpu"):
+        with pytest.raises(ValueError, match=f"{field} '{value}' cannot run on platform") as e:
+            opts.resolve(platform)
+        assert platform in str(e.value) and "\n" not in str(e.value)
+    assert opts.resolve("gpu").platform == "gpu"  # a GPU program may be built anywhere
+    if value == "pallas":  # the testing switch: Pallas interpret mode, asked for by name
+        assert opts.replace(interpret=True).resolve("cpu").pallas_interpret
+        assert not opts.replace(interpret=True).resolve("gpu").pallas_interpret
 
 
 def test_legacy_config_fields_split_off():

@@ -1,7 +1,8 @@
 """The fused top-k / top-p kernel (`arvg_jax.kernels.sampling_pallas`, method "pallas") against the XLA
 "bisect" filter it implements and the "sort" reference.
 
-On a CPU the kernel runs in Pallas interpret mode (same kernel body, evaluated by XLA:CPU); on an
+On a CPU the kernel runs in Pallas interpret mode (same kernel body, evaluated by XLA:CPU; asked
+for explicitly, `sampling_bisect_test.INTERPRET`); on an
 NVIDIA GPU the same tests run the compiled Triton kernel. The top-k part is exact; the top-p part
 adds the same probabilities in a different order than either XLA method, so only entries whose
 cumulative mass lies within float32 rounding of 1 - top_p may be decided differently
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sampling_bisect_test import _assert_same_up_to_rounding, _filter, _var_like_logits
+from sampling_bisect_test import INTERPRET, _assert_same_up_to_rounding, _filter, _var_like_logits
 
 from arvg_jax import sampling
 from arvg_jax.kernels import sampling_pallas
@@ -52,7 +53,9 @@ def test_ties_straddling_the_cut_and_non_power_of_two_vocabularies():
     # removes 0 and 2. V = 5 is padded to 8 inside (with -inf, which carries no mass).
     logits = np.log(np.array([1, 4, 1, 1, 1], np.float32))
     for top_k in (0, 2):
-        out = np.asarray(sampling_pallas.top_k_top_p_filter(jnp.asarray(logits), top_k, 0.7))
+        out = np.asarray(
+            sampling_pallas.top_k_top_p_filter(jnp.asarray(logits), top_k, 0.7, interpret=INTERPRET)
+        )
         assert np.nonzero(np.isfinite(out))[0].tolist() == [1, 3, 4], top_k
     x = _var_like_logits(5)["cfg_t1.5"][0, :7, :4000]  # V = 4000 pads to 4096
     for top_k, top_p in ((900, 0.96), (3, 0.0), (0, 0.2)):
@@ -61,7 +64,7 @@ def test_ties_straddling_the_cut_and_non_power_of_two_vocabularies():
 
 def test_bfloat16_logits_keep_their_dtype_and_values():
     x = jnp.asarray(_var_like_logits(6)["cfg_t0.5"][0, :5]).astype(jnp.bfloat16)
-    out = sampling.top_k_top_p_filter(x, 900, 0.96, method="pallas")
+    out = sampling.top_k_top_p_filter(x, 900, 0.96, method="pallas", interpret=INTERPRET)
     ref = sampling.top_k_top_p_filter(x.astype(jnp.float32), 900, 0.96, method="sort")
     assert out.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)), np.asarray(ref))
@@ -69,7 +72,7 @@ def test_bfloat16_logits_keep_their_dtype_and_values():
 
 def test_draws_are_those_of_the_bisect_filter():
     draw = jax.jit(
-        functools.partial(sampling.sample_tokens, top_k=900, top_p=0.96),
+        functools.partial(sampling.sample_tokens, top_k=900, top_p=0.96, interpret=INTERPRET),
         static_argnames=("greedy", "method"),
     )
     logits = jnp.asarray(_var_like_logits(4)["cfg_t1.5"][:, :ROWS])

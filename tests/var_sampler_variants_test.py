@@ -11,13 +11,12 @@ import runpy
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from arvg_jax.options import ExecOptions
 import pytest
 
 from arvg_jax.families.var import sampler as var_sampler
-from arvg_jax.models import random_model
 from arvg_jax.families.var.model import VAR, VARBlock
+from arvg_jax.models import random_model
+from arvg_jax.options import ExecOptions
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "sampler_variants.py"
 _SCRIPT = runpy.run_path(str(SCRIPT))  # plain data at import: VARIANTS, BASELINE_OPTIONS
@@ -44,7 +43,8 @@ def _model(depth: int):
 
 def _generate(m, stacked, overrides, dtype, **kw):
     params = var_sampler.stack_blocks(m.params) if stacked else m.params
-    opts = ExecOptions(**{**BASELINE, **overrides}, dtype=dtype)
+    # interpret: the testing switch, so "pallas" variants run interpreted off GPUs.
+    opts = ExecOptions(**{**BASELINE, **overrides}, dtype=dtype, interpret=True)
     labels = np.array([1, 3, 5, 10], np.int32)
     return var_sampler.generate(
         params, m.vae_params, m.cfg, m.vae_cfg, labels, jax.random.PRNGKey(7), options=opts, **kw

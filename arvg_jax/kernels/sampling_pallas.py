@@ -17,8 +17,8 @@ between "bisect" and "sort", entries whose cumulative softmax mass is within flo
 
 Runs with the Triton backend on CUDA GPUs (deprecated by jax 0.11 in favour of Mosaic GPU, but
 present in every jax this project supports; `sampling.top_k_top_p_filter` falls back to the
-"sort" method where it is absent) and in Pallas interpret mode elsewhere, which is how the CPU
-tests check it.
+"sort" method where it is absent), and in Pallas interpret mode only where asked
+(``interpret=True``: how the CPU tests check it; `ExecOptions.interpret` in the sampler).
 """
 
 from __future__ import annotations
@@ -112,14 +112,15 @@ def _filter_row(x_ref, o_ref, *, top_k: int, thr: np.float32 | None):
 
 @functools.partial(jax.jit, static_argnames=("top_k", "top_p", "interpret"))
 def top_k_top_p_filter(
-    logits: Array, top_k: int = 0, top_p: float = 0.0, *, interpret: bool | None = None
+    logits: Array, top_k: int = 0, top_p: float = 0.0, *, interpret: bool = False
 ) -> Array:
     """`sampling.top_k_top_p_filter` with method "bisect", as one kernel (see the module doc).
 
     Args:
         logits: [..., V] float32 or bfloat16 (keys are built from the float32 value).
         top_k, top_p: static, as in `sampling.top_k_top_p_filter`.
-        interpret: Pallas interpret mode; default: on unless `available()`.
+        interpret: Pallas interpret mode (the CPU tests ask for it); default off: the
+            Triton kernel, which lowers for CUDA GPUs only.
 
     Returns:
         Logits of the same shape and dtype with removed entries at -inf.
@@ -129,8 +130,6 @@ def top_k_top_p_filter(
     thr = np.float32(1 - top_p) if top_p > 0 else None
     if not top_k and thr is None:
         return logits
-    if interpret is None:
-        interpret = not available()
     lead = logits.shape[:-1]
     rows = logits.reshape(-1, v)
     vp = 1 << max(0, (v - 1).bit_length())  # Triton blocks are powers of two

@@ -30,7 +30,7 @@ def attention_impl(cfg: VARConfig, opts: ExecOptions) -> str:
     # cuDNN flash attention needs a head dim that is a multiple of 8, at most 256 (Hopper);
     # other widths (the tiny test models) run the XLA attention instead of failing to compile.
     fits = cfg.head_dim % 8 == 0 and cfg.head_dim <= 256
-    return "cudnn" if half and fits and jax.default_backend() in ("gpu", "cuda") else "xla"
+    return "cudnn" if half and fits and opts.gpu_here else "xla"
 
 
 def attn_prologue_impl(cfg: VARConfig, opts: ExecOptions) -> str:
@@ -44,11 +44,11 @@ def attn_prologue_impl(cfg: VARConfig, opts: ExecOptions) -> str:
         return "xla"
     from arvg_jax.kernels import attn_prologue_pallas
 
-    if opts.attn_prologue == "pallas":  # interpreted off GPU
+    if opts.attn_prologue == "pallas":  # off GPU only with opts.interpret (`ExecOptions.resolve`)
         if (why := attn_prologue_pallas.unsupported_reason(cfg.head_dim)) is not None:
             raise ValueError(f"attn_prologue 'pallas': {why}")
         return "pallas"
-    ok = attn_prologue_pallas.available()
+    ok = opts.gpu_here and attn_prologue_pallas.available()
     return (
         "pallas" if ok and attn_prologue_pallas.unsupported_reason(cfg.head_dim) is None else "xla"
     )
@@ -211,6 +211,7 @@ class SelfAttention(nn.Module):
             offset=cache_offset,
             round_dtype=opts.compute_dtype,
             normalize=norm,
+            interpret=opts.pallas_interpret,
         )
         return self._stacked_attend(q, kc, vc, layer, kv_len, positions)
 

@@ -212,7 +212,7 @@ class VARBlock(nn.Module):
             return None
         from arvg_jax.kernels import adaln_pallas
 
-        if opts.adaln_kernel == "auto" and not adaln_pallas.available():
+        if opts.adaln_kernel == "auto" and not (opts.gpu_here and adaln_pallas.available()):
             return None
         params = self.variables.get("params", {})
         layers = [params.get("attn", {}).get("qkv", {}), params.get("ffn", {}).get("fc1", {})]
@@ -255,6 +255,7 @@ class VARBlock(nn.Module):
                 delta=delta,
                 gamma=gamma,
                 out_dtype=opts.compute_dtype,
+                interpret=opts.pallas_interpret,
                 **kw,
             )
             if mode == "int8":

@@ -93,7 +93,13 @@ def _generate_impl(
         # its key only, never on the batch it was generated in.
         subkeys = jax.vmap(lambda k, si=si: jax.random.fold_in(k, si))(keys)
         idx = sampling.sample_tokens_per_row(
-            subkeys, mixed, top_k=top_k, top_p=top_p, greedy=greedy, method=opts.sampling_filter
+            subkeys,
+            mixed,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            method=opts.sampling_filter,
+            interpret=opts.pallas_interpret,
         )
         tokens.append(idx)
         f_hat, x_next = var_vqvae.next_scale_input(vae_params, vae_cfg, f_hat, idx, si)
@@ -265,7 +271,9 @@ def generate(
         top_k, top_p: filtering before each draw (0 disables; FID setting 900 / 0.96).
         greedy: take the argmax of the filtered logits instead of drawing.
         options: execution options (`arvg_jax.options.ExecOptions`; compute dtype, kernels,
-            KV layout); "auto" fields are resolved here, outside tracing.
+            KV layout, target platform); "auto" fields are resolved here, outside tracing, for
+            `options.platform` (default: the runtime backend), and so are the int8 kernels'
+            implementations (`quant._packed.resolve_impls`).
         return_logits_margin: also return the top-1 minus top-2 gap of the CFG-mixed logits.
 
     Returns:
@@ -280,7 +288,10 @@ def generate(
             f"(z_channels {vae_cfg.z_channels}, vocab_size {vae_cfg.vocab_size})"
         )
     labels = jnp.asarray(labels, jnp.int32)
-    opts = (options or ExecOptions()).resolve_filter()
+    opts = (options or ExecOptions()).resolve()
+    from quant import _packed
+
+    var_params = _packed.resolve_impls(var_params, opts.target)
     with jax.threefry_partitionable(True):  # pinned: key derivation independent of the default
         return _generate_jit(
             var_params,

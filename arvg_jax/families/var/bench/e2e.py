@@ -81,7 +81,7 @@ def time_generation(
     """Times `var_sampler.generate` at one batch size; returns a result dict (see module doc)."""
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
-    opts = (opts or ExecOptions()).resolve_filter()
+    opts = (opts or ExecOptions()).resolve()
 
     def call(i):
         labels = rng.integers(0, var_cfg.num_classes, size=batch).astype(np.int32)
