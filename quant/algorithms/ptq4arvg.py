@@ -22,7 +22,9 @@ Official sequence (BienLuky/PTQ4ARVG f249fe9, ``VAR/sample_quant.py:106-131``) a
                               transform is x -> ((x/s_SQ) - b)/s_GPS.
   F ``stwq_stage``            the intermediate quantizers are dropped; the deployed ones follow
                               ``adapter.stwq_granularity`` (VAR: qkv/fc1 one group per scale, proj/fc2
-                              sink vs rest, ada_lin and head per tensor).
+                              sink vs rest, ada_lin and head per tensor). A ``final_shift`` rule
+                              (RAR's lm_head, which E skips: ``gps=False``) first gets a second
+                              shift from its D quantizer (``RAR/quant/gps.py:148-178``).
   G ``final_calibration``     every weight and activation quantizer re-fitted, layer by layer on the
                               output of the already fake-quantized layers before it.
 

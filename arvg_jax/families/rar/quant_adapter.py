@@ -45,9 +45,9 @@ import numpy as np
 
 from arvg_jax.families.rar.config import NUM_PREFIX, RARConfig
 from arvg_jax.families.rar.model import RAR, Block
-from quant import _tree
+from quant._adapter import CoverageAdapter
 from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage
-from quant.coverage import Coverage, FoldRule, FoldTarget, QuantRule
+from quant.coverage import Coverage, FoldRule, QuantRule
 
 BLOCK_LAYERS = ("adaLN_modulation", "attn/qkv", "attn/proj", "mlp/fc1", "mlp/fc2")  # forward order
 HEAD_LAYERS = ("adaln_before_head/adaLN_modulation", "lm_head")
@@ -98,8 +98,13 @@ def calibration_length(cfg: RARConfig) -> int:
     return cfg.image_seq_len + 1
 
 
-class RARAdapter:
-    """Implements `quant._calibrate.ModelAdapter` for RAR."""
+class RARAdapter(CoverageAdapter):
+    """Implements `quant._calibrate.ModelAdapter` for RAR (coverage queries, `run_stage` and
+    `token0_features` from `quant._adapter.CoverageAdapter`).
+
+    DGC features (`token0_features`): the last block's output at token 0 (cls), as the official
+    `RAR/sample_cali_dgc.py`; under the causal mask token 0 sees only itself, so every uncond row
+    has the same feature (`docs/ptq4arvg.md` §4.4)."""
 
     family = "rar"
     sink_tokens = NUM_PREFIX  # tokens 0 (cls) and 1 (condition), `x[:, 2:]` in the official code
@@ -109,42 +114,14 @@ class RARAdapter:
         self._rar = RAR(cfg)
         self._block = Block(cfg)
         self._positions = np.arange(calibration_length(cfg), dtype=np.int32)
-        self._stage_fns: dict = {}
         self.coverage = Coverage(RULES, dense_layers(cfg), cfg.hidden_size)
 
-    # ---- coverage ------------------------------------------------------------------------------
     def stages(self) -> tuple[Stage, ...]:
         blocks = tuple(
             Stage(f"blocks_{i}", tuple(f"blocks_{i}/{n}" for n in BLOCK_LAYERS))
             for i in range(self.cfg.num_hidden_layers)
         )
         return blocks + (Stage("head", HEAD_LAYERS),)
-
-    def quantized_layers(self) -> tuple[str, ...]:
-        return self.coverage.quantized()
-
-    def layer_kind(self, name: str) -> str:
-        """ "adaln", "qkv", "proj", "fc1", "fc2", "final_adaln" or "lm_head"."""
-        return self.coverage[name].rule.kind
-
-    def gps_layers(self) -> tuple[str, ...]:
-        """The layers with an official SmoothModule: qkv, fc1 (SmoothQuant + shift + GPS) and
-        lm_head (SmoothQuant + shift; `coverage.gps_scaled()` leaves it out)."""
-        return self.coverage.smoothed()
-
-    def fold_target(self, name: str) -> FoldTarget:
-        fold = self.coverage[name].fold
-        if fold is None:
-            raise ValueError(f"{name}: no AdaLN precedes this layer's input")
-        return fold
-
-    def sink_excluded(self, name: str) -> bool:
-        """Whether statistics of this layer's input skip tokens 0 and 1 (qkv/fc1: x[:, 2:])."""
-        return self.coverage[name].rule.sink_excluded
-
-    def stwq_granularity(self, name: str) -> str:
-        """The deployed input quantizer, as a `group_table` granularity (the rule's `groups`)."""
-        return self.coverage[name].rule.groups
 
     # ---- token groups (STWQ) ------------------------------------------------------------------
     def group_table(self, granularity: str) -> np.ndarray:
@@ -179,41 +156,9 @@ class RARAdapter:
         c = self._rar.apply(variables, cond, self._positions, method=RAR.condition_tokens)
         return x, c
 
-    def run_stage(self, params, stage: Stage, carry, collect: str | None = "intermediates"):
-        """Runs one stage (jitted; one compilation serves every block).
-
-        Args:
-          params: the whole param tree (float, probe or quantized).
-          stage: a block or the head.
-          carry: (x [N, T, C], c [N, T, C]).
-          collect: the sown collection to return per layer ("intermediates": layer inputs,
-            "calibration": quantizers fitted by `quant.FitInput` placeholders) or None.
-
-        Returns:
-          (carry out, {layer path: sown value}); the head's carry is its logits [N, n, V].
-        """
-        head = stage.name == "head"
-        # The head runs through `RAR` (its setup reads the top-level params), not the blocks.
-        sub = (
-            {k: v for k, v in params.items() if not k.startswith("blocks_")}
-            if head
-            else params[stage.name]
-        )
-        out, state = self._stage_fn(head, collect)(sub, carry)
-        prefix = "" if head else stage.name + "/"
-        captured = {}
-        for k, v in _tree.flatten(state).items():
-            layer, _, _ = k.rpartition("/")
-            captured[prefix + layer] = v[0] if isinstance(v, tuple) else v
-        return out, captured
-
-    def _stage_fn(self, head: bool, collect: str | None):
-        key = (head, collect)
-        if key not in self._stage_fns:
-            self._stage_fns[key] = self._make_stage_fn(head, collect)
-        return self._stage_fns[key]
-
     def _make_stage_fn(self, head: bool, collect: str | None):
+        """Jitted (sub params, (x, c)) -> (carry, sown): a block, or the final layer and lm_head
+        (carry: logits [N, n, V]) on positions 1..T-1."""
         mutable = [collect] if collect else False
         positions = self._positions
 
@@ -235,21 +180,3 @@ class RARAdapter:
             return out, dict(state.get(collect, {})) if collect else {}
 
         return jax.jit(run, compiler_options=CALIBRATION_COMPILER_OPTIONS)
-
-    def token0_features(self, params, batch, *, chunk: int = 32) -> np.ndarray:
-        """DGC features: the last block's output at token 0 (the cls token), float32 [N, C].
-
-        As the official `RAR/sample_cali_dgc.py` (`AttentionMap(blocks[-1]).out[:, 0]`) on the
-        causal calibration sequence: token 0 sees only itself, so every uncond row has the same
-        feature (`docs/ptq4arvg.md` §4.4). Runs `chunk` sequences at a time.
-        """
-        blocks = [s for s in self.stages() if s.name != "head"]
-        n = int(np.shape(batch["labels"])[0])
-        out = []
-        for lo in range(0, n, chunk):
-            part = {k: np.asarray(v)[lo : lo + chunk] for k, v in batch.items()}
-            carry = self.start(params, part)
-            for stage in blocks:
-                carry, _ = self.run_stage(params, stage, carry, collect=None)
-            out.append(np.asarray(carry[0][:, 0, :], np.float32))
-        return np.concatenate(out, axis=0)
