@@ -267,8 +267,11 @@ class FitInput:
         return cls("groups", int(bits), table=tuple(int(v) for v in t), include_zero=include_zero)
 
     def fit_input(self, x, positions=None):
-        """Fits on ``x`` [N, T, C] (traceable); returns the quantizer the layer then applies."""
-        del positions  # calibration inputs cover the whole sequence
+        """Fits on ``x`` [N, T, C] (traceable); returns the quantizer the layer then applies.
+
+        ``positions``: concrete int [T] absolute positions of ``x``'s tokens, needed only by
+        "groups" when ``x`` does not span the whole table (e.g. RAR's head, which calibrates
+        positions 1..T without the cls token)."""
         if self.kind == "channel":
             if self.include_zero:
                 raise NotImplementedError("per-channel fits with include_zero")
@@ -277,17 +280,25 @@ class FitInput:
             d, z = search_rows(x.reshape(1, -1), self.bits, include_zero=self.include_zero)
             return _act_quant_traced(d, z, self.bits, None)
         if self.kind == "groups":
-            return self._fit_groups(x)
+            return self._fit_groups(x, positions)
         raise ValueError(f"unknown FitInput kind {self.kind!r}")
 
-    def _fit_groups(self, x) -> ActQuant:
-        table = np.asarray(self.table, np.int32)
+    def _fit_groups(self, x, positions=None) -> ActQuant:
+        full = np.asarray(self.table, np.int32)
+        table = full  # group of each token of x
+        if x.ndim == 3 and x.shape[1] != full.size and positions is not None:
+            table = full[np.asarray(positions, np.int64).reshape(-1)]
         if x.ndim != 3 or x.shape[1] != table.size:
             raise ValueError(
-                f"token-group calibration needs [N, {table.size}, C] inputs, got {x.shape}"
+                f"token-group calibration needs [N, {full.size}, C] inputs (or the positions of "
+                f"the tokens), got {x.shape}"
             )
-        num = int(table.max()) + 1
+        num = int(full.max()) + 1
         sizes = np.bincount(table, minlength=num)
+        if np.any(sizes == 0):
+            raise ValueError(
+                f"token groups {np.nonzero(sizes == 0)[0][:4]} have no calibration token"
+            )
         deltas, zps = [None] * num, [None] * num
         for s in np.unique(sizes):  # equal-size groups searched together, as the host search
             ids = np.nonzero(sizes == s)[0]
@@ -296,4 +307,4 @@ class FitInput:
             d, z = search_rows(rows, self.bits, include_zero=self.include_zero)
             for j, g in enumerate(ids):
                 deltas[g], zps[g] = d[j], z[j]
-        return _act_quant_traced(jnp.stack(deltas), jnp.stack(zps), self.bits, table)
+        return _act_quant_traced(jnp.stack(deltas), jnp.stack(zps), self.bits, full)

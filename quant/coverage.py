@@ -62,6 +62,10 @@ class QuantRule:
       groups: token-group granularity of its static input quantizer, a name the family's
         `group_table` knows ("tensor" = one group; VAR "scale", "sink"; ...).
       smooth: the input gets SmoothQuant, the zero-centering shift and GPS, folded into `fold`.
+      gps: with `smooth`: False leaves out the GPS scales (SmoothQuant + shift only; RAR's
+        lm_head, `RAR/quant/set_quantize_params.py:31`).
+      final_shift: with `smooth`: a second zero-centering shift in stage F, from the layer's
+        recalibrated (stage D) per-channel quantizer (RAR's lm_head, `RAR/quant/gps.py:148-178`).
       fold: where those transforms fold (required with `smooth`).
       sink_excluded: input statistics of the transforms skip the sink tokens.
       share_input_with: a layer path template whose input quantizer this layer reuses (same input
@@ -73,6 +77,8 @@ class QuantRule:
     kind: str
     groups: str = "tensor"
     smooth: bool = False
+    gps: bool = True
+    final_shift: bool = False
     fold: FoldRule | None = None
     sink_excluded: bool = False
     share_input_with: str | None = None
@@ -82,6 +88,8 @@ class QuantRule:
         re.compile(self.path)
         if self.smooth and self.fold is None:
             raise ValueError(f"rule {self.path!r}: smooth=True needs a fold target")
+        if not self.smooth and (self.final_shift or not self.gps):
+            raise ValueError(f"rule {self.path!r}: gps / final_shift apply to smooth=True rules")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,3 +174,11 @@ class Coverage:
 
     def smoothed(self) -> tuple[str, ...]:
         return tuple(n for n in self.quantized() if self._specs[n].rule.smooth)
+
+    def gps_scaled(self) -> tuple[str, ...]:
+        """The smoothed layers that also get GPS scales (stage E)."""
+        return tuple(n for n in self.smoothed() if self._specs[n].rule.gps)
+
+    def final_shifted(self) -> tuple[str, ...]:
+        """The smoothed layers with a second zero-centering shift in stage F."""
+        return tuple(n for n in self.smoothed() if self._specs[n].rule.final_shift)

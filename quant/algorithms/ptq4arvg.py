@@ -22,7 +22,9 @@ Official sequence (BienLuky/PTQ4ARVG f249fe9, ``VAR/sample_quant.py:106-131``) a
                               transform is x -> ((x/s_SQ) - b)/s_GPS.
   F ``stwq_stage``            the intermediate quantizers are dropped; the deployed ones follow
                               ``adapter.stwq_granularity`` (VAR: qkv/fc1 one group per scale, proj/fc2
-                              sink vs rest, ada_lin and head per tensor).
+                              sink vs rest, ada_lin and head per tensor). A ``final_shift`` rule
+                              (RAR's lm_head, which E skips: ``gps=False``) first gets a second
+                              shift from its D quantizer (``RAR/quant/gps.py:148-178``).
   G ``final_calibration``     every weight and activation quantizer re-fitted, layer by layer on the
                               output of the already fake-quantized layers before it.
 
@@ -169,6 +171,31 @@ def _stats_input(adapter, name: str, x):
     return x
 
 
+def _gps_scaled(adapter) -> tuple[str, ...]:
+    """The GPS layers that get GPS scales in E (a rule with ``gps=False``, RAR's lm_head, gets
+    SmoothQuant + shift only)."""
+    cov = getattr(adapter, "coverage", None)
+    return adapter.gps_layers() if cov is None else cov.gps_scaled()
+
+
+def _final_shifted(adapter) -> tuple[str, ...]:
+    """The layers whose rule asks for a second zero-centering shift in F (``final_shift``)."""
+    cov = getattr(adapter, "coverage", None)
+    return () if cov is None else cov.final_shifted()
+
+
+def _shift_from_calib(adapter, params: Params, name: str, recipe: Recipe) -> Params:
+    """Folds the zero-centering shift of ``name``'s per-channel ``calib_quant`` (C, and F for
+    ``final_shift`` layers): x -> x - b, AdaLN shift rows - b, bias += b·W."""
+    q = _layer(params, name).get(CALIB_KEY)
+    if not isinstance(q, ChannelQuant):
+        raise TypeError(f"{name}: a zero-centering shift needs a per-channel quantizer (B or D)")
+    _, shift, _, _ = calculate_sym_shift(q.delta, q.zero_point, recipe.a_bits)
+    if not np.all(np.isfinite(shift)):
+        raise FloatingPointError(f"{name}: non-finite zero-centering shift")
+    return _fold(adapter, params, name, np.ones_like(shift), shift)
+
+
 def _fold(adapter, params: Params, name: str, s, p=None) -> Params:
     return fold_into(params, name, adapter.fold_target(name), s, p)
 
@@ -203,13 +230,7 @@ def zero_center_shift(adapter, params: Params, batch, recipe: Recipe, *, progres
     gps = adapter.gps_layers()
     bar = Progress(len(gps), "ptq4arvg C shift", enabled=progress)
     for name in gps:
-        q = _layer(params, name).get(CALIB_KEY)
-        if not isinstance(q, ChannelQuant):
-            raise TypeError(f"{name}: stage C needs the per-channel quantizer of stage B")
-        _, shift, _, _ = calculate_sym_shift(q.delta, q.zero_point, recipe.a_bits)
-        if not np.all(np.isfinite(shift)):
-            raise FloatingPointError(f"{name}: non-finite zero-centering shift")
-        params = _fold(adapter, params, name, np.ones_like(shift), shift)
+        params = _shift_from_calib(adapter, params, name, recipe)
         bar.update(postfix=name)
     bar.close()
     return _with_calib(params, dict.fromkeys(gps))
@@ -232,9 +253,10 @@ def gps_stage(adapter, params: Params, batch, recipe: Recipe, *, progress: bool 
 
     Statistics come from the float model (official: quantization off), on the post-shift inputs
     with the sinks removed; Δx uses D's per-channel quantizer; Q(W) is the per-output-row quantizer
-    of the current weight at ``w_bits``.
+    of the current weight at ``w_bits``. Layers whose rule has ``gps=False`` are skipped and
+    keep their D quantizer (for F's ``final_shift``).
     """
-    gps = adapter.gps_layers()
+    gps = _gps_scaled(adapter)
 
     def reduce(name, x, layer):
         q = layer.get(CALIB_KEY)
@@ -268,8 +290,14 @@ def gps_stage(adapter, params: Params, batch, recipe: Recipe, *, progress: bool 
 
 def stwq_stage(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True):
     """F: drops every intermediate quantizer; stage G fits the deployed STWQ ones
-    (``adapter.stwq_granularity``). The GPS scales were absorbed in E."""
-    del batch, recipe, progress
+    (``adapter.stwq_granularity``). The GPS scales were absorbed in E.
+
+    A ``final_shift`` layer (RAR's lm_head) first gets a second zero-centering shift from its
+    stage-D per-channel quantizer (``RAR/quant/gps.py:148-178``: ``init_sym_shift`` on the
+    recalibrated Δ, z; its ratio Δ/Δ is 1)."""
+    del batch, progress
+    for name in _final_shifted(adapter):
+        params = _shift_from_calib(adapter, params, name, recipe)
     return _with_calib(params, dict.fromkeys(_calib_quantizers(params)))
 
 

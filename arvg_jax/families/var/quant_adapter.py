@@ -18,9 +18,9 @@ import jax
 import numpy as np
 
 from arvg_jax.families.var.model import VAR, VARBlock, VARConfig
-from quant import _tree
+from quant._adapter import CoverageAdapter
 from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage
-from quant.coverage import Coverage, FoldRule, FoldTarget, QuantRule
+from quant.coverage import Coverage, FoldRule, QuantRule
 
 BLOCK_LAYERS = ("ada_lin", "attn/qkv", "attn/proj", "ffn/fc1", "ffn/fc2")  # forward order
 HEAD_LAYERS = ("head_nm/ada_lin", "head")
@@ -67,8 +67,13 @@ def dense_layers(cfg: VARConfig) -> tuple[str, ...]:
     return ("word_embed", *blocks, *HEAD_LAYERS)
 
 
-class VARAdapter:
-    """Implements `quant._calibrate.ModelAdapter` for VAR."""
+class VARAdapter(CoverageAdapter):
+    """Implements `quant._calibrate.ModelAdapter` for VAR (coverage queries, `run_stage` and
+    `token0_features` from `quant._adapter.CoverageAdapter`).
+
+    DGC features (`token0_features`): the last block's output at token 0, as the official
+    `sample_cali_dgc.py` (`AttentionMap(var.blocks[-1]).out[:, 0]` after `forward_fn`): the full
+    sequence with no attention mask, so token 0 sees every scale."""
 
     family = "var"
     sink_tokens = 1  # token 0 (the class/SOS token) is the sink
@@ -82,42 +87,14 @@ class VARAdapter:
         self._var = VAR(cfg)
         self._block = VARBlock(cfg)
         self._positions = np.arange(cfg.seq_len, dtype=np.int32)
-        self._stage_fns: dict = {}
         self.coverage = Coverage(RULES, dense_layers(cfg), cfg.embed_dim)
 
-    # ---- coverage ------------------------------------------------------------------------------
     def stages(self) -> tuple[Stage, ...]:
         blocks = tuple(
             Stage(f"blocks_{i}", tuple(f"blocks_{i}/{n}" for n in BLOCK_LAYERS))
             for i in range(self.cfg.depth)
         )
         return blocks + (Stage("head", HEAD_LAYERS),)
-
-    def quantized_layers(self) -> tuple[str, ...]:
-        return self.coverage.quantized()
-
-    def layer_kind(self, name: str) -> str:
-        """ "qkv", "proj", "fc1", "fc2", "ada_lin" or "head" (the covering rule's kind)."""
-        return self.coverage[name].rule.kind
-
-    def gps_layers(self) -> tuple[str, ...]:
-        """The layers whose input gets SmoothQuant, the shift and GPS (official SmoothModules)."""
-        return self.coverage.smoothed()
-
-    def fold_target(self, name: str) -> FoldTarget:
-        fold = self.coverage[name].fold
-        if fold is None:
-            raise ValueError(f"{name}: no AdaLN precedes this layer's input")
-        return fold
-
-    def sink_excluded(self, name: str) -> bool:
-        """Whether statistics of this layer's input skip the sink token (qkv/fc1: x[:, 1:])."""
-        return self.coverage[name].rule.sink_excluded
-
-    def stwq_granularity(self, name: str) -> str:
-        """The deployed input quantizer of a layer, as a `group_table` granularity (the rule's
-        `groups`): "scale", "sink" or "tensor"."""
-        return self.coverage[name].rule.groups
 
     # ---- token groups (STWQ) ------------------------------------------------------------------
     def group_table(self, granularity: str) -> np.ndarray:
@@ -137,42 +114,9 @@ class VARAdapter:
         x, cond = self._var.apply({"params": params}, batch["labels"], batch["x"], method=VAR.embed)
         return x, cond
 
-    def run_stage(self, params, stage: Stage, carry, collect: str | None = "intermediates"):
-        """Runs one stage (jitted; one compilation serves every block of the same tree layout).
-
-        Args:
-          params: the whole param tree (float, probe or quantized).
-          stage: a block or the head.
-          carry: (x [N, L, C], cond [N, C]).
-          collect: the sown collection to return per layer: "intermediates" (layer inputs),
-            "calibration" (quantizers fitted by `quant.FitInput` placeholders) or None.
-
-        Returns:
-          (carry out, {layer path: sown value}).
-        """
-        head = stage.name == "head"
-        # The head runs through `VAR` (whose setup reads the top-level params), not the blocks.
-        sub = (
-            {k: v for k, v in params.items() if not k.startswith("blocks_")}
-            if head
-            else (params[stage.name])
-        )
-        out, state = self._stage_fn(head, collect)(sub, carry)
-        prefix = "" if head else stage.name + "/"
-        captured = {}
-        for k, v in _tree.flatten(state).items():
-            layer, _, _ = k.rpartition("/")
-            captured[prefix + layer] = v[0] if isinstance(v, tuple) else v
-        return out, captured
-
-    def _stage_fn(self, head: bool, collect: str | None):
-        """The jitted runner of a block (or the head), one per (head, collect), kept per adapter."""
-        key = (head, collect)
-        if key not in self._stage_fns:
-            self._stage_fns[key] = self._make_stage_fn(head, collect)
-        return self._stage_fns[key]
-
     def _make_stage_fn(self, head: bool, collect: str | None):
+        """Jitted (sub params, (x [N, L, C], cond [N, C])) -> (carry, sown): a block (no
+        attention mask) or the head (carry: its logits)."""
         mutable = [collect] if collect else False
 
         def run(sub, carry):
@@ -199,24 +143,6 @@ class VARAdapter:
             return (y, cond), dict(state.get(collect, {})) if collect else {}
 
         return jax.jit(run, compiler_options=CALIBRATION_COMPILER_OPTIONS)
-
-    def token0_features(self, params, batch, *, chunk: int = 32) -> np.ndarray:
-        """DGC features: the last block's output at token 0, float32 [N, C].
-
-        As the official `sample_cali_dgc.py` (`AttentionMap(var.blocks[-1]).out[:, 0]` after
-        `forward_fn`): the full sequence with no attention mask, so token 0 sees every scale.
-        Runs `chunk` sequences at a time.
-        """
-        blocks = [s for s in self.stages() if s.name != "head"]
-        n = int(np.shape(batch["labels"])[0])
-        out = []
-        for lo in range(0, n, chunk):
-            part = {k: np.asarray(v)[lo : lo + chunk] for k, v in batch.items()}
-            carry = self.start(params, part)
-            for stage in blocks:
-                carry, _ = self.run_stage(params, stage, carry, collect=None)
-            out.append(np.asarray(carry[0][:, 0, :], np.float32))
-        return np.concatenate(out, axis=0)
 
 
 from arvg_jax.families.var.calibration import tokens_to_batch  # noqa: F401
