@@ -18,8 +18,9 @@ def test_mesh_specs():
     assert parse_spec(None, 8) == {"data": 8, "model": 1}
     assert parse_spec("data=4,model=2", 8) == {"data": 4, "model": 2}
     assert parse_spec("model=2", 8) == {"data": 4, "model": 2}
+    assert parse_spec("data=1", 8) == {"data": 1, "model": 1}  # the first device only
     for bad, msg in [
-        ("data=3", "3 x model=1 = 3 devices, but 8"),
+        ("data=8,model=2", "16 devices, but 8"),
         ("model=3", "does not divide 8"),
         ("data=2,foo=4", "expected comma-separated"),
         ("data=x", "not an integer"),

@@ -1,6 +1,7 @@
 """Device meshes from a `--mesh` spec, and the multi-host start-up (`jax.distributed`).
 
-A spec names axis sizes: ``"data=8"``, ``"data=4,model=2"``, ``"model=2"`` (data takes the rest).
+A spec names axis sizes: ``"data=8"``, ``"data=4,model=2"``, ``"model=2"`` (data takes the rest);
+a mesh smaller than the device count uses the first devices (``"data=1"``: one device).
 Two axes exist: ``data`` (the batch: images, their CFG-doubled rows, calibration rows) and
 ``model`` (tensor parallelism: the columns of the layers a family's sharding rules name). No spec:
 every local device on ``data``.
@@ -21,7 +22,8 @@ DISTRIBUTED_ENV = "ARVG_DISTRIBUTED"
 
 
 def parse_spec(spec: str | None, num_devices: int) -> dict[str, int]:
-    """{"data": d, "model": m} with d * m == num_devices.
+    """{"data": d, "model": m} with d * m <= num_devices (a mesh may use the first devices
+    only: "data=1" runs on one).
 
     Raises:
       ValueError: one line naming the problem (unknown axis, bad size, sizes that do not
@@ -49,7 +51,7 @@ def parse_spec(spec: str | None, num_devices: int) -> dict[str, int]:
                 f"--mesh {spec!r}: model={model} does not divide {num_devices} devices"
             )
         sizes[DATA] = num_devices // model
-    if sizes[DATA] * model != num_devices:
+    if sizes[DATA] * model > num_devices:
         raise ValueError(
             f"--mesh {spec!r}: data={sizes[DATA]} x model={model} = {sizes[DATA] * model} devices, "
             f"but {num_devices} local devices exist"
@@ -68,7 +70,8 @@ def make_mesh(spec: str | None = None, devices=None):
 
     devices = list(jax.local_devices() if devices is None else devices)
     sizes = parse_spec(spec, len(devices))
-    grid = np.asarray(devices, dtype=object).reshape(sizes[DATA], sizes[MODEL])
+    used = devices[: sizes[DATA] * sizes[MODEL]]
+    grid = np.asarray(used, dtype=object).reshape(sizes[DATA], sizes[MODEL])
     return Mesh(grid, AXES, axis_types=(AxisType.Auto, AxisType.Auto))
 
 
