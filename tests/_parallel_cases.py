@@ -94,6 +94,9 @@ def sampling_case(name: str, specs: str, reference: str = "full") -> dict:
         out[spec] = {
             "tokens_equal": bool(np.array_equal(got["tokens"], ref["tokens"])),
             "tokens_max_abs_diff": float(np.max(np.abs(got["tokens"] - ref["tokens"]))),
+            "tokens_rel_diff": float(  # normwise: max |difference| / max |token|
+                np.max(np.abs(got["tokens"] - ref["tokens"])) / np.max(np.abs(ref["tokens"]))
+            ),
             "images_max_abs_diff": float(np.max(np.abs(got["images"] - ref["images"]))),
             "distinct_images": len(np.unique(got["tokens"].reshape(n, -1), axis=0)),
             "output_sharding": sharded,

@@ -54,13 +54,15 @@ def test_data_parallel_equals_one_device(name):
 
 
 @pytest.mark.slow
-def test_mar_data_parallel_equals_one_device_at_the_shard_batch():
-    # MAR's tokens are continuous: XLA:CPU rounds LayerNorm's row sums differently for another
-    # number of rows, so a data=8 shard (1 image) equals the one-device run at batch 1 bit for bit
-    # and the batch-8 run only to float rounding (so do one-device runs of batch 1 and 8).
-    result = _run("sampling", "mar-test", "data=8", "shard")
-    _check_sampling(result)
-    assert result["data=8"]["tokens_max_abs_diff"] == 0.0
+def test_mar_data_parallel_equals_one_device_to_float_rounding():
+    # MAR's tokens are continuous floats, not ids: XLA:CPU compiles each row count (and the
+    # shard_map program) with its own rounding of row reductions (LayerNorm means), so a data=8
+    # run equals the one-device run to float rounding only, as one-device runs at batch 1 and 8
+    # differ from each other (measured: 0.13 on tokens of magnitude 1.8e5 in both cases).
+    result = _run("sampling", "mar-test", "data=8")
+    r = result["data=8"]
+    assert r["output_sharding"]["tokens"] == ["data"] and r["distinct_images"] > 1, r
+    assert r["tokens_rel_diff"] < 1e-5 and r["images_max_abs_diff"] < 1e-5, r
 
 
 @pytest.mark.slow
