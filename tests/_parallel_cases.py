@@ -160,8 +160,8 @@ def calibration_case(methods: str) -> dict:
 
 
 def checkpoint_case(tmp: str) -> dict:
-    """A float and an RTN-quantized var-test tree saved from model=2 (and data=8), restored onto
-    data=2 and one device: the same leaves, each with the sharding the new mesh gives it."""
+    """A float and a quantized var-test tree saved from model=2 or data=8, restored onto data=2
+    or one device: the same leaves, each with the sharding the new mesh gives it."""
     from arvg_jax.parallel import checkpoint, make_mesh, rules
     from quant import _qarray
 
@@ -180,30 +180,34 @@ def checkpoint_case(tmp: str) -> dict:
     qparams = jax.tree_util.tree_map_with_path(quantize, params)
     rules_ = fam.sharding_rules()
     out = {}
-    for what, tree in (("float", params), ("quantized", qparams)):
-        for src, dst in (("data=4,model=2", "data=2"), ("data=8", "data=1,model=1")):
-            path = os.path.join(tmp, f"{what}-{src}")
-            placed = rules.place(tree, rules_, make_mesh(src))
-            checkpoint.save(path, placed)
-            devices = jax.local_devices()[: 2 if dst == "data=2" else 1]
-            mesh = make_mesh(dst, devices)
-            back = checkpoint.restore(path, mesh, rules_)
-            want = rules.param_shardings(tree, rules_, mesh)
-            equal = all(
-                np.array_equal(np.asarray(a), np.asarray(b))
-                for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(back), strict=True)
-            )
-            placed_right = all(
-                a.sharding == s
-                for a, s in zip(jax.tree.leaves(back), jax.tree.leaves(want), strict=True)
-            )
-            model_sharded = sum("model" in str(a.sharding.spec) for a in jax.tree.leaves(placed))
-            out[f"{what} {src} -> {dst}"] = {
-                "equal": equal,
-                "same_structure": jax.tree.structure(tree) == jax.tree.structure(back),
-                "placed_by_rules": placed_right,
-                "saved_model_sharded_leaves": model_sharded,
-            }
+    cases = (
+        ("float", params, "data=4,model=2", "data=2"),
+        ("quantized", qparams, "data=4,model=2", "data=1,model=1"),
+        ("quantized", qparams, "data=8", "data=2"),
+    )
+    for what, tree, src, dst in cases:
+        path = os.path.join(tmp, f"{what}-{src}")
+        placed = rules.place(tree, rules_, make_mesh(src))
+        checkpoint.save(path, placed)
+        devices = jax.local_devices()[: 2 if dst == "data=2" else 1]
+        mesh = make_mesh(dst, devices)
+        back = checkpoint.restore(path, mesh, rules_)
+        want = rules.param_shardings(tree, rules_, mesh)
+        equal = all(
+            np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(back), strict=True)
+        )
+        placed_right = all(
+            a.sharding == s
+            for a, s in zip(jax.tree.leaves(back), jax.tree.leaves(want), strict=True)
+        )
+        model_sharded = sum("model" in str(a.sharding.spec) for a in jax.tree.leaves(placed))
+        out[f"{what} {src} -> {dst}"] = {
+            "equal": equal,
+            "same_structure": jax.tree.structure(tree) == jax.tree.structure(back),
+            "placed_by_rules": placed_right,
+            "saved_model_sharded_leaves": model_sharded,
+        }
     return out
 
 
