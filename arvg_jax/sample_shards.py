@@ -61,14 +61,15 @@ def labels_for(start: int, stop: int, per_class: int, num_classes: int) -> np.nd
     return ((np.arange(start, stop, dtype=np.int64) // per_class) % num_classes).astype(np.int64)
 
 
-def open_run(directory: pathlib.Path, run: Mapping[str, Any]) -> list[str]:
-    """Creates the shard folder or checks it belongs to the same run; deletes stale temporaries.
+def open_run(directory: pathlib.Path, run: Mapping[str, Any], *, clean: bool = True) -> list[str]:
+    """Creates the shard folder or checks it belongs to the same run; deletes stale temporaries
+    if `clean` (one process of several: the others' temporaries may be shards being written).
 
     Returns:
         The fields whose stored value differs from `run` (empty: same run, resume it).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    for p in directory.glob(atomic.TMP_PREFIX + "*"):
+    for p in directory.glob(atomic.TMP_PREFIX + "*") if clean else ():
         p.unlink(missing_ok=True)
     path = directory / RUN_FILE
     want = json.loads(json.dumps(dict(run)))  # the JSON view (tuples -> lists)

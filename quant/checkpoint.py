@@ -23,8 +23,14 @@ from quant import _tree
 FORMAT = "arvg-jax/quantized/1"
 
 
-def _to_storable(tree: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Replaces quant leaves by plain dicts of numpy arrays; returns (tree, leaf kinds)."""
+def _to_storable(
+    tree: dict[str, Any], array=np.asarray
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Replaces quant leaves by plain dicts of arrays; returns (tree, leaf kinds).
+
+    `array` converts each array: numpy by default; the identity keeps sharded `jax.Array`s, which
+    orbax writes shard by shard (`arvg_jax.parallel.checkpoint`).
+    """
     from quant._qarray import ActQuant, QArray
 
     kinds: dict[str, dict[str, Any]] = {}
@@ -33,23 +39,26 @@ def _to_storable(tree: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[s
         if isinstance(leaf, QArray):
             kinds[name] = {"kind": "QArray", "bits": int(leaf.bits)}
             flat[name] = {
-                "qvalue": np.asarray(leaf.qvalue),
-                "scale": np.asarray(leaf.scale),
-                "zero_point": np.asarray(leaf.zero_point),
+                "qvalue": array(leaf.qvalue),
+                "scale": array(leaf.scale),
+                "zero_point": array(leaf.zero_point),
             }
         elif isinstance(leaf, ActQuant):
             kinds[name] = {"kind": "ActQuant", "bits": int(leaf.bits)}
             flat[name] = {
-                "scale": np.asarray(leaf.scale),
-                "zero_point": np.asarray(leaf.zero_point),
-                "group_of_position": np.asarray(leaf.group_of_position),
+                "scale": array(leaf.scale),
+                "zero_point": array(leaf.zero_point),
+                "group_of_position": array(leaf.group_of_position),
             }
         else:
-            flat[name] = np.asarray(leaf)
+            flat[name] = array(leaf)
     return _tree.unflatten(flat), kinds
 
 
-def _from_storable(tree: dict[str, Any], kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _from_storable(
+    tree: dict[str, Any], kinds: dict[str, dict[str, Any]], array=np.asarray
+) -> dict[str, Any]:
+    """The inverse of `_to_storable` (`array` as there)."""
     from quant._qarray import ActQuant, QArray
 
     flat = _tree.flatten(tree)
@@ -59,9 +68,9 @@ def _from_storable(tree: dict[str, Any], kinds: dict[str, dict[str, Any]]) -> di
         if not fields:
             raise ValueError(f"quantized checkpoint: leaf {name!r} listed in arvg.json is missing")
         cls = {"QArray": QArray, "ActQuant": ActQuant}[info["kind"]]
-        flat[name] = cls(**{k: np.asarray(v) for k, v in fields.items()}, bits=info["bits"])
+        flat[name] = cls(**{k: array(v) for k, v in fields.items()}, bits=info["bits"])
     return _tree.unflatten(
-        {k: np.asarray(v) if not _tree.is_quant_leaf(v) else v for k, v in flat.items()}
+        {k: array(v) if not _tree.is_quant_leaf(v) else v for k, v in flat.items()}
     )
 
 

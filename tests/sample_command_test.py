@@ -129,3 +129,38 @@ def test_sizes_and_labels_helpers():
     assert sample_shards.num_shards(12, 5) == 3
     assert sample_shards.shard_range(2, 12, 5) == (10, 12)
     np.testing.assert_array_equal(sample_shards.labels_for(4, 8, 2, 3), [2, 2, 0, 0])
+
+
+def test_processes_split_the_shards_and_their_union_is_the_one_process_run(
+    baseline, tmp_path, monkeypatch, capsys
+):
+    """Two processes of a job array (ARVG_PROCESS_INDEX / _COUNT, as `jax.process_index()` /
+    `process_count()` under jax.distributed): each writes its own shards; process 0 writes --out
+    once all exist, and its rerun skips the finished shards."""
+    out = tmp_path / "m.npz"
+    shards = sample_shards.shard_dir(out)
+    written = []
+    write = sample_shards.write_shard
+
+    def record(directory, index, *a):
+        written.append(index)
+        write(directory, index, *a)
+
+    monkeypatch.setattr(sample_shards, "write_shard", record)
+    monkeypatch.setenv("ARVG_PROCESS_COUNT", "2")
+    monkeypatch.setenv("ARVG_PROCESS_INDEX", "0")
+    assert _sample(out, 2) == 0  # shards 0 and 2; shard 1 is process 1's
+    assert written == [0, 2] and not out.exists()
+    assert "1 of 3 shards belong to other processes" in capsys.readouterr().err
+    monkeypatch.setenv("ARVG_PROCESS_INDEX", "1")
+    assert _sample(out, 3) == 0  # another batch size: speed only
+    assert written == [0, 2, 1] and not out.exists()
+    assert sorted(p.name for p in shards.glob("shard_*")) == [
+        f"shard_0000{i}.npz" for i in range(3)
+    ]
+    monkeypatch.setenv("ARVG_PROCESS_INDEX", "0")
+    assert _sample(out, 2) == 0  # restarted: nothing left to generate, joins the shards
+    assert written == [0, 2, 1]
+    got = _load(out)
+    for k in baseline:
+        np.testing.assert_array_equal(got[k], baseline[k])

@@ -12,6 +12,7 @@ import sys
 
 def add_arguments(parser) -> None:
     from arvg_jax.models import add_model_arguments
+    from arvg_jax.parallel import cli as parallel_cli
 
     add_model_arguments(parser)
     g = parser.add_argument_group("sampling")
@@ -26,6 +27,7 @@ def add_arguments(parser) -> None:
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     g.add_argument("--out", required=True, help="output PNG (a grid of all images)")
     g.add_argument("--save-tokens", help="also write tokens and labels to this .npz")
+    parallel_cli.add_arguments(parser)
 
 
 def add_sampling_arguments(group) -> None:
@@ -73,13 +75,26 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
 
 
 def generate_images(
-    model, classes, *, seed, sampling, batch, options=None, progress=True, start=0, on_batch=None
+    model,
+    classes,
+    *,
+    seed,
+    sampling,
+    batch,
+    options=None,
+    progress=True,
+    start=0,
+    on_batch=None,
+    mesh=None,
 ):
     """Generates in fixed-size batches (the last one padded, so one compile serves all).
 
     Image i (of `classes`) draws with `families.image_keys(seed, start + i, 1)`: the batch size
     changes speed only, and `start` lets a caller generate a long run in pieces (`arvg sample`).
     `on_batch(n)`, if given, is called after each batch with its number of images.
+    `mesh` (`arvg_jax.parallel.make_mesh`) of several devices splits each batch over its "data"
+    axis (the batch is rounded up to a multiple of it) and the params by the family's sharding
+    rules; the images stay the same.
     """
     import numpy as np
 
@@ -94,15 +109,26 @@ def generate_images(
     labels = np.asarray(classes, np.int32)
     n = len(labels)
     b = min(batch, n)
+    vae_params, gen = model.vae_params, fam.generate
+    if mesh is not None and mesh.size > 1:
+        import functools
+
+        from arvg_jax.parallel import generate as parallel_generate
+        from arvg_jax.parallel import rules
+
+        b = parallel_generate.padded_batch(b, mesh)
+        params = rules.place(params, fam.sharding_rules(), mesh)
+        vae_params = rules.replicate(vae_params, mesh)
+        gen = functools.partial(parallel_generate.generate, fam, mesh)
     images, tokens = [], []
     bar = Progress((n + b - 1) // b, "generate", enabled=progress)
     for lo in range(0, n, b):
         chunk = labels[lo : lo + b]
         pad = b - len(chunk)
         padded = np.concatenate([chunk, np.full((pad,), chunk[-1], np.int32)]) if pad else chunk
-        out = fam.generate(
+        out = gen(
             params,
-            model.vae_params,
+            vae_params,
             model.cfg,
             model.vae_cfg,
             padded,
@@ -125,9 +151,12 @@ def run(args) -> int:
     from arvg_jax import imageio
     from arvg_jax.models import model_from_args
     from arvg_jax.options import ExecOptions
+    from arvg_jax.parallel import cli as parallel_cli
+    from arvg_jax.parallel import describe
     from converters import CheckpointError, ConversionError
 
     try:
+        mesh = parallel_cli.mesh_from_args(args)  # first: jax.distributed precedes device use
         model = model_from_args(args)
         classes = parse_classes(args.classes, model.num_classes)
     except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
@@ -141,7 +170,8 @@ def run(args) -> int:
     sampling = sampling_from_args(model, args)
     settings = ", ".join(f"{k} {v}" for k, v in sampling.items())
     print(
-        f"{model.name}: {kind}, {len(classes)} image(s), {settings}, seed {args.seed}",
+        f"{model.name}: {kind}, {len(classes)} image(s), {settings}, seed {args.seed}; "
+        f"{describe(mesh)}",
         file=sys.stderr,
     )
     images, tokens, labels = generate_images(
@@ -151,6 +181,7 @@ def run(args) -> int:
         sampling=sampling,
         batch=args.batch,
         options=ExecOptions(dtype=args.dtype),
+        mesh=mesh,
     )
     path = imageio.write_png(args.out, imageio.make_grid(imageio.to_uint8(images)))
     if args.save_tokens:

@@ -12,6 +12,7 @@ import time
 
 def add_arguments(parser) -> None:
     from arvg_jax.models import add_model_arguments
+    from arvg_jax.parallel import cli as parallel_cli
     from quant.recipes import BITS, METHODS
 
     add_model_arguments(parser, quantized=False)
@@ -35,6 +36,7 @@ def add_arguments(parser) -> None:
     g.add_argument("--out", required=True, help="output directory (orbax; written atomically)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    parallel_cli.add_arguments(parser)
 
 
 def format_summary(summary: dict, seconds: float) -> str:
@@ -55,12 +57,20 @@ def format_summary(summary: dict, seconds: float) -> str:
 
 def run(args) -> int:
     from arvg_jax.models import config_to_dict, model_from_args, prepare_calibration, quant_adapter
+    from arvg_jax.parallel import cli as parallel_cli
+    from arvg_jax.parallel import describe, rules
+    from arvg_jax.parallel import generate as parallel_generate
     from converters import CheckpointError, ConversionError
     from quant import api, checkpoint
     from quant.recipes import Recipe
 
     t0 = time.perf_counter()
     try:
+        mesh = parallel_cli.mesh_from_args(args)  # first: jax.distributed precedes device use
+        if mesh.shape["model"] > 1:
+            raise ValueError(
+                f"--mesh {args.mesh}: calibration splits its rows over data only (model=1)"
+            )
         recipe = Recipe.parse(
             args.method,
             args.bits,
@@ -69,6 +79,9 @@ def run(args) -> int:
             dgc=args.dgc,
             weight_symmetric=args.symmetric_weights,
         )
+        parallel_generate.check_batch(
+            recipe.calib, mesh, "--calib"
+        )  # before the generation, not after
         model = model_from_args(args)
         adapter = quant_adapter(model)
     except (
@@ -88,11 +101,15 @@ def run(args) -> int:
     progress = not args.quiet
     print(
         f"{model.name}: {recipe.method} {recipe.bits}, {recipe.calib} calibration sequences "
-        f"(seed {recipe.seed}, dgc {recipe.dgc})",
+        f"(seed {recipe.seed}, dgc {recipe.dgc}); {describe(mesh)}",
         file=sys.stderr,
     )
     batch, calib_info = prepare_calibration(model, adapter, recipe, progress=progress)
-    qparams, summary = api.quantize(adapter, model.params, batch, recipe, progress=progress)
+    params = model.params
+    if mesh.size > 1:  # rows split over data, params replicated: GSPMD runs each stage sharded
+        batch = parallel_generate.shard_rows(batch, mesh)
+        params = rules.replicate(params, mesh)
+    qparams, summary = api.quantize(adapter, params, batch, recipe, progress=progress)
     summary["calibration"] = calib_info
     path = checkpoint.save(
         args.out,

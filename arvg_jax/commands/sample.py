@@ -15,6 +15,11 @@ Resuming: images go to fixed-size shards under `<out>.shards/` (`arvg_jax.sample
 with the same settings skips the finished shards. Image i always draws with
 `families.image_keys(seed, i, 1)`, so the file is the same whatever --batch is or how often the run
 was interrupted. Ctrl-C stops within a second and keeps the finished shards (exit status 130).
+
+Devices and hosts (docs/scale_out.md): each batch is split over the "data" axis of `--mesh`
+(default: every local device); with several processes (`--distributed`, or ARVG_PROCESS_INDEX /
+ARVG_PROCESS_COUNT for a job array) process p writes the shards s with s % P == p
+(`arvg_jax.parallel.hosts`) and process 0 joins them once all exist.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def _hard_exit(code: int) -> None:
 def add_arguments(parser) -> None:
     from arvg_jax.commands.generate import add_sampling_arguments
     from arvg_jax.models import add_model_arguments
+    from arvg_jax.parallel import cli as parallel_cli
 
     add_model_arguments(parser)
     g = parser.add_argument_group("sampling")
@@ -60,6 +66,7 @@ def add_arguments(parser) -> None:
         "--keep-shards", action="store_true", help="keep <out>.shards/ after writing --out"
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    parallel_cli.add_arguments(parser)
 
 
 class _Stopped(Exception):
@@ -89,7 +96,7 @@ def run_identity(model, sampling, args) -> dict:
     }
 
 
-def _generate_shards(model, todo, *, args, sampling, options, directory, stop, bar, errors):
+def _generate_shards(model, todo, *, args, sampling, options, mesh, directory, stop, bar, errors):
     """The worker: generates and writes the shards in `todo` until done or `stop` is set."""
     import numpy as np
 
@@ -127,6 +134,7 @@ def _generate_shards(model, todo, *, args, sampling, options, directory, stop, b
                 progress=False,
                 start=start,
                 on_batch=on_batch,
+                mesh=mesh,
             )
             images = model.fam.to_uint8(images[: len(labels)])
             sample_shards.write_shard(directory, index, images, labels)
@@ -146,17 +154,24 @@ def run(args) -> int:
     from arvg_jax.commands.generate import sampling_from_args
     from arvg_jax.models import model_from_args
     from arvg_jax.options import ExecOptions
+    from arvg_jax.parallel import cli as parallel_cli
+    from arvg_jax.parallel import describe, hosts
     from converters import CheckpointError, ConversionError
 
     out = pathlib.Path(args.out)
     directory = sample_shards.shard_dir(out)
     try:
         _check_sizes(args)
+        mesh = parallel_cli.mesh_from_args(args)  # first: jax.distributed precedes device use
+        index, count, coordinated = hosts.process_info()
         if out.exists():
             raise ValueError(f"{out} exists: delete it or choose another --out")
         model = model_from_args(args)
         sampling = sampling_from_args(model, args)
-        differs = sample_shards.open_run(directory, run_identity(model, sampling, args))
+        # Only process 0 deletes stale temporaries: another's could be a shard being written.
+        differs = sample_shards.open_run(
+            directory, run_identity(model, sampling, args), clean=index == 0
+        )
         if differs:
             raise ValueError(
                 f"{directory} holds shards of another run (differs in {', '.join(differs)}): "
@@ -165,22 +180,27 @@ def run(args) -> int:
     except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
         print(f"arvg sample: {e}", file=sys.stderr)
         return 2
+    hosts.barrier("arvg-sample-open", coordinated)  # the temporaries are gone before anyone writes
 
     total = sample_shards.num_shards(args.num_images, args.shard_size)
     done = sample_shards.finished(directory, total)
-    todo = [i for i in range(total) if i not in done]
-    spans = [sample_shards.shard_range(i, args.num_images, args.shard_size) for i in done]
-    done_images = sum(end - start for start, end in spans)
+    todo = hosts.my_shards(total, done, index, count)
+    mine = hosts.my_shards(total, set(), index, count)
+    spans = [sample_shards.shard_range(i, args.num_images, args.shard_size) for i in mine]
+    my_images = sum(end - start for start, end in spans)
+    done_images = sum(end - start for i, (start, end) in zip(mine, spans) if i in done)
     kind = f"quantized {model.recipe['method']}" if model.quantized else "float"
     settings = ", ".join(f"{k} {v}" for k, v in sampling.items())
+    share = f"; process {index} of {count}: {len(mine)} shards" if count > 1 else ""
     print(
         f"{model.name}: {kind}, {args.num_images} images ({args.per_class} per class, classes in "
-        f"order), {settings}, seed {args.seed}; {len(done)} of {total} shards already done",
+        f"order), {settings}, seed {args.seed}; {len(done)} of {total} shards already done"
+        f"{share}; {describe(mesh)}",
         file=sys.stderr,
     )
     tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
     bar = tqdm(
-        total=args.num_images,
+        total=my_images,
         initial=done_images,
         desc="sample",
         unit="img",
@@ -198,6 +218,7 @@ def run(args) -> int:
             "args": args,
             "sampling": sampling,
             "options": ExecOptions(dtype=args.dtype),
+            "mesh": mesh,
             "directory": directory,
             "stop": stop,
             "bar": bar,
@@ -228,6 +249,18 @@ def run(args) -> int:
     bar.close()
     if errors:
         raise errors[0]
+    hosts.barrier("arvg-sample-done", coordinated)
+    if index != 0:
+        print(f"process {index} of {count}: its shards are written", file=sys.stderr)
+        return 0
+    missing = total - len(sample_shards.finished(directory, total))
+    if missing:  # a job array without jax.distributed: other tasks are still writing
+        print(
+            f"{missing} of {total} shards belong to other processes and are not written yet: "
+            "rerun process 0 once they finish to write --out",
+            file=sys.stderr,
+        )
+        return 0
     shape = sample_shards.assemble(directory, out, total)
     if not args.keep_shards:
         shutil.rmtree(directory)

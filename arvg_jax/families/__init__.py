@@ -171,6 +171,17 @@ class Family:
     def calibration_batch(self, tok_params, tok_cfg, candidates) -> dict:
         raise NotImplementedError
 
+    def sharding_rules(self) -> tuple:
+        """Tensor-parallel rules: (path regex, `PartitionSpec`) pairs, `RULES` of the family's
+        `sharding.py` (`arvg_jax.parallel.rules` explains them); () replicates every leaf."""
+        try:
+            module = importlib.import_module(f"arvg_jax.families.{self.name}.sharding")
+        except ModuleNotFoundError as e:
+            if e.name != f"arvg_jax.families.{self.name}.sharding":
+                raise
+            return ()
+        return tuple(module.RULES)
+
     def bench_command(self):
         """A module with `add_arguments(parser)` and `run(args)` for `arvg bench`, or None."""
         return
