@@ -25,16 +25,22 @@ RUNS = (("ptq4arvg", "w8a8"), ("ptq4arvg", "w6a6"), ("rtn", "w6a6"))
 
 def add_arguments(parser) -> None:
     from arvg_jax import families
+    from arvg_jax.argtypes import POSITIVE_INT, SEED
 
-    packaged = [n for f in families.all_families().values() for n, p in f.presets().items()
-                if p.packaged]
+    packaged = [
+        n for f in families.all_families().values() for n, p in f.presets().items() if p.packaged
+    ]
     parser.add_argument(
         "--model", default="var-tiny", choices=packaged, help="a preset with packaged weights"
     )
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--per-class", type=int, default=4, help="samples per class to score")
-    parser.add_argument("--calib", type=int, default=32, help="calibration sequences")
-    parser.add_argument("--seed", type=int, default=0, help="image i draws with fold_in(seed, i)")
+    parser.add_argument(
+        "--out", required=True, help="output directory (new, empty, or one arvg wrote)"
+    )
+    parser.add_argument(
+        "--per-class", type=POSITIVE_INT, default=4, help="samples per class to score"
+    )
+    parser.add_argument("--calib", type=POSITIVE_INT, default=32, help="calibration sequences")
+    parser.add_argument("--seed", type=SEED, default=0, help="image i draws with fold_in(seed, i)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -78,7 +84,7 @@ def run(args) -> int:
 
     import numpy as np
 
-    from arvg_jax import imageio
+    from arvg_jax import atomic, imageio
     from arvg_jax.commands.evaluate import evaluate, side_by_side
     from arvg_jax.evaluate import TABLE_HEADER
     from arvg_jax.models import prepare_calibration, quant_adapter
@@ -86,8 +92,11 @@ def run(args) -> int:
     from quant.recipes import Recipe
 
     t0 = time.perf_counter()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = atomic.check_output_dir(pathlib.Path(args.out))  # created once there is a result
+    except FileExistsError as e:
+        print(f"arvg demo: {e}", file=sys.stderr)
+        return 2
     progress = not args.quiet
     model, classifier, desc = _load_default(args.model)
     n_cls = model.num_classes
@@ -132,6 +141,7 @@ def run(args) -> int:
     grid = side_by_side({k: v[first] for k, v in images.items()})
     zoom = max(1, 96 // model.vae_cfg.image_size)  # small images: nearest-neighbour zoom
     grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    atomic.output_dir(out)
     imageio.write_png(out / "float_vs_quantized.png", grid)
 
     lines = [
@@ -164,8 +174,9 @@ def run(args) -> int:
         f"\nRows of float_vs_quantized.png: {', '.join(images)}. "
         f"Wall time {time.perf_counter() - t0:.0f} s."
     )
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "report.json").write_text(
+    atomic.write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic.write_text(
+        out / "report.json",
         json.dumps(
             {
                 "model": desc,
@@ -175,7 +186,7 @@ def run(args) -> int:
                 "bytes": summaries,
             },
             indent=1,
-        )
+        ),
     )
     print("\n".join(lines))
     print(f"wrote {out / 'float_vs_quantized.png'} and {out / 'report.md'}", file=sys.stderr)

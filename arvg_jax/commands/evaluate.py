@@ -28,15 +28,18 @@ def add_arguments(parser) -> None:
         default=None,
         help="comma-separated class ids (default: 8 spread over the classes)",
     )
+    from arvg_jax.argtypes import POSITIVE_INT, SEED
     from arvg_jax.commands.generate import add_sampling_arguments
 
     add_sampling_arguments(parser.add_argument_group("sampling"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument(
+        "--seed", type=SEED, default=0, help="image i draws with fold_in(seed key, i)"
+    )
+    parser.add_argument("--batch", type=POSITIVE_INT, default=16, help="images per compiled batch")
     parser.add_argument(
         "--out",
-        help="output directory: report.md, grid.png (fidelity; required) or report.json, "
-        "report.md (--samples; default <samples>.eval beside the file)",
+        help="output directory (new, empty, or one arvg wrote): report.md, grid.png (fidelity; "
+        "required) or report.json, report.md (--samples; default <samples>.eval beside the file)",
     )
     from arvg_jax.commands import evaluate_samples
 
@@ -45,16 +48,24 @@ def add_arguments(parser) -> None:
 
 def evaluate(float_model, q_models, classes, *, seed, sampling, batch, progress=True):
     """Returns (list of Fidelity, {name: images}) for each quantized model."""
-    from arvg_jax import evaluate as ev
-    from arvg_jax.commands.generate import generate_images
+    import numpy as np
 
-    kw = dict(seed=seed, sampling=sampling, batch=batch, progress=progress)
+    from arvg_jax import evaluate as ev
+    from arvg_jax.commands.generate import NonFiniteImages, generate_images
+
+    def logits(model, name):
+        out = ev.teacher_forced_logits(model, labels, f_tok, batch)
+        if not np.isfinite(out).all():
+            raise NonFiniteImages(f"{name}: NaN/Inf in its logits on the float model's tokens")
+        return out
+
+    kw = {"seed": seed, "sampling": sampling, "batch": batch, "progress": progress}
     f_img, f_tok, labels = generate_images(float_model, classes, **kw)
-    f_logits = ev.teacher_forced_logits(float_model, labels, f_tok, batch)
+    f_logits = logits(float_model, "float")
     results, images = [], {"float": f_img}
     for name, qm in q_models:
         q_img, q_tok, _ = generate_images(qm, classes, **kw)
-        q_logits = ev.teacher_forced_logits(qm, labels, f_tok, batch)
+        q_logits = logits(qm, name)
         results.append(ev.compare(name, f_logits, q_logits, (f_img, f_tok), (q_img, q_tok)))
         images[name] = q_img
     return results, images
@@ -76,9 +87,9 @@ def run(args) -> int:
 
     import numpy as np
 
+    from arvg_jax import atomic, imageio
     from arvg_jax import evaluate as ev
-    from arvg_jax import imageio
-    from arvg_jax.commands.generate import parse_classes, sampling_from_args
+    from arvg_jax.commands.generate import NonFiniteImages, parse_classes, sampling_from_args
     from arvg_jax.models import float_model_from_args, load_quantized
     from converters import CheckpointError, ConversionError
 
@@ -114,20 +125,24 @@ def run(args) -> int:
             if args.classes
             else [int(c) for c in np.linspace(0, n_cls - 1, 8).round()]
         )
-    except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
+        sampling = sampling_from_args(float_model, args)
+        out = atomic.check_output_dir(pathlib.Path(args.out))
+    except (ValueError, CheckpointError, ConversionError, OSError) as e:
         print(f"arvg evaluate: {e}", file=sys.stderr)
         return 2
-    sampling = sampling_from_args(float_model, args)
-    results, images = evaluate(
-        float_model,
-        q_models,
-        classes,
-        seed=args.seed,
-        sampling=sampling,
-        batch=args.batch,
-    )
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        results, images = evaluate(
+            float_model,
+            q_models,
+            classes,
+            seed=args.seed,
+            sampling=sampling,
+            batch=args.batch,
+        )
+    except NonFiniteImages as e:
+        print(f"arvg evaluate: {e}", file=sys.stderr)
+        return 1
+    atomic.output_dir(out)
     imageio.write_png(out / "grid.png", side_by_side(images))
     table = "\n".join([ev.TABLE_HEADER] + [r.row() for r in results])
     report = (
@@ -135,7 +150,7 @@ def run(args) -> int:
         f"{', '.join(f'{k} {v}' for k, v in sampling.items())}\n\n{table}\n\n"
         f"Rows of grid.png: float, then {', '.join(n for n, _ in q_models)}.\n"
     )
-    (out / "report.md").write_text(report)
+    atomic.write_text(out / "report.md", report)
     print(table)
     print(f"wrote {out / 'report.md'} and {out / 'grid.png'}", file=sys.stderr)
     return 0

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from arvg_jax import argtypes
 from arvg_jax.families import Family, Preset, SamplingArg
 from arvg_jax.families.rar.config import RARConfig, SamplingSettings
 from arvg_jax.tokenizers.maskgit_vqgan import MaskGITVQGANConfig
@@ -99,18 +100,21 @@ class RARFamily(Family):
                 type=float,
                 default=s.guidance_scale,
                 help="CFG scale (0: the official no-CFG branch)",
+                valid=argtypes.NON_NEGATIVE,
             ),
             SamplingArg(
                 name="guidance_scale_pow",
                 type=float,
                 default=s.guidance_scale_pow,
                 help="power of the cosine CFG schedule",
+                valid=argtypes.NON_NEGATIVE,
             ),
             SamplingArg(
                 name="randomize_temperature",
                 type=float,
                 default=s.randomize_temperature,
                 help="softmax temperature",
+                valid=argtypes.POSITIVE,
             ),
             SamplingArg(name="greedy", type=bool, default=False, help="argmax instead of a draw"),
         )
@@ -137,9 +141,7 @@ class RARFamily(Family):
         return {"tokens": out["tokens"], "images": out["images"]}
 
     def sampling_defaults_for(self, cfg) -> dict:
-        return {
-            a.name: a.default for a in self.sampling_arguments(cfg) if a.name != "greedy"
-        }
+        return {a.name: a.default for a in self.sampling_arguments(cfg) if a.name != "greedy"}
 
     def teacher_forced_logits(
         self, params, tok_params, cfg, tok_cfg, labels, tokens, *, options, batch=16
