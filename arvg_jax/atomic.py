@@ -118,7 +118,7 @@ def check_replaceable(path: str | os.PathLike, overwrite: bool, *, ours=is_arvg_
     if not os.path.lexists(path):
         return
     if not overwrite:
-        raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
+        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
     if not ours(path):
         raise FileExistsError(_refusal(path))
 

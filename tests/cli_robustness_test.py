@@ -111,7 +111,7 @@ BAD_ARGS = [
 # Outputs arvg must not replace or fill (paths relative to the `hostile` folder).
 FOREIGN = [
     (["quantize", *VAR_TEST, "--out", "mine", "--overwrite"], ["mine", ".arvg marker"]),
-    (["quantize", *VAR_TEST, "--out", "mine"], ["mine exists", "--overwrite"]),
+    (["quantize", *VAR_TEST, "--out", "mine"], ["mine already exists", "--overwrite"]),
     (["quantize", *VAR_TEST, "--out", "notes.txt", "--overwrite"], ["a file", ".arvg"]),
     (["convert", *VAR_TEST, "--out", "mine", "--overwrite"], ["mine", ".arvg marker"]),
     (
@@ -214,29 +214,27 @@ def test_foreign_outputs_untouched_and_nothing_written(cheap):
 
 # ---- signals ---------------------------------------------------------------------------------------
 def _signal_mid_run(argv, cwd, *, after, sig, timeout=600):
-    """Starts `arvg argv`, sends `sig` once a stderr line holds `after` (the command has loaded
-    its model and is in JAX work); returns (exit status, stderr after the signal, seconds from
-    the signal to the exit)."""
+    """Starts `arvg argv`, sends `sig` once its stderr shows `after` (the command has loaded its
+    model and is in JAX work: a progress bar's first draw has no newline, so bytes are read as
+    they come); returns (exit status, stderr after the signal, seconds from the signal to exit)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "arvg_jax.cli", *argv],
         cwd=cwd,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
     )
     try:
-        before = []
-        for line in proc.stderr:
-            before.append(line)
-            if after in line:
-                break
-        else:
-            pytest.fail(f"{argv[0]} ended before {after!r}: {''.join(before)[-2000:]}")
+        seen = b""
+        while after.encode() not in seen:
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            if not chunk:
+                pytest.fail(f"{argv[0]} ended before {after!r}: {seen.decode()[-2000:]}")
+            seen += chunk
         time.sleep(0.5)  # well inside the first jitted call (compiles take seconds on CPU)
         start = time.monotonic()
         proc.send_signal(sig)
-        rest = proc.stderr.read()
+        rest = proc.stderr.read().decode()
         rc = proc.wait(timeout=timeout)
         return rc, rest, time.monotonic() - start
     finally:
@@ -269,6 +267,23 @@ def test_sigterm_during_generate_one_line_130(tmp_path):
     assert "Traceback" not in err
     # (a progress bar may have started its line: the message is the one full line after it)
     assert err.strip().splitlines()[-1] == "arvg generate: interrupted; nothing written"
+    assert seconds < SIGNAL_BOUND_S, seconds
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv, after",
+    [
+        (["convert", *VAR_TEST, "--out", "conv"], "convert:"),  # building random weights
+        (["demo", "--out", "d", "--calib", "2", "--per-class", "1"], "%|"),  # first bar
+    ],
+    ids=["convert", "demo"],
+)
+def test_ctrl_c_during_convert_and_demo(tmp_path, argv, after):
+    rc, err, seconds = _signal_mid_run(argv, tmp_path, after=after, sig=signal.SIGINT)
+    assert rc == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"arvg {argv[0]}: interrupted; nothing written"
     assert seconds < SIGNAL_BOUND_S, seconds
     assert list(tmp_path.iterdir()) == []
 
@@ -433,3 +448,99 @@ def test_generate_refuses_nan_images():
     model = SimpleNamespace(fam=fam, params={}, vae_params={}, cfg=None, vae_cfg=None)
     with pytest.raises(generate.NonFiniteImages, match="images 0-1: .*NaN/Inf"):
         generate.generate_images(model, [0, 1], seed=0, sampling={}, batch=2, progress=False)
+
+
+# ---- slow: whole runs -------------------------------------------------------------------------------
+def _arvg(argv, cwd, timeout=900):
+    proc = subprocess.run(
+        [sys.executable, "-m", "arvg_jax.cli", *argv],
+        check=False,
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+_SLOW_SAVE = r"""
+import sys, time
+from quant import checkpoint
+write = checkpoint.write
+def slow_write(*a, **k):
+    write(*a, **k)
+    print("saving", file=sys.stderr, flush=True)
+    time.sleep(120)
+checkpoint.write = slow_write
+from arvg_jax import cli
+sys.argv = ["arvg", *sys.argv[1:]]
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.slow
+def test_quantize_then_an_interrupted_overwrite_keeps_the_old_directory(tmp_path):
+    argv = ["quantize", *VAR_TEST, "--method", "rtn", "--calib", "2", "--out", "q", "--quiet"]
+    rc, _, err = _arvg(argv, tmp_path)
+    assert rc == 0, err
+    rc, out, err = _arvg(["inspect", "q"], tmp_path)
+    assert rc == 0 and "quantized var model" in out, err
+    before = (tmp_path / "q" / "arvg.json").read_bytes()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_SAVE, *argv, "--overwrite"],
+        cwd=tmp_path,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:
+        if "saving" in line:
+            break
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    assert time.monotonic() - start < SIGNAL_BOUND_S
+    assert (
+        _one_line(err) == "arvg quantize: interrupted while writing q: rolled back; nothing written"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+    assert (tmp_path / "q" / "arvg.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_generate_writes_the_format_of_the_extension(tmp_path):
+    rc, _, err = _arvg(
+        ["generate", "--model", "var-tiny", "--classes", "0,1", "--out", "g.jpg"], tmp_path
+    )
+    assert rc == 0, err
+    assert (tmp_path / "g.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG, not PNG bytes
+    assert (tmp_path / "g.jpg").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_HOT = r"""
+import numpy as np
+from arvg_jax import conversion, models
+m = models.random_model("var-test")
+fc1 = m.params["blocks_0"]["ffn"]["fc1"]
+fc1["kernel"] = np.full_like(np.asarray(fc1["kernel"]), 3e38)  # finite, overflows at once
+conversion.convert(m, out="hot", progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_activations_that_overflow_are_reported_by_layer(tmp_path):
+    subprocess.run([sys.executable, "-c", _HOT], check=True, cwd=tmp_path, env=_env(), timeout=600)
+    argv = ["quantize", "--ckpt", "hot", "--method", "rtn", "--calib", "2", "--dgc", "none"]
+    rc, _, err = _arvg([*argv, "--out", "q", "--quiet"], tmp_path)
+    assert rc == 1, err
+    line = _one_line(err.split("\n", 1)[1])  # after the "var-test ...: rtn w8a8" line
+    assert line.startswith("arvg quantize: calibration: NaN/Inf in the input of layer blocks_0/")
+    assert not (tmp_path / "q").exists()
