@@ -165,8 +165,9 @@ def _finish(state: _State) -> str:
     """Steps 2-3 of the module docstring; returns the interrupt line."""
     with state.gate:  # waits for a commit in progress, then no commit can start
         state.closed = True
-    rolled = sorted({s.target for s in state.staged.values() if not s.trash})
-    for s in list(state.staged.values()):
+    staged = list(state.staged.values())  # one step under the GIL: the worker may still run
+    rolled = sorted({s.target for s in staged if not s.trash})
+    for s in staged:
         _remove(s.path)
     if state.report is not None:
         return f"{state.prog}: {state.report()}"
