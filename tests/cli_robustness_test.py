@@ -274,10 +274,14 @@ def test_sigterm_during_generate_one_line_130(tmp_path):
 @pytest.mark.parametrize(
     "argv, after",
     [
-        (["convert", *VAR_TEST, "--out", "conv"], "convert:"),  # building random weights
-        (["demo", "--out", "d", "--calib", "2", "--per-class", "1"], "%|"),  # first bar
+        pytest.param(["convert", *VAR_TEST, "--out", "conv"], "convert:", id="convert"),
+        pytest.param(  # at its first progress bar (calibration candidates)
+            ["demo", "--out", "d", "--calib", "2", "--per-class", "1"],
+            "%|",
+            id="demo",
+            marks=pytest.mark.slow,
+        ),
     ],
-    ids=["convert", "demo"],
 )
 def test_ctrl_c_during_convert_and_demo(tmp_path, argv, after):
     rc, err, seconds = _signal_mid_run(argv, tmp_path, after=after, sig=signal.SIGINT)
