@@ -484,7 +484,7 @@ sys.exit(cli.main())
 
 
 @pytest.mark.slow
-def test_quantize_then_an_interrupted_overwrite_keeps_the_old_directory(tmp_path):
+def test_quantize_then_interrupted_overwrite_and_evaluate(tmp_path):
     argv = ["quantize", *VAR_TEST, "--method", "rtn", "--calib", "2", "--out", "q", "--quiet"]
     rc, _, err = _arvg(argv, tmp_path)
     assert rc == 0, err
@@ -511,6 +511,13 @@ def test_quantize_then_an_interrupted_overwrite_keeps_the_old_directory(tmp_path
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
     assert (tmp_path / "q" / "arvg.json").read_bytes() == before
+    # evaluate (float vs quantized) stopped at its first generation
+    argv = ["evaluate", *VAR_TEST, "--quantized", "q", "--classes", "1", "--out", "e"]
+    rc, err, seconds = _signal_mid_run(argv, tmp_path, after="%|", sig=signal.SIGTERM)
+    assert rc == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "arvg evaluate: interrupted; nothing written"
+    assert seconds < SIGNAL_BOUND_S, seconds
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
 
 
 @pytest.mark.slow
