@@ -96,9 +96,14 @@ def run(args) -> int:
         f"(seed {recipe.seed}, dgc {recipe.dgc})",
         file=sys.stderr,
     )
+    import numpy as np
+
     try:
-        batch, calib_info = prepare_calibration(model, adapter, recipe, progress=progress)
-        qparams, summary = api.quantize(adapter, model.params, batch, recipe, progress=progress)
+        # Overflow shows as NaN / Inf in the activations, reported below in one line naming the
+        # layer: numpy's own warnings about it would only add noise before that line.
+        with np.errstate(over="ignore", invalid="ignore"):
+            batch, calib_info = prepare_calibration(model, adapter, recipe, progress=progress)
+            qparams, summary = api.quantize(adapter, model.params, batch, recipe, progress=progress)
     except api.NonFiniteError as e:
         print(f"arvg quantize: {e}", file=sys.stderr)
         return 1
