@@ -96,12 +96,14 @@ def run(args) -> int:
         f"(seed {recipe.seed}, dgc {recipe.dgc})",
         file=sys.stderr,
     )
-    import numpy as np
+    import warnings
 
     try:
         # Overflow shows as NaN / Inf in the activations, reported below in one line naming the
-        # layer: numpy's own warnings about it would only add noise before that line.
-        with np.errstate(over="ignore", invalid="ignore"):
+        # layer: numpy's own warnings about it (some from JAX callback threads, which a
+        # thread-local np.errstate would miss) only add noise before that line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             batch, calib_info = prepare_calibration(model, adapter, recipe, progress=progress)
             qparams, summary = api.quantize(adapter, model.params, batch, recipe, progress=progress)
     except api.NonFiniteError as e:
