@@ -274,7 +274,12 @@ def test_sigterm_during_generate_one_line_130(tmp_path):
 @pytest.mark.parametrize(
     "argv, after",
     [
-        pytest.param(["convert", *VAR_TEST, "--out", "conv"], "convert:", id="convert"),
+        pytest.param(
+            ["convert", *VAR_TEST, "--out", "conv"],
+            "convert:",
+            id="convert",
+            marks=pytest.mark.slow,
+        ),
         pytest.param(  # at its first progress bar (calibration candidates)
             ["demo", "--out", "d", "--calib", "2", "--per-class", "1"],
             "%|",
