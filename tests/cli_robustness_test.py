@@ -59,10 +59,10 @@ print(json.dumps(results))
 """
 
 
-def _batch(cases, cwd, timeout=300):
-    """Runs `cli.main(argv)` for each argv in one subprocess; returns their results in order."""
+def _python(args, cwd, timeout):
+    """(exit status, stdout, stderr) of `python ARGS` with this checkout on the path."""
     proc = subprocess.run(
-        [sys.executable, "-c", _DRIVER, json.dumps(cases)],
+        [sys.executable, *args],
         check=False,
         cwd=cwd,
         env=_env(),
@@ -70,8 +70,14 @@ def _batch(cases, cwd, timeout=300):
         text=True,
         timeout=timeout,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.splitlines()[-1])
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _batch(cases, cwd, timeout=300):
+    """Runs `cli.main(argv)` for each argv in one subprocess; returns their results in order."""
+    rc, out, err = _python(["-c", _DRIVER, json.dumps(cases)], cwd, timeout)
+    assert rc == 0, err[-3000:]
+    return json.loads(out.splitlines()[-1])
 
 
 _GEN = ["generate", *VAR_TEST, "--classes", "1", "--out", "g.png"]
@@ -461,16 +467,7 @@ def test_generate_refuses_nan_images():
 
 # ---- slow: whole runs -------------------------------------------------------------------------------
 def _arvg(argv, cwd, timeout=900):
-    proc = subprocess.run(
-        [sys.executable, "-m", "arvg_jax.cli", *argv],
-        check=False,
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return proc.returncode, proc.stdout, proc.stderr
+    return _python(["-m", "arvg_jax.cli", *argv], cwd, timeout)
 
 
 _SLOW_SAVE = r"""
