@@ -30,19 +30,19 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
+from arvg_jax import atomic
 from arvg_jax.converted import (
     CONFIG,
     FORMAT,
     ConvertedCheckpointError,
     _bf16,
     _flatten,
+    _safetensors_meta,
     _unflatten,
     describe,
     is_converted,
@@ -129,6 +129,18 @@ def _dir_bytes(path: pathlib.Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def written_by_arvg(path: str | os.PathLike) -> bool:
+    """What `overwrite` may replace: a directory arvg wrote (marker) or a converted safetensors
+    file (our format tag in its header)."""
+    path = pathlib.Path(path)
+    if path.is_file() and not path.is_symlink():
+        try:
+            return (_safetensors_meta(path) or {}).get("format") == FORMAT
+        except ConvertedCheckpointError:
+            return False
+    return atomic.is_arvg_dir(path)
+
+
 # ---- writing ------------------------------------------------------------------------------------
 def write_safetensors(
     path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict
@@ -160,21 +172,15 @@ def write_safetensors(
         prepared.append(a)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def writer(tmp):
+        with open(tmp, "wb") as f:
             f.write(len(raw).to_bytes(8, "little"))
             f.write(raw)
             for a in prepared:
                 f.write(a.tobytes())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic.write(path, writer)
     return 8 + len(raw) + offset
 
 
@@ -200,7 +206,8 @@ def save(
 
     Args:
       model: a float `arvg_jax.models.Model` (not quantized: `arvg quantize` writes those).
-      out: the directory (orbax) or file (safetensors) to write; replaced only with `overwrite`.
+      out: the directory (orbax) or file (safetensors) to write; replaced only with `overwrite`
+        and only if arvg wrote it (`written_by_arvg`).
       dtype: storage dtype of floating leaves ("float32" or "bfloat16").
       fmt: "orbax" or "safetensors".
       sources: where the params came from (file names, sha256), stored in the config.
@@ -215,8 +222,7 @@ def save(
     if model.quantized:
         raise ValueError(f"{model.name}: quantized; convert writes float models only")
     out = pathlib.Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite)")
+    atomic.check_replaceable(out, overwrite, ours=written_by_arvg)
     trees = {"params": model.params, "tokenizer": model.vae_params}
     stored = {
         part: {k: _store_dtype(v, dtype) for k, v in _flatten(tree).items()}
@@ -243,9 +249,8 @@ def save(
         if progress is not None:
             progress.update(len(stored), postfix="safetensors")
         return out, doc
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+
+    def writer(tmp: pathlib.Path) -> None:
         for part, flat in stored.items():
             _save_orbax(tmp / part, _unflatten(flat))
             if progress is not None:
@@ -258,19 +263,8 @@ def save(
         }
         # config.json last: a directory without it was never finished.
         (tmp / CONFIG).write_text(json.dumps(doc, indent=1) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic.write_dir(out, writer, overwrite=overwrite, ours=written_by_arvg)
     return out, doc
 
 
@@ -327,8 +321,7 @@ def convert(
 
     t0 = time.perf_counter()
     out = pathlib.Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite)")
+    atomic.check_replaceable(out, overwrite, ours=written_by_arvg)  # before the work
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if fmt not in FORMATS:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import os
 import pathlib
-import re
-import tempfile
 
 import numpy as np
 from PIL import Image
@@ -80,44 +78,35 @@ def supported_extensions() -> dict[str, str]:
     }
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where the OS allows (Linux /proc)."""
-    try:
-        status = pathlib.Path("/proc/self/status").read_text()
-        m = re.search(r"^Umask:\s*([0-7]+)", status, re.MULTILINE)
-        if m:
-            return int(m.group(1), 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # no read-only API elsewhere: set and restore at once
-    os.umask(mask)
-    return mask
-
-
 def _write_atomic(path: pathlib.Path, data: bytes) -> pathlib.Path:
-    """Writes `data` to a temp file beside `path`, then renames it over `path`.
+    """Writes `data` to a temp file beside `path`, then renames it over `path` (`arvg_jax.atomic`:
+    never half-written, permissions follow the umask, rolled back on Ctrl-C)."""
+    from arvg_jax import atomic
 
-    A failure never leaves a half-written file; the file's permissions follow the umask like a
-    plain `open(path, "wb")` would (mkstemp itself creates 0600).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic.write_bytes(path, data)
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
     """Writes PNG bytes to `path` (whatever its extension) atomically; returns the path."""
     path = pathlib.Path(path)
     return _write_atomic(path, encode_png(image))
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The Pillow format `write_image` uses for `path` (from its extension, any case).
+
+    Raises:
+      ValueError: an extension Pillow cannot write, naming the supported ones.
+    """
+    path = pathlib.Path(path)
+    formats = supported_extensions()
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"cannot tell the image format of {str(path)!r} from its extension "
+            f"{path.suffix!r}; supported: {' '.join(sorted(formats))}"
+        )
+    return fmt
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
@@ -134,13 +123,10 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
       ValueError: unknown extension, or an image the format cannot hold (e.g. RGBA as JPEG).
     """
     path = pathlib.Path(path)
-    formats = supported_extensions()
-    fmt = formats.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(
-            f"write_image: cannot tell the image format of {str(path)!r} from its extension "
-            f"{path.suffix!r}; supported: {' '.join(sorted(formats))}"
-        )
+    try:
+        fmt = image_format(path)
+    except ValueError as e:
+        raise ValueError(f"write_image: {e}") from None
     img = _to_pil(image, "write_image")
     buf = io.BytesIO()
     try:

@@ -61,14 +61,26 @@ def labels_for(start: int, stop: int, per_class: int, num_classes: int) -> np.nd
     return ((np.arange(start, stop, dtype=np.int64) // per_class) % num_classes).astype(np.int64)
 
 
+def check_dir(directory: pathlib.Path) -> None:
+    """Raises FileExistsError when `directory` is a non-empty folder arvg did not write (runs
+    from before the marker are recognised by their run.json)."""
+    if not (directory / RUN_FILE).is_file():
+        atomic.check_output_dir(directory)
+
+
 def open_run(directory: pathlib.Path, run: Mapping[str, Any], *, clean: bool = True) -> list[str]:
     """Creates the shard folder or checks it belongs to the same run; deletes stale temporaries
     if `clean` (one process of several: the others' temporaries may be shards being written).
 
     Returns:
         The fields whose stored value differs from `run` (empty: same run, resume it).
+
+    Raises:
+        FileExistsError: `directory` is a non-empty folder arvg did not write.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    check_dir(directory)  # new, empty or arvg's: never fills a user's folder
+    if not (directory / RUN_FILE).is_file():
+        atomic.output_dir(directory)
     for p in directory.glob(atomic.TMP_PREFIX + "*") if clean else ():
         p.unlink(missing_ok=True)
     path = directory / RUN_FILE

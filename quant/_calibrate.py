@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 
 from quant import _tree
 from quant._progress import Progress
@@ -68,6 +69,34 @@ class ModelAdapter(Protocol):
         by `quant.FitInput` placeholders (see `fit_stages`)."""
 
 
+class NonFiniteError(ValueError):
+    """NaN or Inf in the calibration activations; the message names the layer (or stage)."""
+
+
+def _all_finite(tree: Any) -> bool:
+    """True when every floating leaf of `tree` is finite (one device reduction per leaf)."""
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return all(bool(b) for b in jax.device_get([jnp.isfinite(x).all() for x in leaves]))
+
+
+def check_finite(stage: Stage | None, carry: Any, values: Mapping[str, Any] | None = None) -> None:
+    """Raises NonFiniteError when a layer's input (`values`: {layer: input or fitted quantizer})
+    or the stage's output `carry` holds NaN / Inf: naming the first such layer in forward order,
+    else the stage (`stage` None: the carry entering the first stage, i.e. the embeddings)."""
+    if stage is not None:
+        for name in stage.layers:
+            if name in (values or {}) and not _all_finite(values[name]):
+                raise NonFiniteError(
+                    f"calibration: NaN/Inf in the input of layer {name} (stage {stage.name}); "
+                    "the float model overflows on the calibration data"
+                )
+    if not _all_finite(carry):
+        where = f"the output of stage {stage.name}" if stage else "the calibration inputs"
+        raise NonFiniteError(
+            f"calibration: NaN/Inf in {where}; the float model overflows on the calibration data"
+        )
+
+
 def _set_layer(params: Params, name: str, layer: Mapping[str, Any]) -> Params:
     flat = _tree.flatten(params)
     prefix = name + "/"
@@ -106,11 +135,13 @@ def run_calibration(
     stages = adapter.stages()
     bar = Progress(len(stages), desc, enabled=progress)
     carry = adapter.start(params, batch)
+    check_finite(None, carry)
     for stage in stages:
         targets = [n for n in stage.layers if layers(n)]
         groups = [[n] for n in targets] if sequential else ([targets] if targets else [])
         for group in groups:
             _, inputs = adapter.run_stage(params, stage, carry)
+            check_finite(stage, (), {n: inputs[n] for n in group if n in inputs})
             for name in group:
                 if name not in inputs:
                     raise KeyError(
@@ -122,6 +153,7 @@ def run_calibration(
                     params = _set_layer(params, name, new)
             del inputs
         carry, _ = adapter.run_stage(params, stage, carry)
+        check_finite(stage, carry)
         bar.update(postfix=stage.name)
     bar.close()
     return params
@@ -177,9 +209,11 @@ def fit_stages(
     stages = adapter.stages()
     bar = Progress(len(stages), desc, enabled=progress)
     carry = adapter.start(params, batch)
+    check_finite(None, carry)
     fitted: dict[str, Any] = {}
     for stage in stages:
         carry, got = adapter.run_stage(params, stage, carry, collect="calibration")
+        check_finite(stage, carry, got)  # a NaN input leaves a NaN in its fitted quantizer
         fitted.update(got)
         bar.update(postfix=stage.name)
     bar.close()

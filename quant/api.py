@@ -30,10 +30,11 @@ import jax
 import numpy as np
 
 from quant import _tree
+from quant._calibrate import NonFiniteError
 from quant._qarray import ActQuant, QArray
 from quant.recipes import Recipe
 
-__all__ = ["prepare_calibration", "quantize", "summarize"]
+__all__ = ["NonFiniteError", "prepare_calibration", "quantize", "summarize"]
 
 
 def _method(name: str):
@@ -125,6 +126,11 @@ def prepare_calibration(
     else:
         t = time.perf_counter()
         feats = family_adapter.token0_features(params, everything)  # dgc.candidate_features
+        if not np.isfinite(feats).all():
+            raise NonFiniteError(
+                "calibration: NaN/Inf in the DGC features (last block, token 0) of the generated "
+                "candidates; the float model overflows on them"
+            )
         seconds["dgc_features"] = time.perf_counter() - t
         t = time.perf_counter()
         sel = dgc.select(feats, cands, recipe.dgc, num=recipe.calib)

@@ -88,7 +88,7 @@ def _restore_tree(path: pathlib.Path) -> dict[str, Any]:
     return ocp.StandardCheckpointer().restore(path.absolute())
 
 
-def save(
+def write(
     directory: str | os.PathLike,
     params: dict[str, Any],
     *,
@@ -98,39 +98,60 @@ def save(
     vae_params: dict[str, Any] | None = None,
     vae_config: dict[str, Any] | None = None,
     summary: dict[str, Any] | None = None,
-    overwrite: bool = False,
     extra: dict[str, Any] | None = None,
-) -> pathlib.Path:
-    """Writes a quantized model directory; nothing is left half-written on failure."""
+) -> None:
+    """Writes a quantized model's files into `directory` (existing and empty), arvg.json last.
+
+    Not atomic by itself: `save` (or the CLI's `arvg_jax.atomic.write_dir`) writes into a
+    temporary directory and renames it into place.
+    """
     directory = pathlib.Path(directory)
-    if directory.exists() and not overwrite:
+    storable, kinds = _to_storable(params)
+    _save_tree(directory / "params", storable)
+    meta = {
+        "format": FORMAT,
+        "family": family,
+        "model_config": model_config,
+        "recipe": recipe,
+        "quant_leaves": kinds,
+        "summary": summary or {},
+        "vae_config": vae_config,
+        **(extra or {}),
+    }
+    if vae_params is not None:
+        _save_tree(
+            directory / "vae",
+            _tree.unflatten({k: np.asarray(v) for k, v in _tree.flatten(vae_params).items()}),
+        )
+    (directory / "arvg.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+
+def _remove(path: pathlib.Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def save(directory: str | os.PathLike, params: dict[str, Any], *, overwrite: bool = False, **meta):
+    """Writes a quantized model directory atomically (`write`'s keyword arguments); nothing is
+    left half-written on failure, nor beside it after a replacement. Permissions follow the
+    umask."""
+    directory = pathlib.Path(directory)
+    if os.path.lexists(directory) and not overwrite:
         raise FileExistsError(f"{directory}: already exists (pass overwrite=True / --overwrite)")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     try:
-        storable, kinds = _to_storable(params)
-        _save_tree(tmp / "params", storable)
-        meta = {
-            "format": FORMAT,
-            "family": family,
-            "model_config": model_config,
-            "recipe": recipe,
-            "quant_leaves": kinds,
-            "summary": summary or {},
-            "vae_config": vae_config,
-            **(extra or {}),
-        }
-        if vae_params is not None:
-            _save_tree(
-                tmp / "vae",
-                _tree.unflatten({k: np.asarray(v) for k, v in _tree.flatten(vae_params).items()}),
-            )
-        (tmp / "arvg.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        umask = os.umask(0o022)  # mkdtemp makes 0700: give the directory the usual mode
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        write(tmp, params, **meta)
+        if os.path.lexists(directory):
+            old = tmp.with_name(tmp.name + ".old")
             os.replace(directory, old)
             os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, directory)
     except BaseException:

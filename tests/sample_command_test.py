@@ -7,8 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from arvg_jax import cli, sample_shards
-from arvg_jax.commands import sample as sample_command
+from arvg_jax import cli, interrupt, sample_shards
 from arvg_jax.metrics import adm_npz
 
 # 12 images in shards of 5 (the last one short), 2 per class: labels 0 0 1 1 ... 5 5.
@@ -79,7 +78,7 @@ def test_ctrl_c_keeps_shards_and_a_rerun_resumes(baseline, tmp_path, monkeypatch
 
     monkeypatch.setattr(sample_shards, "write_shard", write_then_interrupt)
     exits = []
-    monkeypatch.setattr(sample_command, "_hard_exit", exits.append)  # not the test process
+    monkeypatch.setattr(interrupt, "_hard_exit", exits.append)  # not the test process
     start = time.monotonic()
     assert _sample(out, 3) == 130
     assert time.monotonic() - start < 60  # (compiled already: no long wait after Ctrl-C)

@@ -31,7 +31,12 @@ def add_arguments(parser) -> None:
         default="orbax",
         help="orbax directory with config.json, or one portable .safetensors file",
     )
-    g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out that arvg wrote (a directory holding a .arvg marker "
+        "file, or a converted .safetensors file)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -60,8 +65,7 @@ def run(args) -> int:
         ValueError,
         CheckpointError,
         ConversionError,
-        FileNotFoundError,
-        FileExistsError,
+        OSError,
     ) as e:
         print(f"arvg convert: {e}", file=sys.stderr)
         return 2

@@ -32,21 +32,24 @@ def add_arguments(parser) -> None:
         default=None,
         help="comma-separated class ids (default: 8 spread over the classes)",
     )
+    from arvg_jax.argtypes import POSITIVE_INT, SEED
     from arvg_jax.commands.generate import add_sampling_arguments
 
     add_sampling_arguments(parser.add_argument_group("sampling"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument(
+        "--seed", type=SEED, default=0, help="image i draws with fold_in(seed key, i)"
+    )
+    parser.add_argument("--batch", type=POSITIVE_INT, default=16, help="images per compiled batch")
     parser.add_argument(
         "--per-class",
-        type=int,
+        type=POSITIVE_INT,
         default=1,
         help="images of each class (fidelity mode; with --inception, for the sample scores)",
     )
     parser.add_argument(
         "--out",
-        help="output directory: report.md, grid.png (fidelity; required) or report.json, "
-        "report.md (--samples; default <samples>.eval beside the file)",
+        help="output directory (new, empty, or one arvg wrote): report.md, grid.png (fidelity; "
+        "required) or report.json, report.md (--samples; default <samples>.eval beside the file)",
     )
     from arvg_jax.commands import evaluate_samples
 
@@ -55,16 +58,24 @@ def add_arguments(parser) -> None:
 
 def evaluate(float_model, q_models, classes, *, seed, sampling, batch, progress=True):
     """Returns (list of Fidelity, {name: images}) for each quantized model."""
+    import numpy as np
+
     from arvg_jax import evaluate as ev
-    from arvg_jax.commands.generate import generate_images
+    from arvg_jax.commands.generate import NonFiniteImages, generate_images
+
+    def logits(model, name):
+        out = ev.teacher_forced_logits(model, labels, f_tok, batch)
+        if not np.isfinite(out).all():
+            raise NonFiniteImages(f"{name}: NaN/Inf in its logits on the float model's tokens")
+        return out
 
     kw = {"seed": seed, "sampling": sampling, "batch": batch, "progress": progress}
     f_img, f_tok, labels = generate_images(float_model, classes, **kw)
-    f_logits = ev.teacher_forced_logits(float_model, labels, f_tok, batch)
+    f_logits = logits(float_model, "float")
     results, images = [], {"float": f_img}
     for name, qm in q_models:
         q_img, q_tok, _ = generate_images(qm, classes, **kw)
-        q_logits = ev.teacher_forced_logits(qm, labels, f_tok, batch)
+        q_logits = logits(qm, name)
         results.append(ev.compare(name, f_logits, q_logits, (f_img, f_tok), (q_img, q_tok)))
         images[name] = q_img
     return results, images
@@ -88,7 +99,7 @@ def run(args) -> int:
 
     from arvg_jax import atomic, imageio
     from arvg_jax import evaluate as ev
-    from arvg_jax.commands.generate import parse_classes, sampling_from_args
+    from arvg_jax.commands.generate import NonFiniteImages, parse_classes, sampling_from_args
     from arvg_jax.models import float_model_from_args, load_quantized
     from converters import CheckpointError, ConversionError
 
@@ -125,28 +136,30 @@ def run(args) -> int:
             if args.classes
             else [int(c) for c in np.linspace(0, n_cls - 1, 8).round()]
         )
-        if args.per_class < 1:
-            raise ValueError(f"--per-class must be ≥ 1, got {args.per_class}")
         classes = [c for c in classes for _ in range(args.per_class)]
         inception = None
         if scores:
             from converters.inception import load_inception
 
             inception = load_inception(args.inception)
-    except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
+        sampling = sampling_from_args(float_model, args)
+        out = atomic.check_output_dir(pathlib.Path(args.out))
+    except (ValueError, CheckpointError, ConversionError, OSError) as e:
         print(f"arvg evaluate: {e}", file=sys.stderr)
         return 2
-    sampling = sampling_from_args(float_model, args)
-    results, images = evaluate(
-        float_model,
-        q_models,
-        classes,
-        seed=args.seed,
-        sampling=sampling,
-        batch=args.batch,
-    )
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        results, images = evaluate(
+            float_model,
+            q_models,
+            classes,
+            seed=args.seed,
+            sampling=sampling,
+            batch=args.batch,
+        )
+    except NonFiniteImages as e:
+        print(f"arvg evaluate: {e}", file=sys.stderr)
+        return 1
+    atomic.output_dir(out)
     imageio.write_png(out / "grid.png", side_by_side(images))
     table = "\n".join([ev.TABLE_HEADER] + [r.row() for r in results])
     if inception is not None:

@@ -43,6 +43,8 @@ METRICS = (
 
 
 def add_arguments(parser) -> None:
+    from arvg_jax.argtypes import POSITIVE_INT
+
     g = parser.add_argument_group(
         "sample scores (--samples mode: IS, FID, sFID, precision, recall of a batch file)"
     )
@@ -55,9 +57,11 @@ def add_arguments(parser) -> None:
         metavar="WEIGHTS",
         help=f"{_TF} (torch-fidelity) or {_PF} (pytorch-fid)",
     )
-    g.add_argument("--inception-batch", type=int, default=64, help="images per Inception call")
     g.add_argument(
-        "--is-split-size", type=int, default=5000, help="images per Inception Score split"
+        "--inception-batch", type=POSITIVE_INT, default=64, help="images per Inception call"
+    )
+    g.add_argument(
+        "--is-split-size", type=POSITIVE_INT, default=5000, help="images per Inception Score split"
     )
 
 
@@ -112,10 +116,11 @@ def run(args) -> int:
     if args.inception_batch < 1 or args.is_split_size < 1:
         return fail("--inception-batch and --is-split-size must be positive")
     try:
+        out = atomic.check_output_dir(pathlib.Path(args.out or default_out(args.samples)))
         (n_samples, *_), _ = adm_npz.array_shape(args.samples)
         (n_ref, *_), _ = adm_npz.array_shape(args.reference)
         params = load_inception(args.inception)
-    except (ValueError, CheckpointError, ConversionError) as e:
+    except (ValueError, CheckpointError, ConversionError, OSError) as e:
         return fail(str(e))
     settings = EvalSettings(batch_size=args.inception_batch, is_split_size=args.is_split_size)
     start = time.perf_counter()
@@ -130,8 +135,7 @@ def run(args) -> int:
         "metrics": {k: float(metrics[k]) for k, _ in METRICS},
         "seconds": time.perf_counter() - start,
     }
-    out = pathlib.Path(args.out or default_out(args.samples))
-    out.mkdir(parents=True, exist_ok=True)
+    atomic.output_dir(out)
     markdown = report_markdown(report)
     atomic.write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     atomic.write_text(out / "report.md", markdown)

@@ -10,7 +10,12 @@ from __future__ import annotations
 import sys
 
 
+class NonFiniteImages(ValueError):
+    """Generated images hold NaN / Inf (the model's activations overflowed)."""
+
+
 def add_arguments(parser) -> None:
+    from arvg_jax.argtypes import POSITIVE_INT, SEED
     from arvg_jax.models import add_model_arguments
     from arvg_jax.parallel import cli as parallel_cli
 
@@ -22,41 +27,72 @@ def add_arguments(parser) -> None:
         help="comma-separated class ids, e.g. 207,360 (repeat ids for more samples)",
     )
     add_sampling_arguments(g)
-    g.add_argument("--seed", type=int, default=0, help="image i draws with fold_in(seed key, i)")
-    g.add_argument("--batch", type=int, default=32, help="images per compiled batch")
+    g.add_argument("--seed", type=SEED, default=0, help="image i draws with fold_in(seed key, i)")
+    g.add_argument("--batch", type=POSITIVE_INT, default=32, help="images per compiled batch")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    g.add_argument("--out", required=True, help="output PNG (a grid of all images)")
+    g.add_argument(
+        "--out",
+        required=True,
+        help="output image, a grid of all images; the extension picks the format (.png, .jpg, "
+        ".webp, ...)",
+    )
     g.add_argument("--save-tokens", help="also write tokens and labels to this .npz")
     parallel_cli.add_arguments(parser)
 
 
 def add_sampling_arguments(group) -> None:
-    """Every family's sampling settings as flags (default: the model family's official value)."""
-    from arvg_jax import families
+    """Every family's sampling settings as flags (default: the model family's official value),
+    each checked against the ranges the families declare (`SamplingArg.valid`)."""
+    from arvg_jax import argtypes, families
 
     per_family: dict[str, list[str]] = {}
+    valid: dict[str, list] = {}
     for fam in families.all_families().values():
         for a in fam.sampling_arguments():
             per_family.setdefault(a.name, []).append(f"{fam.name} {a.default}")
+            if a.valid is not None:
+                valid.setdefault(a.name, []).append((fam.name, a.valid))
     for arg in families.sampling_arguments().values():
         if arg.type is bool:
             group.add_argument(arg.flag, action="store_true", default=None, help=arg.help)
         else:
             official = "; ".join(per_family[arg.name])
+            check = argtypes.AnyOf(tuple(valid[arg.name])) if arg.name in valid else arg.type
+            allowed = f"; {check.describe()}" if arg.name in valid else ""
             group.add_argument(
                 arg.flag,
-                type=arg.type,
+                type=check,
                 default=None,
                 help=f"{arg.help} (default: the official value, per size where it varies: "
-                f"{official})",
+                f"{official}{allowed})",
             )
 
 
 def sampling_from_args(model, args) -> dict:
-    """The model family's sampling settings: given flags, else the official defaults."""
+    """The model family's sampling settings: given flags, else the official defaults.
+
+    Raises:
+      ValueError: a flag outside the range this family accepts (e.g. --top-p 0 for PAR), or a
+        flag of another family (it would be ignored).
+    """
+    from arvg_jax import argtypes, families
+
+    own = model.fam.sampling_arguments(model.cfg)
+    foreign = [
+        a.flag
+        for name, a in families.sampling_arguments().items()
+        if getattr(args, name, None) is not None and name not in {o.name for o in own}
+    ]
+    if foreign:
+        raise ValueError(
+            f"{', '.join(foreign)}: not a sampling setting of {model.family} (its settings: "
+            f"{', '.join(a.flag for a in own)})"
+        )
     out = {}
-    for arg in model.fam.sampling_arguments(model.cfg):
+    for arg in own:
         value = getattr(args, arg.name, None)
+        if value is not None:
+            argtypes.check(arg.valid, value, arg.flag, model.family)
         out[arg.name] = arg.default if value is None else value
     return out
 
@@ -137,6 +173,11 @@ def generate_images(
             **sampling,
         )
         images.append(np.asarray(out["images"])[: len(chunk)])
+        if not np.isfinite(images[-1]).all():
+            raise NonFiniteImages(
+                f"images {start + lo}-{start + lo + len(chunk) - 1}: the generated images hold "
+                "NaN/Inf (the model's activations overflowed; check the weights and settings)"
+            )
         tokens.append(np.asarray(out["tokens"])[: len(chunk)])
         bar.update()
         if on_batch is not None:
@@ -148,7 +189,7 @@ def generate_images(
 def run(args) -> int:
     import numpy as np
 
-    from arvg_jax import imageio
+    from arvg_jax import atomic, imageio
     from arvg_jax.models import model_from_args
     from arvg_jax.options import ExecOptions
     from arvg_jax.parallel import cli as parallel_cli
@@ -157,8 +198,10 @@ def run(args) -> int:
 
     try:
         mesh = parallel_cli.mesh_from_args(args)  # first: jax.distributed precedes device use
+        imageio.image_format(args.out)  # refuse an unknown extension before generating
         model = model_from_args(args)
         classes = parse_classes(args.classes, model.num_classes)
+        sampling = sampling_from_args(model, args)
     except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
         print(f"arvg generate: {e}", file=sys.stderr)
         return 2
@@ -167,24 +210,32 @@ def run(args) -> int:
         if model.quantized
         else "float"
     )
-    sampling = sampling_from_args(model, args)
     settings = ", ".join(f"{k} {v}" for k, v in sampling.items())
     print(
         f"{model.name}: {kind}, {len(classes)} image(s), {settings}, seed {args.seed}; "
         f"{describe(mesh)}",
         file=sys.stderr,
     )
-    images, tokens, labels = generate_images(
-        model,
-        classes,
-        seed=args.seed,
-        sampling=sampling,
-        batch=args.batch,
-        options=ExecOptions(dtype=args.dtype),
-        mesh=mesh,
-    )
-    path = imageio.write_png(args.out, imageio.make_grid(imageio.to_uint8(images)))
+    try:
+        images, tokens, labels = generate_images(
+            model,
+            classes,
+            seed=args.seed,
+            sampling=sampling,
+            batch=args.batch,
+            options=ExecOptions(dtype=args.dtype),
+            mesh=mesh,
+        )
+    except NonFiniteImages as e:
+        print(f"arvg generate: {e}", file=sys.stderr)
+        return 1
+    path = imageio.write_image(args.out, imageio.make_grid(imageio.to_uint8(images)))
     if args.save_tokens:
-        np.savez(args.save_tokens, tokens=tokens, labels=labels)
+
+        def save_tokens(tmp):
+            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+                np.savez(f, tokens=tokens, labels=labels)
+
+        atomic.write(args.save_tokens, save_tokens)
     print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -4,7 +4,9 @@ Prints one aligned `key  [shape]  dtype` line per tensor (wrapped checkpoints as
 `model_ema/blocks.0.attn.proj.weight`), the non-tensor entries, the wrapper structure and the
 totals. A refused file prints its one-line error on stderr and exits 2. A directory is a quantized
 checkpoint written by `arvg quantize` (`quant.checkpoint.describe` lists it) or a converted one
-written by `arvg convert` (`arvg_jax.conversion.describe`).
+written by `arvg convert` (`arvg_jax.conversion.describe`). A `.npz` file (the packaged tiny
+models' params, `arvg sample` batches and shards, `--save-tokens` files) is listed from its .npy
+headers, never loading an array.
 
     python -m arvg_jax.cli inspect ../shared/reference/mar/mar.pth --key model_ema
 """
@@ -12,7 +14,9 @@ written by `arvg convert` (`arvg_jax.conversion.describe`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import zipfile
 from typing import Any
 
 _MAX_ENTRIES = 1_000_000  # a pickle can share containers so that paths multiply; stop listing
@@ -21,9 +25,61 @@ _KEY_WIDTH = 80  # longest key the columns are aligned to
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "file", metavar="FILE", help=".pth/.pt/.bin/.ckpt/.safetensors file or quantized directory"
+        "file",
+        metavar="FILE",
+        help=".pth/.pt/.bin/.ckpt/.safetensors/.npz file, or a quantized or converted directory",
     )
     parser.add_argument("--key", help="list only the state dict under this key (e.g. model_ema)")
+
+
+@dataclasses.dataclass(frozen=True)
+class _NpyEntry:
+    """An array of a .npz file, described by its header."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+
+def _is_npz(path: str) -> bool:
+    """A zip whose members are all .npy arrays (torch zips hold data.pkl and raw records)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+def _read_npz(path: str) -> dict[str, _NpyEntry]:
+    """{key: entry} from the .npy headers of an .npz (numpy caps the header size)."""
+    import numpy as np
+
+    fmt = np.lib.format
+    readers = {1: fmt.read_array_header_1_0, 2: fmt.read_array_header_2_0}
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                with zf.open(name) as f:
+                    major, minor = fmt.read_magic(f)
+                    if major not in readers:
+                        raise ValueError(f"{name}: .npy format version {major}.{minor}")
+                    shape, _, dtype = readers[major](f)
+                out[name[: -len(".npy")]] = _NpyEntry(tuple(shape), dtype)
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"unreadable .npz: {e}") from None
+    return out
 
 
 def _one_line(text: object) -> str:
@@ -100,7 +156,13 @@ def run(args: argparse.Namespace) -> int:
     from converters import CheckpointError, LazyTensor, open_state_dict, read_checkpoint
 
     try:
-        if args.key is not None:
+        if _is_npz(args.file):
+            tree = _read_npz(args.file)
+            if args.key is not None:
+                tree = {args.key: tree[args.key]} if args.key in tree else {}
+                if not tree:
+                    raise ValueError(f"no array {args.key!r} in this .npz")
+        elif args.key is not None:
             tree = {args.key: open_state_dict(args.file, key=args.key)}
         else:
             tree = read_checkpoint(args.file, lazy=True)
@@ -112,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.file}: {_one_line(e)}", file=sys.stderr)
         return 2
 
-    tensors = [(k, v) for k, v in entries if isinstance(v, LazyTensor)]
-    others = [(k, v) for k, v in entries if not isinstance(v, LazyTensor)]
+    tensors = [(k, v) for k, v in entries if isinstance(v, (LazyTensor, _NpyEntry))]
+    others = [(k, v) for k, v in entries if not isinstance(v, (LazyTensor, _NpyEntry))]
     shapes = ["[" + ", ".join(map(str, t.shape)) + "]" for _, t in tensors]
     key_width = min(_KEY_WIDTH, max((len(k) for k, _ in entries), default=0))
     shape_width = max(map(len, shapes), default=0)
@@ -124,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
 
     groups: dict[str, list[Any]] = {}
     for k, t in tensors:
-        if "/" in k:
+        if "/" in k and not isinstance(t, _NpyEntry):  # npz keys are paths, not wrappers
             groups.setdefault(k.split("/", 1)[0], []).append(t)
     if groups:
         parts = [

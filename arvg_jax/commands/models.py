@@ -1,6 +1,6 @@
 """`arvg models`: the model families and their presets (every `--model` value).
 
-    arvg models
+arvg models
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def run(args) -> int:
         for name, p in fam.presets().items():
             tag = "  [packaged weights]" if p.packaged else ""
             print(f"  {name:<16} {p.description}{tag}")
-        print(f"  {fam.name:<16} any size: --model {fam.name} --config config.json "
-              "(official constructor arguments)")
+        print(
+            f"  {fam.name:<16} any size: --model {fam.name} --config config.json "
+            "(official constructor arguments)"
+        )
     return 0

@@ -11,6 +11,7 @@ import time
 
 
 def add_arguments(parser) -> None:
+    from arvg_jax.argtypes import POSITIVE_INT, SEED
     from arvg_jax.models import add_model_arguments
     from arvg_jax.parallel import cli as parallel_cli
     from quant.recipes import BITS, METHODS
@@ -19,8 +20,10 @@ def add_arguments(parser) -> None:
     g = parser.add_argument_group("quantization")
     g.add_argument("--method", choices=METHODS, default="ptq4arvg")
     g.add_argument("--bits", default="w8a8", help=f"wXaY, e.g. {', '.join(BITS)}")
-    g.add_argument("--calib", type=int, default=128, help="calibration sequences (official: 128)")
-    g.add_argument("--calib-seed", type=int, default=42, help="seed of the calibration samples")
+    g.add_argument(
+        "--calib", type=POSITIVE_INT, default=128, help="calibration sequences (official: 128)"
+    )
+    g.add_argument("--calib-seed", type=SEED, default=42, help="seed of the calibration samples")
     g.add_argument(
         "--dgc",
         choices=["shrinkage", "official", "none"],
@@ -34,7 +37,11 @@ def add_arguments(parser) -> None:
         help="symmetric per-channel weights (zero point 0) instead of asymmetric",
     )
     g.add_argument("--out", required=True, help="output directory (orbax; written atomically)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out that arvg wrote (it holds a .arvg marker file)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     parallel_cli.add_arguments(parser)
 
@@ -56,6 +63,7 @@ def format_summary(summary: dict, seconds: float) -> str:
 
 
 def run(args) -> int:
+    from arvg_jax import atomic
     from arvg_jax.models import config_to_dict, model_from_args, prepare_calibration, quant_adapter
     from arvg_jax.parallel import cli as parallel_cli
     from arvg_jax.parallel import describe, rules
@@ -71,6 +79,7 @@ def run(args) -> int:
             raise ValueError(
                 f"--mesh {args.mesh}: calibration splits its rows over data only (model=1)"
             )
+        atomic.check_replaceable(args.out, args.overwrite)  # before minutes of work
         recipe = Recipe.parse(
             args.method,
             args.bits,
@@ -89,14 +98,10 @@ def run(args) -> int:
         CheckpointError,
         ConversionError,
         FileNotFoundError,
+        FileExistsError,
         NotImplementedError,
     ) as e:
         print(f"arvg quantize: {e}", file=sys.stderr)
-        return 2
-    import pathlib
-
-    if pathlib.Path(args.out).exists() and not args.overwrite:
-        print(f"arvg quantize: {args.out} exists (pass --overwrite)", file=sys.stderr)
         return 2
     progress = not args.quiet
     print(
@@ -104,25 +109,40 @@ def run(args) -> int:
         f"(seed {recipe.seed}, dgc {recipe.dgc}); {describe(mesh)}",
         file=sys.stderr,
     )
-    batch, calib_info = prepare_calibration(model, adapter, recipe, progress=progress)
-    params = model.params
-    if mesh.size > 1:  # rows split over data, params replicated: GSPMD runs each stage sharded
-        batch = parallel_generate.shard_rows(batch, mesh)
-        params = rules.replicate(params, mesh)
-    qparams, summary = api.quantize(adapter, params, batch, recipe, progress=progress)
+    import warnings
+
+    try:
+        # Overflow shows as NaN / Inf in the activations, reported below in one line naming the
+        # layer: numpy's own warnings about it (some from JAX callback threads, which a
+        # thread-local np.errstate would miss) only add noise before that line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            batch, calib_info = prepare_calibration(model, adapter, recipe, progress=progress)
+            params = model.params
+            if mesh.size > 1:  # rows split over data, params replicated: GSPMD runs each stage
+                batch = parallel_generate.shard_rows(batch, mesh)
+                params = rules.replicate(params, mesh)
+            qparams, summary = api.quantize(adapter, params, batch, recipe, progress=progress)
+    except api.NonFiniteError as e:
+        print(f"arvg quantize: {e}", file=sys.stderr)
+        return 1
     summary["calibration"] = calib_info
-    path = checkpoint.save(
-        args.out,
-        qparams,
-        family=model.family,
-        model_config=config_to_dict(model.cfg),
-        recipe=recipe.to_dict(),
-        vae_params=model.vae_params,
-        vae_config=config_to_dict(model.vae_cfg),
-        summary=summary,
-        overwrite=args.overwrite,
-        extra={"name": f"{model.name} {recipe.method} {recipe.bits}", "source": model.source},
-    )
+    meta = {
+        "family": model.family,
+        "model_config": config_to_dict(model.cfg),
+        "recipe": recipe.to_dict(),
+        "vae_params": model.vae_params,
+        "vae_config": config_to_dict(model.vae_cfg),
+        "summary": summary,
+        "extra": {"name": f"{model.name} {recipe.method} {recipe.bits}", "source": model.source},
+    }
+    try:
+        path = atomic.write_dir(
+            args.out, lambda tmp: checkpoint.write(tmp, qparams, **meta), overwrite=args.overwrite
+        )
+    except FileExistsError as e:
+        print(f"arvg quantize: {e}", file=sys.stderr)
+        return 2
     print(format_summary(summary, time.perf_counter() - t0), file=sys.stderr)
     print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -14,7 +14,8 @@ the other metrics ignore the order).
 Resuming: images go to fixed-size shards under `<out>.shards/` (`arvg_jax.sample_shards`); a rerun
 with the same settings skips the finished shards. Image i always draws with
 `families.image_keys(seed, i, 1)`, so the file is the same whatever --batch is or how often the run
-was interrupted. Ctrl-C stops within a second and keeps the finished shards (exit status 130).
+was interrupted. Ctrl-C stops within a second and keeps the finished shards (exit status 130;
+`arvg_jax.interrupt`).
 
 Devices and hosts (docs/scale_out.md): each batch is split over the "data" axis of `--mesh`
 (default: every local device); with several processes (`--distributed`, or ARVG_PROCESS_INDEX /
@@ -24,20 +25,14 @@ ARVG_PROCESS_COUNT for a job array) process p writes the shards s with s % P == 
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
 
 # Seconds Ctrl-C waits for the batch in flight before the process ends without it.
 _STOP_WAIT_S = 0.5
 
 
-def _hard_exit(code: int) -> None:
-    """Ends the process at once (tests replace it)."""
-    os._exit(code)
-
-
 def add_arguments(parser) -> None:
+    from arvg_jax.argtypes import POSITIVE_INT, SEED
     from arvg_jax.commands.generate import add_sampling_arguments
     from arvg_jax.models import add_model_arguments
     from arvg_jax.parallel import cli as parallel_cli
@@ -45,18 +40,22 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser)
     g = parser.add_argument_group("sampling")
     add_sampling_arguments(g)
-    g.add_argument("--num-images", type=int, required=True, help="images in all (50000 for FID)")
+    g.add_argument(
+        "--num-images", type=POSITIVE_INT, required=True, help="images in all (50000 for FID)"
+    )
     g.add_argument(
         "--per-class",
-        type=int,
+        type=POSITIVE_INT,
         default=50,
         help="consecutive images per class: image i has class (i // per_class) %% num_classes",
     )
-    g.add_argument("--seed", type=int, default=0, help="image i draws with fold_in(seed key, i)")
-    g.add_argument("--batch", type=int, default=32, help="images per compiled batch (speed only)")
+    g.add_argument("--seed", type=SEED, default=0, help="image i draws with fold_in(seed key, i)")
+    g.add_argument(
+        "--batch", type=POSITIVE_INT, default=32, help="images per compiled batch (speed only)"
+    )
     g.add_argument(
         "--shard-size",
-        type=int,
+        type=POSITIVE_INT,
         default=1000,
         help="images per shard file (part of the run: a resumed run must use the same)",
     )
@@ -96,11 +95,11 @@ def run_identity(model, sampling, args) -> dict:
     }
 
 
-def _generate_shards(model, todo, *, args, sampling, options, mesh, directory, stop, bar, errors):
-    """The worker: generates and writes the shards in `todo` until done or `stop` is set."""
+def _generate_shards(model, todo, *, args, sampling, options, mesh, directory, bar):
+    """Generates and writes the shards in `todo` until done or Ctrl-C (`arvg_jax.interrupt`)."""
     import numpy as np
 
-    from arvg_jax import sample_shards
+    from arvg_jax import interrupt, sample_shards
     from arvg_jax.commands import generate
 
     left = [0]  # images of the current shard not yet counted (its padding is not counted)
@@ -109,12 +108,12 @@ def _generate_shards(model, todo, *, args, sampling, options, mesh, directory, s
         step = min(n, left[0])
         left[0] -= step
         bar.update(step)
-        if stop.is_set():
+        if interrupt.stop_requested():
             raise _Stopped
 
     try:
         for index in todo:
-            if stop.is_set():
+            if interrupt.stop_requested():
                 return
             start, end = sample_shards.shard_range(index, args.num_images, args.shard_size)
             labels = sample_shards.labels_for(start, end, args.per_class, model.num_classes)
@@ -140,8 +139,6 @@ def _generate_shards(model, todo, *, args, sampling, options, mesh, directory, s
             sample_shards.write_shard(directory, index, images, labels)
     except _Stopped:
         return
-    except BaseException as e:  # noqa: BLE001 (the main thread re-raises it)
-        errors.append(e)
 
 
 def run(args) -> int:
@@ -150,8 +147,8 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from arvg_jax import sample_shards
-    from arvg_jax.commands.generate import sampling_from_args
+    from arvg_jax import interrupt, sample_shards
+    from arvg_jax.commands.generate import NonFiniteImages, sampling_from_args
     from arvg_jax.models import model_from_args
     from arvg_jax.options import ExecOptions
     from arvg_jax.parallel import cli as parallel_cli
@@ -166,6 +163,7 @@ def run(args) -> int:
         index, count, coordinated = hosts.process_info()
         if out.exists():
             raise ValueError(f"{out} exists: delete it or choose another --out")
+        sample_shards.check_dir(directory)  # before loading the model
         model = model_from_args(args)
         sampling = sampling_from_args(model, args)
         # Only process 0 deletes stale temporaries: another's could be a shard being written.
@@ -177,7 +175,7 @@ def run(args) -> int:
                 f"{directory} holds shards of another run (differs in {', '.join(differs)}): "
                 "rerun with its settings, or delete it to start over"
             )
-    except (ValueError, CheckpointError, ConversionError, FileNotFoundError) as e:
+    except (ValueError, CheckpointError, ConversionError, OSError) as e:
         print(f"arvg sample: {e}", file=sys.stderr)
         return 2
     hosts.barrier("arvg-sample-open", coordinated)  # the temporaries are gone before anyone writes
@@ -209,46 +207,33 @@ def run(args) -> int:
         mininterval=0.1 if tty else 10.0,
         dynamic_ncols=True,
     )
-    stop, errors = threading.Event(), []
-    worker = threading.Thread(
-        target=_generate_shards,
-        kwargs={
-            "model": model,
-            "todo": todo,
-            "args": args,
-            "sampling": sampling,
-            "options": ExecOptions(dtype=args.dtype),
-            "mesh": mesh,
-            "directory": directory,
-            "stop": stop,
-            "bar": bar,
-            "errors": errors,
-        },
-        name="arvg-sample",
-        daemon=True,
-    )
-    worker.start()
-    try:
-        # The main thread only waits, so Ctrl-C reaches it at once even while a batch runs.
-        while worker.is_alive():
-            worker.join(0.1)
-    except KeyboardInterrupt:
-        stop.set()
-        worker.join(_STOP_WAIT_S)  # a batch that ends now still counts
+
+    def kept() -> str:
         bar.close()
-        kept = len(sample_shards.finished(directory, total))
-        print(f"interrupted; {kept} of {total} shards kept, rerun to resume", file=sys.stderr)
-        # End now: JAX cannot cancel a device computation in flight (a batch of a large model
-        # takes seconds), and an orderly interpreter exit with the JAX runtime takes about a
-        # second more. Finished shards are on disk; an unfinished one is at most a temporary
-        # file, which the rerun deletes.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        _hard_exit(130)
-        return 130
+        done = len(sample_shards.finished(directory, total))
+        return f"interrupted; {done} of {total} shards kept, rerun to resume"
+
+    # Ctrl-C: the batch that ends within the grace period still counts; an unfinished shard is at
+    # most a temporary file, which the rerun deletes.
+    interrupt.set_grace(_STOP_WAIT_S)
+    interrupt.set_report(kept)
+    try:
+        _generate_shards(
+            model,
+            todo,
+            args=args,
+            sampling=sampling,
+            options=ExecOptions(dtype=args.dtype),
+            mesh=mesh,
+            directory=directory,
+            bar=bar,
+        )
+    except NonFiniteImages as e:
+        bar.close()
+        print(f"arvg sample: {e}", file=sys.stderr)
+        return 1
     bar.close()
-    if errors:
-        raise errors[0]
+    interrupt.check()  # stopped by Ctrl-C: the main thread reports and exits
     hosts.barrier("arvg-sample-done", coordinated)
     if index != 0:
         print(f"process {index} of {count}: its shards are written", file=sys.stderr)

@@ -60,12 +60,15 @@ class SamplingArg:
       type: float, int or bool (a bool is a store-true flag).
       default: the official sampler's default.
       help: one line.
+      valid: the values the family's sampler accepts (`arvg_jax.argtypes.Range`, `OneOf` or
+        `Checked`; None: any of `type`): the CLI refuses others, naming the flag and the range.
     """
 
     name: str
     type: type
     default: Any
     help: str = ""
+    valid: Any = None
 
     @property
     def flag(self) -> str:

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arvg_jax import argtypes
 from arvg_jax.families import Family, Preset, SamplingArg
 from arvg_jax.families.mar.config import MARConfig
 from arvg_jax.tokenizers.kl16_vae import KL16Config
@@ -102,6 +103,16 @@ def _unwrap(state_dict: Mapping[str, Any], key: str, what: str) -> Mapping[str, 
             f"wrapped {what} checkpoint without {key!r}; entries: {sorted(state_dict)}"
         )
     return state_dict[key]
+
+
+_RESPACING = 'diffusion steps: section counts such as "100" or "50,50", or "ddimN"'
+
+
+def _valid_respacing(text: str) -> bool:
+    """True when the diffusion head can respace its 1000 steps as `text` says."""
+    from arvg_jax.families.mar.diffloss import space_timesteps
+
+    return bool(text) and bool(space_timesteps(1000, text))
 
 
 class MARFamily(Family):
@@ -186,35 +197,45 @@ class MARFamily(Family):
 
     # ---- running ------------------------------------------------------------------------------
     def sampling_arguments(self, cfg=None):
+        from arvg_jax.families.mar.sampler import CFG_SCHEDULES
+
         size = _release_size(cfg)
         steps = cfg.num_sampling_steps if cfg is not None else MARConfig().num_sampling_steps
         return (
             SamplingArg(
-                name="num_iter", type=int, default=64, help="MAR: autoregressive iterations"
+                name="num_iter",
+                type=int,
+                default=64,
+                help="MAR: autoregressive iterations",
+                valid=argtypes.POSITIVE_INT,
             ),
             SamplingArg(
                 name="cfg",
                 type=float,
                 default=FID_CFG.get(size, 1.0),
                 help="CFG scale (1.0 disables CFG)",
+                valid=argtypes.NON_NEGATIVE,
             ),
             SamplingArg(
                 name="cfg_schedule",
                 type=str,
                 default="linear",
                 help="MAR: CFG schedule over iterations, linear or constant",
+                valid=argtypes.OneOf(CFG_SCHEDULES),
             ),
             SamplingArg(
                 name="temperature",
                 type=float,
                 default=1.0,
                 help="MAR: diffusion-head noise temperature",
+                valid=argtypes.NON_NEGATIVE,  # it scales the noise: 0 is the deterministic mean
             ),
             SamplingArg(
                 name="num_sampling_steps",
                 type=str,
                 default=str(steps),
                 help="MAR: diffusion-head respacing (space_timesteps section counts)",
+                valid=argtypes.Checked(str, _valid_respacing, _RESPACING),
             ),
         )
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from arvg_jax import argtypes
 from arvg_jax.families import Family, Preset, SamplingArg
 from arvg_jax.families.par.config import PARConfig
 from arvg_jax.tokenizers.llamagen_vq16 import VQ16Config
@@ -117,16 +118,36 @@ class PARFamily(Family):
                 type=float,
                 default=cfg_scale_for(cfg),
                 help="CFG scale (> 1 adds null-class rows)",
+                valid=argtypes.NON_NEGATIVE,
             ),
             SamplingArg(
                 name="cfg_interval",
                 type=float,
                 default=-1.0,
                 help="-1: CFG at every pass; else CFG stops after this pass counter",
+                valid=argtypes.Range(float, -1),
             ),
-            SamplingArg(name="top_k", type=int, default=0, help="top-k filter, 0 disables"),
-            SamplingArg(name="top_p", type=float, default=1.0, help="top-p filter, 1 disables"),
-            SamplingArg(name="temperature", type=float, default=1.0, help="softmax temperature"),
+            SamplingArg(
+                name="top_k",
+                type=int,
+                default=0,
+                help="top-k filter, 0 disables",
+                valid=argtypes.NON_NEGATIVE_INT,
+            ),
+            SamplingArg(
+                name="top_p",
+                type=float,
+                default=1.0,
+                help="top-p filter, 1 disables",
+                valid=argtypes.Range(float, 0, 1, lo_open=True),  # HF: 0 < top_p <= 1
+            ),
+            SamplingArg(
+                name="temperature",
+                type=float,
+                default=1.0,
+                help="softmax temperature",
+                valid=argtypes.POSITIVE,
+            ),
             SamplingArg(name="greedy", type=bool, default=False, help="argmax instead of a draw"),
         )
 

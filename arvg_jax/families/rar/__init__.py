@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from arvg_jax import argtypes
 from arvg_jax.families import Family, Preset, SamplingArg
 from arvg_jax.families.rar.config import RARConfig, SamplingSettings
 from arvg_jax.tokenizers.maskgit_vqgan import MaskGITVQGANConfig
@@ -100,18 +101,21 @@ class RARFamily(Family):
                 type=float,
                 default=s.guidance_scale,
                 help="CFG scale (0: the official no-CFG branch)",
+                valid=argtypes.NON_NEGATIVE,
             ),
             SamplingArg(
                 name="guidance_scale_pow",
                 type=float,
                 default=s.guidance_scale_pow,
                 help="power of the cosine CFG schedule",
+                valid=argtypes.NON_NEGATIVE,
             ),
             SamplingArg(
                 name="randomize_temperature",
                 type=float,
                 default=s.randomize_temperature,
                 help="softmax temperature",
+                valid=argtypes.POSITIVE,
             ),
             SamplingArg(name="greedy", type=bool, default=False, help="argmax instead of a draw"),
         )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from arvg_jax import argtypes
 from arvg_jax.families import Family, Preset, SamplingArg
 from arvg_jax.families.var.config import VARConfig
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
@@ -114,9 +115,27 @@ class VARFamily(Family):
     def sampling_arguments(self, cfg=None):
         # The official FID setting (models/var.py autoregressive_infer_cfg callers).
         return (
-            SamplingArg(name="cfg", type=float, default=1.5, help="CFG scale (ramped over scales)"),
-            SamplingArg(name="top_k", type=int, default=900, help="top-k filter, 0 disables"),
-            SamplingArg(name="top_p", type=float, default=0.96, help="top-p filter, 0 disables"),
+            SamplingArg(
+                name="cfg",
+                type=float,
+                default=1.5,
+                help="CFG scale (ramped over scales)",
+                valid=argtypes.NON_NEGATIVE,
+            ),
+            SamplingArg(
+                name="top_k",
+                type=int,
+                default=900,
+                help="top-k filter, 0 disables",
+                valid=argtypes.NON_NEGATIVE_INT,
+            ),
+            SamplingArg(
+                name="top_p",
+                type=float,
+                default=0.96,
+                help="top-p filter, 0 disables",
+                valid=argtypes.PROBABILITY,
+            ),
             SamplingArg(name="greedy", type=bool, default=False, help="argmax instead of a draw"),
         )
 

@@ -48,6 +48,7 @@ def _ints(text: str) -> list[int]:
 
 
 def add_arguments(parser) -> None:
+    from arvg_jax import argtypes as at
     from arvg_jax.families.var import FAMILY
 
     parser.add_argument(
@@ -62,27 +63,33 @@ def add_arguments(parser) -> None:
         help="comma-separated variants, precision[+int8-IMPL][+attn-IMPL]",
     )
     parser.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
-    parser.add_argument("--repeats", type=int, default=5, help="most timed calls per config")
-    parser.add_argument("--min-repeats", type=int, default=3, help="fewest timed calls")
+    parser.add_argument(
+        "--repeats", type=at.POSITIVE_INT, default=5, help="most timed calls per config"
+    )
+    parser.add_argument("--min-repeats", type=at.POSITIVE_INT, default=3, help="fewest timed calls")
     parser.add_argument(
         "--config-seconds",
-        type=float,
+        type=at.POSITIVE,
         default=20.0,
         help="stop timing a config after this long once --min-repeats are done",
     )
     parser.add_argument(
         "--time-limit",
-        type=float,
+        type=at.POSITIVE,
         default=None,
         help="skip the remaining configs once this many seconds have passed",
     )
-    parser.add_argument("--cfg", type=float, default=1.5)
-    parser.add_argument("--top-k", type=int, default=900)
-    parser.add_argument("--top-p", type=float, default=0.96)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cfg", type=at.NON_NEGATIVE, default=1.5, help="CFG scale")
+    parser.add_argument(
+        "--top-k", type=at.NON_NEGATIVE_INT, default=900, help="top-k filter, 0 disables"
+    )
+    parser.add_argument(
+        "--top-p", type=at.PROBABILITY, default=0.96, help="top-p filter, 0 disables"
+    )
+    parser.add_argument("--seed", type=at.SEED, default=0, help="seed of the random weights")
     parser.add_argument(
         "--calib",
-        type=int,
+        type=at.POSITIVE_INT,
         default=2,
         help="synthetic calibration sequences for the activation quantizers",
     )
@@ -124,7 +131,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--hlo-keep",
-        type=int,
+        type=at.NON_NEGATIVE_INT,
         default=2,
         help="keep the full HLO text of this many configs (hlo.tar.gz)",
     )
