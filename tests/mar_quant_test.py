@@ -23,7 +23,7 @@ from arvg_jax.families.mar.config import MARConfig
 from arvg_jax.families.mar.model import MAR
 from arvg_jax.families.mar.quant_adapter import MARAdapter
 from arvg_jax.nn.layers import Dense
-from quant import _tree
+from quant import _tree, api
 from quant._fit import quantize_weight_jit
 from quant._transforms import fold_into
 from quant.recipes import Recipe
@@ -241,7 +241,7 @@ def test_jit_sampler_uses_buffer_groups(model):
 # ---- calibration (slow: each method compiles its stage programs) ---------------------------------
 def _quantize(method, bits, params, batch, adapter=None):
     ad = adapter or MARAdapter(CFG)
-    q, _ = quant.api.quantize(ad, params, batch, Recipe.parse(method, bits), progress=False)
+    q, _ = api.quantize(ad, params, batch, Recipe.parse(method, bits), progress=False)
     return q
 
 
