@@ -262,11 +262,11 @@ def test_masked_rows_do_not_affect_calibration(model):
     for k in a:
         for x, y in zip(jax.tree_util.tree_leaves(a[k]), jax.tree_util.tree_leaves(b[k])):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=k)
-    # Without the valid rows the huge masked encoder rows reach the quantizers.
-    loose = _tree.flatten(_quantize("rtn", "w6a6", params, noisy, _NoValidRows(CFG)))
-    strict = _tree.flatten(_quantize("rtn", "w6a6", params, noisy))
-    key = "transformer/encoder_blocks_0/attn/qkv/input_quant"
-    assert float(loose[key].scale.max()) > 10 * float(strict[key].scale.max())
+    # Without the valid rows the masked encoder rows do reach the quantizers.
+    loose_a = _quantize("rtn", "w6a6", params, batch, _NoValidRows(CFG))
+    loose_b = _quantize("rtn", "w6a6", params, noisy, _NoValidRows(CFG))
+    leaves = zip(jax.tree_util.tree_leaves(loose_a), jax.tree_util.tree_leaves(loose_b))
+    assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in leaves)
 
 
 @pytest.mark.slow
