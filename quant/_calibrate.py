@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from quant import _tree
 from quant._progress import Progress
@@ -68,6 +69,11 @@ class ModelAdapter(Protocol):
         "intermediates" gives layer inputs, "calibration" the quantizers fitted in the forward
         by `quant.FitInput` placeholders (see `fit_stages`)."""
 
+    # Optional: `valid_rows(name, batch) -> bool [N, T] | None`, the rows of layer `name`'s input
+    # that are real (a fixed-shape model may run rows the official code drops, e.g. MAR's masked
+    # encoder tokens); statistics and fitted quantizers see only those (`statistics_input`,
+    # `fit_stages`). Absent or None: every row is real.
+
 
 class NonFiniteError(ValueError):
     """NaN or Inf in the calibration activations; the message names the layer (or stage)."""
@@ -103,6 +109,47 @@ def _set_layer(params: Params, name: str, layer: Mapping[str, Any]) -> Params:
     flat = {k: v for k, v in flat.items() if not k.startswith(prefix)}
     flat.update({f"{name}/{k}": v for k, v in _tree.flatten(dict(layer)).items()})
     return _tree.unflatten(flat)
+
+
+def valid_rows(adapter: ModelAdapter, name: str, batch: Mapping[str, Any] | None):
+    """The adapter's bool [N, T] valid-row mask of layer ``name``'s input, or None (all real)."""
+    fn = getattr(adapter, "valid_rows", None)
+    if fn is None or batch is None:
+        return None
+    valid = fn(name, batch)
+    return None if valid is None else np.asarray(valid, bool)
+
+
+def statistics_input(adapter: ModelAdapter, name: str, x, batch: Mapping[str, Any] | None = None):
+    """The rows of a layer input [N, T, C] that transform statistics see: the sink tokens removed
+    where ``adapter.sink_excluded(name)``, and the invalid rows (`valid_rows`) dropped.
+
+    Returns ``x[:, sinks:]`` ([N, T - sinks, C]) without a valid-row mask, else the valid
+    non-sink rows [M, C] (a concrete boolean gather, outside ``jit``).
+    """
+    sinks = adapter.sink_tokens if (adapter.sink_excluded(name) and x.ndim == 3) else 0
+    valid = valid_rows(adapter, name, batch)
+    if valid is None:
+        return x[:, sinks:, :] if sinks else x
+    if x.ndim != 3 or valid.shape != tuple(x.shape[:2]):
+        raise ValueError(f"{name}: valid rows {valid.shape} do not match its input {x.shape}")
+    keep = valid.copy()
+    keep[:, :sinks] = False
+    return x[keep]
+
+
+def _restrict_fits(adapter: ModelAdapter, params: Params, stage: Stage, batch) -> Params:
+    """Restricts the `FitInput` placeholders of a stage's layers to their valid rows."""
+    flat = None
+    for name in stage.layers:
+        valid = valid_rows(adapter, name, batch)
+        if valid is None:
+            continue
+        flat = _tree.flatten(params) if flat is None else flat
+        fit = flat.get(f"{name}/input_quant")
+        if hasattr(fit, "restrict"):
+            flat[f"{name}/input_quant"] = fit.restrict(valid)
+    return params if flat is None else _tree.unflatten(flat)
 
 
 def run_calibration(
@@ -191,7 +238,8 @@ def fit_stages(
 ) -> dict[str, Any]:
     """Fits every `quant.FitInput` placeholder of `params` in one forward per stage.
 
-    Each placeholder is fitted on its layer's input and applied at once, so the layers after it
+    Each placeholder is fitted on its layer's input (its valid rows, where the adapter has
+    `valid_rows`) and applied at once, so the layers after it
     (in the same stage and in later stages) see a quantized upstream: the result equals
     `run_calibration(..., sequential=True)` with a visitor that fits and installs the same
     quantizer, without re-running a stage per layer.
@@ -212,7 +260,8 @@ def fit_stages(
     check_finite(None, carry)
     fitted: dict[str, Any] = {}
     for stage in stages:
-        carry, got = adapter.run_stage(params, stage, carry, collect="calibration")
+        probe = _restrict_fits(adapter, params, stage, batch)
+        carry, got = adapter.run_stage(probe, stage, carry, collect="calibration")
         check_finite(stage, carry, got)  # a NaN input leaves a NaN in its fitted quantizer
         fitted.update(got)
         bar.update(postfix=stage.name)

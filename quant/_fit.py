@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -257,6 +258,12 @@ class FitInput:
     sink_tokens: int = struct.field(pytree_node=False, default=0)
     table: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
     include_zero: bool = struct.field(pytree_node=False, default=False)
+    # Set by `restrict`: int32 indices into the flattened [N·T] rows of the input that the
+    # statistics see (one array; for "groups" one [G_s, M_s] array per class of equal-count
+    # groups), the group ids of each class, and the [N, T] shape they index.
+    rows: tuple[Any, ...] | None = None
+    row_groups: tuple[tuple[int, ...], ...] | None = struct.field(pytree_node=False, default=None)
+    row_shape: tuple[int, int] | None = struct.field(pytree_node=False, default=None)
 
     @classmethod
     def groups(cls, bits: int, group_of_position, include_zero: bool = False) -> FitInput:
@@ -266,12 +273,80 @@ class FitInput:
         group_table(group_of_position=t)  # validates
         return cls("groups", int(bits), table=tuple(int(v) for v in t), include_zero=include_zero)
 
+    def restrict(self, valid) -> FitInput:
+        """This placeholder fitted on the valid rows of its input only.
+
+        Under fixed shapes a model may run rows that the official code never computes (MAR's
+        encoder keeps its masked tokens); their values must not reach any statistic. The indices
+        are concrete (numpy), so every search keeps a static size.
+
+        Args:
+          valid: bool [N, T], True where row (sequence n, position t) is real.
+        """
+        v = np.asarray(valid, bool)
+        if v.ndim != 2:
+            raise ValueError(f"valid rows must be [N, T], got {v.shape}")
+        n, t = v.shape
+        if self.kind == "channel":
+            v = v.copy()
+            v[:, : self.sink_tokens] = False  # sinks bypass the per-channel quantizer
+        flat = v.reshape(-1)
+        if self.kind in ("channel", "tensor"):
+            idx = np.nonzero(flat)[0].astype(np.int32)
+            if idx.size == 0:
+                raise ValueError("cannot calibrate a quantizer on zero valid rows")
+            return self.replace(rows=(jnp.asarray(idx),), row_groups=None, row_shape=(n, t))
+        if self.kind != "groups":
+            raise ValueError(f"unknown FitInput kind {self.kind!r}")
+        table = np.asarray(self.table, np.int32)
+        if table.size != t:
+            raise ValueError(f"valid rows span {t} positions, the group table {table.size}")
+        group = np.broadcast_to(table, (n, t)).reshape(-1)
+        per_group = [np.nonzero(flat & (group == g))[0] for g in range(int(table.max()) + 1)]
+        counts = np.asarray([len(i) for i in per_group])
+        if np.any(counts == 0):
+            raise ValueError(f"token groups {np.nonzero(counts == 0)[0][:4]} have no valid row")
+        classes = [tuple(int(g) for g in np.nonzero(counts == c)[0]) for c in np.unique(counts)]
+        rows = tuple(
+            jnp.asarray(np.stack([per_group[g] for g in ids]), jnp.int32) for ids in classes
+        )
+        return self.replace(rows=rows, row_groups=tuple(classes), row_shape=(n, t))
+
+    def _fit_rows(self, x):
+        """`fit_input` on the rows chosen by `restrict` (the same searches, fewer values)."""
+        if x.ndim != 3 or tuple(x.shape[:2]) != self.row_shape:
+            raise ValueError(f"restricted to rows of [{self.row_shape}, C], got {x.shape}")
+        x2 = x.reshape(-1, x.shape[-1])  # [N·T, C]
+        if self.kind == "channel":
+            if self.include_zero:
+                raise NotImplementedError("per-channel fits with include_zero")
+            delta, zp = search_rows(x2[self.rows[0]].T, self.bits)
+            return ChannelQuant(delta, zp, bits=self.bits, sink_tokens=self.sink_tokens)
+        if self.kind == "tensor":
+            d, z = search_rows(
+                x2[self.rows[0]].reshape(1, -1), self.bits, include_zero=self.include_zero
+            )
+            return _act_quant_traced(d, z, self.bits, None)
+        num = sum(len(ids) for ids in self.row_groups)
+        deltas, zps = [None] * num, [None] * num
+        for ids, idx in zip(self.row_groups, self.rows, strict=True):
+            d, z = search_rows(
+                x2[idx].reshape(len(ids), -1), self.bits, include_zero=self.include_zero
+            )
+            for j, g in enumerate(ids):
+                deltas[g], zps[g] = d[j], z[j]
+        table = np.asarray(self.table, np.int32)
+        return _act_quant_traced(jnp.stack(deltas), jnp.stack(zps), self.bits, table)
+
     def fit_input(self, x, positions=None):
         """Fits on ``x`` [N, T, C] (traceable); returns the quantizer the layer then applies.
 
         ``positions``: concrete int [T] absolute positions of ``x``'s tokens, needed only by
         "groups" when ``x`` does not span the whole table (e.g. RAR's head, which calibrates
-        positions 1..T without the cls token)."""
+        positions 1..T without the cls token). A placeholder `restrict`ed to valid rows fits on
+        those rows only (they span the whole table)."""
+        if self.rows is not None:
+            return self._fit_rows(x)
         if self.kind == "channel":
             if self.include_zero:
                 raise NotImplementedError("per-channel fits with include_zero")

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quant import _tree
-from quant._calibrate import collect, fit_stages
+from quant._calibrate import collect, fit_stages, statistics_input
 from quant._fit import ChannelQuant, FitInput, quantize_weight_jit
 from quant._oracle import OracleKernel
 from quant._progress import Progress
@@ -164,11 +164,10 @@ def _fit_calib_quant(adapter, params, batch, recipe, layers, what: str, progress
     return _with_calib(params, found)
 
 
-def _stats_input(adapter, name: str, x):
-    """A layer input with the sink tokens removed where the official statistics skip them."""
-    if adapter.sink_excluded(name) and x.ndim == 3:
-        return x[:, adapter.sink_tokens :, :]
-    return x
+def _stats_input(adapter, name: str, x, batch=None):
+    """A layer input with the sink tokens removed where the official statistics skip them, and
+    only its valid rows (`quant._calibrate.statistics_input`)."""
+    return statistics_input(adapter, name, x, batch)
 
 
 def _gps_scaled(adapter) -> tuple[str, ...]:
@@ -264,7 +263,7 @@ def gps_stage(adapter, params: Params, batch, recipe: Recipe, *, progress: bool 
             raise TypeError(f"{name}: stage E needs the per-channel quantizer of stage D")
         kernel = jnp.asarray(layer["kernel"], jnp.float32)
         kernel_hat = _quantized_kernel(kernel, recipe).dequantize()
-        xs = _stats_input(adapter, name, x)  # on the device of the calibration forward
+        xs = _stats_input(adapter, name, x, batch)  # on the device of the calibration forward
         s = calculate_scales_hessian(
             xs, kernel, q.delta, q.zero_point, kernel_hat, recipe.a_bits, alpha=recipe.sq_alpha
         )

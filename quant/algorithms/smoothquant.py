@@ -12,17 +12,17 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from quant._calibrate import collect
+from quant._calibrate import collect, statistics_input
 from quant._transforms import fold_into
 from quant.algorithms.rtn import rtn
 from quant.algorithms.smoothquant_core import smoothquant_scales
 from quant.recipes import Recipe
 
 
-def input_absmax(adapter, name: str, x) -> np.ndarray:
-    """Per-input-channel max|x| of a layer input, sinks excluded where the adapter says so."""
-    if adapter.sink_excluded(name) and x.ndim == 3:
-        x = x[:, adapter.sink_tokens :, :]
+def input_absmax(adapter, name: str, x, batch=None) -> np.ndarray:
+    """Per-input-channel max|x| of a layer input, sinks excluded where the adapter says so and
+    only its valid rows (`quant._calibrate.statistics_input`)."""
+    x = statistics_input(adapter, name, x, batch)
     return np.asarray(jnp.max(jnp.abs(x.reshape(-1, x.shape[-1])), axis=0), np.float32)
 
 
@@ -33,7 +33,7 @@ def smooth(adapter, params: dict[str, Any], batch, alpha: float = 0.5, *, progre
         adapter,
         params,
         batch,
-        lambda n, x, layer: input_absmax(adapter, n, x),
+        lambda n, x, layer: input_absmax(adapter, n, x, batch),
         layers=targets.__contains__,
         desc="smoothquant stats",
         progress=progress,

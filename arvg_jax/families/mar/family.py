@@ -279,6 +279,37 @@ class MARFamily(Family):
             "distribution to score teacher-forced tokens with."
         )
 
+    # ---- quantization -------------------------------------------------------------------------
+    def quant_adapter(self, cfg, *, quantize_head: bool = False):
+        """PTQ4ARVG's MAR coverage (`quant_adapter.MARAdapter`); `quantize_head` also quantizes
+        the diffusion head (not official)."""
+        from arvg_jax.families.mar.quant_adapter import MARAdapter
+
+        return MARAdapter(cfg, quantize_head=quantize_head)
+
+    def calibration_generator(self, params, tok_params, cfg, tok_cfg):
+        from arvg_jax.families.mar.calibration import generate_candidates
+
+        def gen(num_images, *, seed=42, progress=True, **sampling):
+            return generate_candidates(
+                params,
+                tok_params,
+                cfg,
+                tok_cfg,
+                num_images,
+                seed=seed,
+                progress=progress,
+                **sampling,
+            )
+
+        return gen
+
+    def calibration_batch(self, tok_params, tok_cfg, candidates):
+        from arvg_jax.families.mar.calibration import calibration_batch
+
+        del tok_params, tok_cfg  # MAR's calibration inputs are its continuous tokens
+        return calibration_batch(candidates)
+
     # ---- reference check ----------------------------------------------------------------------
     def reference_outputs(self, fixture_dir):
         from arvg_jax.families.mar.reference import run_reference

@@ -157,6 +157,21 @@ class MAR(nn.Module):
         known = jnp.logical_not(mask.astype(bool))
         return jnp.concatenate([jnp.ones((b, self.config.buffer_size), bool), known], axis=1)
 
+    def encoder_input(self, tokens: Array, mask: Array, class_vec: Array) -> tuple[Array, Array]:
+        """The encoder's first-block input: (x [B, P, Ce], keep bool [B, P]).
+
+        tokens [B, L, D], mask [B, L] (1 = unknown), class_vec [B, Ce]; `keep` marks the rows the
+        official encoder gathers (buffer slots and known tokens).
+        """
+        cfg = self.config
+        x = self.z_proj(tokens.astype(self.dtype))  # [B, L, Ce]
+        b, _, ce = x.shape
+        # All buffer slots are overwritten by the class vector (`x[:, :buffer_size] = ...`).
+        buf = jnp.broadcast_to(class_vec.astype(x.dtype)[:, None], (b, cfg.buffer_size, ce))
+        x = jnp.concatenate([buf, x], axis=1)  # [B, P, Ce]
+        x = x + self.encoder_pos_embed_learned[None].astype(x.dtype)
+        return self.z_proj_ln(x), self._keep(mask)
+
     def encode(self, tokens: Array, mask: Array, class_vec: Array) -> Array:
         """`forward_mae_encoder` (eval): tokens [B, L, D], mask [B, L], class_vec [B, Ce].
 
@@ -166,17 +181,23 @@ class MAR(nn.Module):
         """
         cfg = self.config
         positions = np.arange(cfg.buffer_size + cfg.seq_len)
-        x = self.z_proj(tokens.astype(self.dtype))  # [B, L, Ce]
-        b, _, ce = x.shape
-        # All buffer slots are overwritten by the class vector (`x[:, :buffer_size] = ...`).
-        buf = jnp.broadcast_to(class_vec.astype(x.dtype)[:, None], (b, cfg.buffer_size, ce))
-        x = jnp.concatenate([buf, x], axis=1)  # [B, P, Ce]
-        x = x + self.encoder_pos_embed_learned[None].astype(x.dtype)
-        x = self.z_proj_ln(x)
-        keep = self._keep(mask)
+        x, keep = self.encoder_input(tokens, mask, class_vec)
         for block in self.encoder_blocks:
             x = block(x, keep, positions)
         return self.encoder_norm(x)
+
+    def decoder_input(self, x: Array, mask: Array) -> Array:
+        """Encoder blocks' output [B, P, Ce] (before `encoder_norm`) -> first decoder-block input
+        [B, P, Cd]: `encoder_norm`, `decoder_embed`, `mask_token` at unknown rows, positions."""
+        x = self.decoder_embed(self.encoder_norm(x))  # [B, P, Cd]
+        x = jnp.where(self._keep(mask)[..., None], x, self.mask_token.astype(x.dtype))
+        return x + self.decoder_pos_embed_learned[None].astype(x.dtype)
+
+    def decoder_output(self, x: Array) -> Array:
+        """Last decoder block's output [B, P, Cd] -> z [B, L, Cd] (`decoder_norm`, buffer
+        dropped, diffusion positions added)."""
+        x = self.decoder_norm(x)[:, self.config.buffer_size :]  # [B, L, Cd]
+        return x + self.diffusion_pos_embed_learned[None].astype(x.dtype)
 
     def decode(self, x: Array, mask: Array) -> Array:
         """`forward_mae_decoder`: encoder output [B, P, Ce], mask [B, L] -> z [B, L, Cd]."""
@@ -188,9 +209,7 @@ class MAR(nn.Module):
         x = x + self.decoder_pos_embed_learned[None].astype(x.dtype)
         for block in self.decoder_blocks:
             x = block(x, None, positions)  # the decoder attends to every position
-        x = self.decoder_norm(x)
-        x = x[:, cfg.buffer_size :]  # [B, L, Cd]
-        return x + self.diffusion_pos_embed_learned[None].astype(x.dtype)
+        return self.decoder_output(x)
 
     def __call__(self, tokens: Array, mask: Array, labels: Array, drop: Array) -> Array:
         """tokens [B, L, D], mask [B, L] (1 = unknown), labels int [B], drop bool [B] -> z."""
