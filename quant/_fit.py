@@ -241,8 +241,9 @@ class FitInput:
 
     Put under a layer's ``input_quant`` key for calibration (see ``quant._calibrate.fit_stages``);
     the fitted quantizer is sown in the ``calibration`` collection and used at once, so the
-    layers after it see a quantized upstream. The input must span the whole sequence (positions
-    0..T-1, as calibration runs it) for token groups.
+    layers after it see a quantized upstream. For token groups the input must cover
+    positions 0..T'-1 from the start of the sequence, T' <= T (a prefix of the table holding
+    every group).
 
     Attributes:
       kind: "channel" (``ChannelQuant``, sinks bypassed), "tensor" or "groups" (``ActQuant``).
@@ -281,13 +282,22 @@ class FitInput:
         raise ValueError(f"unknown FitInput kind {self.kind!r}")
 
     def _fit_groups(self, x) -> ActQuant:
-        table = np.asarray(self.table, np.int32)
-        if x.ndim != 3 or x.shape[1] != table.size:
+        full = np.asarray(self.table, np.int32)
+        # The calibration input may cover a prefix of the table's positions (PAR calibrates the
+        # first N positions; its teacher-forced forward also runs the E bridge positions after
+        # them), as long as every group occurs in it.
+        if x.ndim != 3 or x.shape[1] > full.size:
             raise ValueError(
-                f"token-group calibration needs [N, {table.size}, C] inputs, got {x.shape}"
+                f"token-group calibration needs [N, <= {full.size}, C] inputs, got {x.shape}"
             )
-        num = int(table.max()) + 1
+        table = full[: x.shape[1]]
+        num = int(full.max()) + 1
         sizes = np.bincount(table, minlength=num)
+        if np.any(sizes == 0):
+            raise ValueError(
+                f"token groups {np.nonzero(sizes == 0)[0].tolist()} have no position among the "
+                f"{x.shape[1]} calibration positions"
+            )
         deltas, zps = [None] * num, [None] * num
         for s in np.unique(sizes):  # equal-size groups searched together, as the host search
             ids = np.nonzero(sizes == s)[0]
@@ -296,4 +306,4 @@ class FitInput:
             d, z = search_rows(rows, self.bits, include_zero=self.include_zero)
             for j, g in enumerate(ids):
                 deltas[g], zps[g] = d[j], z[j]
-        return _act_quant_traced(jnp.stack(deltas), jnp.stack(zps), self.bits, table)
+        return _act_quant_traced(jnp.stack(deltas), jnp.stack(zps), self.bits, full)

@@ -20,7 +20,7 @@ import numpy as np
 from arvg_jax.families.var.model import VAR, VARBlock, VARConfig
 from quant import _tree
 from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage
-from quant.coverage import Coverage, FoldRule, FoldTarget, QuantRule
+from quant.coverage import Coverage, CoverageQueries, FoldRule, QuantRule
 
 BLOCK_LAYERS = ("ada_lin", "attn/qkv", "attn/proj", "ffn/fc1", "ffn/fc2")  # forward order
 HEAD_LAYERS = ("head_nm/ada_lin", "head")
@@ -67,7 +67,7 @@ def dense_layers(cfg: VARConfig) -> tuple[str, ...]:
     return ("word_embed", *blocks, *HEAD_LAYERS)
 
 
-class VARAdapter:
+class VARAdapter(CoverageQueries):
     """Implements `quant._calibrate.ModelAdapter` for VAR."""
 
     family = "var"
@@ -92,32 +92,6 @@ class VARAdapter:
             for i in range(self.cfg.depth)
         )
         return blocks + (Stage("head", HEAD_LAYERS),)
-
-    def quantized_layers(self) -> tuple[str, ...]:
-        return self.coverage.quantized()
-
-    def layer_kind(self, name: str) -> str:
-        """ "qkv", "proj", "fc1", "fc2", "ada_lin" or "head" (the covering rule's kind)."""
-        return self.coverage[name].rule.kind
-
-    def gps_layers(self) -> tuple[str, ...]:
-        """The layers whose input gets SmoothQuant, the shift and GPS (official SmoothModules)."""
-        return self.coverage.smoothed()
-
-    def fold_target(self, name: str) -> FoldTarget:
-        fold = self.coverage[name].fold
-        if fold is None:
-            raise ValueError(f"{name}: no AdaLN precedes this layer's input")
-        return fold
-
-    def sink_excluded(self, name: str) -> bool:
-        """Whether statistics of this layer's input skip the sink token (qkv/fc1: x[:, 1:])."""
-        return self.coverage[name].rule.sink_excluded
-
-    def stwq_granularity(self, name: str) -> str:
-        """The deployed input quantizer of a layer, as a `group_table` granularity (the rule's
-        `groups`): "scale", "sink" or "tensor"."""
-        return self.coverage[name].rule.groups
 
     # ---- token groups (STWQ) ------------------------------------------------------------------
     def group_table(self, granularity: str) -> np.ndarray:
