@@ -32,18 +32,27 @@ import numpy as np
 from flax import struct
 from jax import lax
 
-from quant._qarray import ActQuant, QArray, offset_for_bits
+from quant._qarray import ActQuant, LogSqrt2Quant, QArray, offset_for_bits
 from quant._quantizers import (
     PERCENTILES,
     _candidates,
+    _lerp,
     _method_for,
     _plan,
+    fake_quant_log2,
     fake_quant_uniform,
     fit_uniform_per_channel,
     group_table,
 )
 
-__all__ = ["ChannelQuant", "FitInput", "quantize_weight_jit", "search_rows"]
+__all__ = [
+    "ChannelQuant",
+    "FitInput",
+    "matmul_fits",
+    "quantize_weight_jit",
+    "search_log2",
+    "search_rows",
+]
 
 _F32 = np.float32
 _SIGN = np.uint32(0x80000000)
@@ -141,6 +150,44 @@ def search_rows(x2, bits: int, *, include_zero: bool = False, percentiles=PERCEN
     _, delta, zp, fb_delta, fb_zp = best
     bad = ~(jnp.isfinite(delta) & (delta > 0))
     return jnp.where(bad, fb_delta, delta), jnp.where(bad, fb_zp, zp)
+
+
+def _host_log2_candidates(picked, *, ks, plans, method):
+    """[P]: the upper quantile of each percentile from the order statistics (host lerp)."""
+    stats = {k: np.asarray(picked, _F32)[:, i] for i, k in enumerate(ks)}
+    return np.stack([_lerp(stats[k0], stats[k1], t, method)[0] for k0, k1, t in plans]).astype(_F32)
+
+
+def search_log2(x, bits: int, *, percentiles=PERCENTILES):
+    """``quant._quantizers.fit_log2`` (the official log-√2 Δ) as a traceable function.
+
+    Candidates are the upper quantiles of all of ``x``; the smallest float32 MSE wins (strictly
+    smaller, ties keep the lower percentile); none finite falls back to ``max(x)``.
+
+    Returns:
+      float32 scalar Δ.
+    """
+    offset_for_bits(bits)
+    x2 = x.reshape(1, -1).astype(jnp.float32)
+    n = x2.shape[1]
+    if n == 0:
+        raise ValueError("cannot calibrate a quantizer on zero values")
+    method = _method_for(n)
+    plans = tuple(_plan(n, float(p), True, method) for p in percentiles)
+    ks = tuple(sorted({k for k0, k1, _ in plans for k in (k0, k1)}))
+    cands = jax.pure_callback(
+        functools.partial(_host_log2_candidates, ks=ks, plans=plans, method=method),
+        jax.ShapeDtypeStruct((len(plans),), jnp.float32),
+        order_stats_rows(x2, ks),
+    )
+    best_sse, best = jnp.float32(jnp.inf), jnp.max(x2)
+    for i in range(len(plans)):
+        e = x2 - fake_quant_log2(x2, cands[i], bits)
+        sse = jnp.sum(e * e)
+        take = sse < best_sse  # NaN never wins
+        best_sse = jnp.where(take, sse, best_sse)
+        best = jnp.where(take, cands[i], best)
+    return best
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +293,8 @@ class FitInput:
     every group).
 
     Attributes:
-      kind: "channel" (``ChannelQuant``, sinks bypassed), "tensor" or "groups" (``ActQuant``).
+      kind: "channel" (``ChannelQuant``, sinks bypassed), "tensor" or "groups" (``ActQuant``),
+        "log2" (``LogSqrt2Quant``, post-softmax probabilities).
       bits: 2..8.
       sink_tokens: "channel": leading positions excluded from the statistics and not quantized.
       table: "groups": the position -> group table (a tuple, static).
@@ -279,6 +327,8 @@ class FitInput:
             return _act_quant_traced(d, z, self.bits, None)
         if self.kind == "groups":
             return self._fit_groups(x)
+        if self.kind == "log2":
+            return LogSqrt2Quant(delta=search_log2(x, self.bits), bits=int(self.bits))
         raise ValueError(f"unknown FitInput kind {self.kind!r}")
 
     def _fit_groups(self, x) -> ActQuant:
@@ -307,3 +357,15 @@ class FitInput:
             for j, g in enumerate(ids):
                 deltas[g], zps[g] = d[j], z[j]
         return _act_quant_traced(jnp.stack(deltas), jnp.stack(zps), self.bits, full)
+
+
+def matmul_fits(adapter, bits: int) -> dict[str, FitInput]:
+    """The static quantizers of a model's activation x activation matmuls, still to be fitted.
+
+    An adapter may declare them as ``matmul_quantizers(bits) -> {path: FitInput}``: each path
+    names a params node whose ``input_quant`` the model reads (PAR's
+    ``layers_i/attention/attn_quant/{q,k,p,v}``) and sows, once fitted, under that path in the
+    ``calibration`` collection. Adapters without the method (float attention) give ``{}``.
+    """
+    fn = getattr(adapter, "matmul_quantizers", None)
+    return {} if fn is None else dict(fn(bits))

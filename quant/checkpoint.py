@@ -25,7 +25,7 @@ FORMAT = "arvg-jax/quantized/1"
 
 def _to_storable(tree: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Replaces quant leaves by plain dicts of numpy arrays; returns (tree, leaf kinds)."""
-    from quant._qarray import ActQuant, QArray
+    from quant._qarray import ActQuant, LogSqrt2Quant, QArray
 
     kinds: dict[str, dict[str, Any]] = {}
     flat = {}
@@ -44,13 +44,16 @@ def _to_storable(tree: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[s
                 "zero_point": np.asarray(leaf.zero_point),
                 "group_of_position": np.asarray(leaf.group_of_position),
             }
+        elif isinstance(leaf, LogSqrt2Quant):  # PAR's post-softmax attention quantizer
+            kinds[name] = {"kind": "LogSqrt2Quant", "bits": int(leaf.bits)}
+            flat[name] = {"delta": np.asarray(leaf.delta)}
         else:
             flat[name] = np.asarray(leaf)
     return _tree.unflatten(flat), kinds
 
 
 def _from_storable(tree: dict[str, Any], kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from quant._qarray import ActQuant, QArray
+    from quant._qarray import ActQuant, LogSqrt2Quant, QArray
 
     flat = _tree.flatten(tree)
     for name, info in kinds.items():
@@ -58,7 +61,7 @@ def _from_storable(tree: dict[str, Any], kinds: dict[str, dict[str, Any]]) -> di
         fields = {k[len(prefix) :]: flat.pop(k) for k in list(flat) if k.startswith(prefix)}
         if not fields:
             raise ValueError(f"quantized checkpoint: leaf {name!r} listed in arvg.json is missing")
-        cls = {"QArray": QArray, "ActQuant": ActQuant}[info["kind"]]
+        cls = {"QArray": QArray, "ActQuant": ActQuant, "LogSqrt2Quant": LogSqrt2Quant}[info["kind"]]
         flat[name] = cls(**{k: np.asarray(v) for k, v in fields.items()}, bits=info["bits"])
     return _tree.unflatten(
         {k: np.asarray(v) if not _tree.is_quant_leaf(v) else v for k, v in flat.items()}
@@ -191,6 +194,8 @@ def describe(directory: str | os.PathLike) -> str:
                     f"positions {int(np.asarray(leaf.group_of_position).size)}",
                 )
             )
+        elif kind == "LogSqrt2Quant":
+            rows.append((name, f"LogSqrt2 a{leaf.bits}", "per tensor", ""))
         else:
             n_float += 1
             rows.append((name, "float", f"{tuple(leaf.shape)} {leaf.dtype}", ""))

@@ -21,9 +21,14 @@ last sequential token and the E bridge tokens), one for every later position; th
 positions before the first regular parallel pass, 0 .. 2A-1 (8 at 4x; 32 groups'-worth of
 positions at 16x, with A + 2 = 18 groups).
 
-Deviations: the attention matmuls stay float (docs/ptq4arvg.md §1.4 quantizes q·kᵀ and P·v, P
-through the log-√2 quantizer); w3's calibration-time quantizer (stages B-E) is its deployed
-token-group one instead of the official per-channel one (it only shapes the upstream of w2).
+The attention matmuls are quantized as the official `QuantMatMul`s (docs/ptq4arvg.md §1.4, §1.5):
+q·kᵀ with both operands uniform per tensor, softmax·v with the probabilities through the log-√2
+quantizer and v uniform per tensor (`matmul_quantizers`; params
+`layers_i/attention/attn_quant/{q,k,p,v}/input_quant`). q·kᵀ runs as an int8 matmul; P·v has no
+integer kernel for log-√2 codes and multiplies the dequantized operands.
+
+Deviation: w3's calibration-time quantizer (stages B-E) is its deployed token-group one instead of
+the official per-channel one (it only shapes the upstream of w2).
 
 Dims: N calibration sequences, L = block_size calibration positions, C width, A tokens per
 parallel pass.
@@ -43,6 +48,7 @@ from arvg_jax.families.par.config import PARConfig
 from arvg_jax.families.par.model import PAR, TransformerBlock
 from quant import _tree
 from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage
+from quant._fit import FitInput
 from quant.coverage import Coverage, CoverageQueries, FoldRule, QuantRule
 
 BLOCK_LAYERS = (
@@ -53,6 +59,7 @@ BLOCK_LAYERS = (
     "feed_forward/w2",
 )  # forward order
 HEAD_LAYERS = ("output",)
+ATTN_SOW = "attn_quant_"  # calibration sow-name prefix of the attention matmul quantizers
 
 # PTQ4ARVG's PAR coverage as data (`PAR/autoregressive/sample/quant/quant_model.py:28-59`).
 RULES = (
@@ -132,6 +139,17 @@ class PARAdapter(CoverageQueries):
         )
         return blocks + (Stage("head", HEAD_LAYERS),)
 
+    def matmul_quantizers(self, bits: int) -> dict[str, FitInput]:
+        """The attention matmuls' static quantizers (`quant._fit.matmul_fits`): q·kᵀ both
+        operands uniform per tensor, softmax·v with the probabilities through the log-√2
+        quantizer and v uniform (`quant_model.py:47-54`, `quant_modules.py:96-122`)."""
+        kinds = {"q": "tensor", "k": "tensor", "p": "log2", "v": "tensor"}
+        return {
+            f"layers_{i}/attention/attn_quant/{op}": FitInput(kind, bits)
+            for i in range(self.cfg.n_layer)
+            for op, kind in kinds.items()
+        }
+
     # ---- token groups (STWQ) ------------------------------------------------------------------
     def group_table(self, granularity: str) -> np.ndarray:
         """int32 [L] group of each position ("par", `par_group_table`) or [1] ("tensor")."""
@@ -180,7 +198,9 @@ class PARAdapter(CoverageQueries):
         prefix = "" if head else stage.name + "/"
         captured = {}
         for k, v in _tree.flatten(state).items():
-            name, _, _ = k.rpartition("/")
+            name, _, leaf = k.rpartition("/")
+            if leaf.startswith(ATTN_SOW):  # model.Attention._sow_fit: attn_quant_<operand>
+                name = f"{name}/attn_quant/{leaf[len(ATTN_SOW) :]}"
             captured[prefix + name] = v[0] if isinstance(v, tuple) else v
         return out, captured
 
