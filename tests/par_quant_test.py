@@ -111,6 +111,18 @@ def test_coverage_resolves_every_dense_and_the_official_groups(setup):
     assert set(t16[16:32]) == {16} and set(t16[32:]) == {17}
 
 
+def test_dgc_feature_is_the_last_layer_output_at_token_0(setup):
+    """token0_features runs the class token alone: under the group mask position 0 attends to
+    itself only, so it equals the full calibration forward at position 0."""
+    params, calib, _ = setup
+    adapter = PARAdapter(CFG)
+    x = adapter.start(params, calib)
+    for stage in adapter.stages()[:-1]:
+        x, _ = adapter.run_stage(params, stage, x, collect=None)
+    feats = adapter.token0_features(params, calib)
+    np.testing.assert_allclose(feats, np.asarray(x[:, 0]), rtol=1e-5, atol=1e-5)
+
+
 def test_norm_folds_preserve_float_logits(setup):
     """SmoothQuant + shift + GPS style folds (x -> x / s - p) into every RMSNorm, w3 included:
     the norms gain a bias, the teacher-forced logits stay within float tolerance."""
@@ -227,8 +239,24 @@ def test_greedy_sampler_reproduces_its_teacher_forced_argmax(setup, quantized):
     )
     gen = out["tokens"]
     tf_gen = PAR(CFG).apply({"params": q}, labels, gen)
+    bf16 = sampler.generate(q, labels, jax.random.PRNGKey(0), cfg=CFG, dtype="bfloat16")
+    assert bf16["tokens"].shape == gen.shape  # the official bf16 execution runs int8 too
     clear = np.asarray(out["top2_margin"]) > 1e-3
     np.testing.assert_array_equal(np.asarray(jnp.argmax(tf_gen, -1))[clear], np.asarray(gen)[clear])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["rtn", "smoothquant", "ptq4arvg"])
+@pytest.mark.parametrize("bits", ["w8a8", "w6a6", "w4a8"])
+def test_every_method_and_bit_width(setup, method, bits):
+    params, calib, held_out = setup
+    recipe = Recipe.parse(method, bits, calib=CALIB)
+    q, summary = api.quantize(PARAdapter(CFG), params, calib, recipe, progress=False)
+    assert summary["by_kind"] == {"wqkv": 2, "wo": 2, "w1": 2, "w3": 2, "w2": 2, "output": 1}
+    assert all(v["w_bits"] == recipe.w_bits for v in summary["layers"].values())
+    int8 = _logits(q, held_out)
+    assert _rel(int8, _logits(quant.oracle(q), held_out)) <= 1e-3
+    assert _rel(int8, _logits(params, held_out)) < 0.5
 
 
 @pytest.mark.slow

@@ -24,12 +24,12 @@ __all__ = ["calibration_batch", "generate_candidates"]
 def generate_candidates(
     params: dict[str, Any],
     vq_params: dict[str, Any],
-    cfg,
+    par_cfg,
     vq_cfg,
     num_images: int,
     *,
     seed: int = 42,
-    cfg_scale: float | None = None,
+    cfg: float | None = None,
     top_k: int = 0,
     top_p: float = 1.0,
     temperature: float = 1.0,
@@ -42,11 +42,12 @@ def generate_candidates(
     Args:
       params, vq_params: float PAR and VQ-16 params (the tokenizer is not needed: the
         calibration input is the GPT's own embedding of the tokens).
-      cfg, vq_cfg: their configs.
+      par_cfg, vq_cfg: their configs.
       num_images: n (official 128); gives 2n candidates.
       seed: label seed and the images' PRNG keys (official 42); image i draws with
         `families.image_keys(seed, i, 1)`.
-      cfg_scale: CFG weight (default: the release's FID setting, `family.cfg_scale_for`).
+      cfg: CFG scale (the generators' common keyword; default: the release's FID setting,
+        `family.cfg_scale_for`).
       top_k, top_p, temperature: the official sampling settings (0, 1, 1).
       gen_batch: images per `generate` call (official 32).
       class_draw: "all" (the official PAR `randint(0, num_classes)`) or "all-but-last".
@@ -65,8 +66,8 @@ def generate_candidates(
     del vq_params, vq_cfg
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    scale = cfg_scale_for(cfg) if cfg_scale is None else float(cfg_scale)
-    labels = draw_labels(num_images, cfg.num_classes, seed, class_draw)
+    scale = cfg_scale_for(par_cfg) if cfg is None else float(cfg)
+    labels = draw_labels(num_images, par_cfg.num_classes, seed, class_draw)
     tokens = []
     bar = Progress(
         (num_images + gen_batch - 1) // gen_batch, "calibration samples", enabled=progress
@@ -77,16 +78,18 @@ def generate_candidates(
             params,
             jnp.asarray(chunk),
             image_keys(seed, lo, len(chunk)),
-            cfg=cfg,
+            cfg=par_cfg,
             cfg_scale=scale,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
         )
-        tokens.append(np.asarray(layout.par_to_raster(out["tokens"], cfg), np.int32))
+        tokens.append(np.asarray(layout.par_to_raster(out["tokens"], par_cfg), np.int32))
         bar.update()
     bar.close()
-    return Candidates.from_generations(labels, np.concatenate(tokens), cfg.num_classes, gen_batch)
+    return Candidates.from_generations(
+        labels, np.concatenate(tokens), par_cfg.num_classes, gen_batch
+    )
 
 
 def calibration_batch(candidates: Candidates, indices=None) -> dict[str, np.ndarray]:

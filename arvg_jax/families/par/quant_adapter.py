@@ -5,8 +5,9 @@ Matches PTQ4ARVG's PAR copy (BienLuky/PTQ4ARVG f249fe9,
 quantized (wqkv, wo, w1, w3, w2, output); wqkv and w1 inputs get SmoothQuant, the zero-centering
 shift and GPS, folded into `attention_norm` / `ffn_norm` (the RMSNorm weight divided by s, plus a
 new bias: `PAR/autoregressive/models/gpt.py:158,165`), w3 reuses w1's transform (both read the
-normed input, `gps.py:57-100,180-216`) and `output`'s input is folded into the final `norm`.
-Sinks: positions 0..7 are left out of the wqkv / w1 / w3 statistics (`quant_modules.py:51-69`,
+normed input, `gps.py:57-100,180-216`; `quant_model.py:38-40`) and `output`'s input is folded
+into the final `norm`.
+Sinks: positions 0..7 are left out of the wqkv / w1 statistics (`quant_modules.py:56,68-69`,
 `x[:, 8:, :]`). Calibration runs the first N = block_size positions of the teacher-forced sequence
 under the group-causal mask, as the official calibration records them
 (`sample_c2i_ddp_cali.py:109-123`: every generation step's first-layer input, the mask rows
@@ -18,14 +19,16 @@ official layout and sink count are hard-coded for 4x (docs/ptq4arvg.md §3.3, §
 derived from the sequence layout, which gives exactly the official ones at 4x: one group per
 one-token pass (positions 0 .. A-1), one for the first parallel pass (positions A .. 2A-1: the
 last sequential token and the E bridge tokens), one for every later position; the sinks are the
-positions before the first regular parallel pass, 0 .. 2A-1 (8 at 4x; 32 groups'-worth of
-positions at 16x, with A + 2 = 18 groups).
+positions before the first regular parallel pass, 0 .. 2A-1 (8 at 4x; at 16x: 32 sinks and
+A + 2 = 18 groups).
 
 The attention matmuls are quantized as the official `QuantMatMul`s (docs/ptq4arvg.md §1.4, §1.5):
 q·kᵀ with both operands uniform per tensor, softmax·v with the probabilities through the log-√2
 quantizer and v uniform per tensor (`matmul_quantizers`; params
-`layers_i/attention/attn_quant/{q,k,p,v}/input_quant`). q·kᵀ runs as an int8 matmul; P·v has no
-integer kernel for log-√2 codes and multiplies the dequantized operands.
+`layers_i/attention/attn_quant/{q,k,p,v}/input_quant`; `quant_model.py:9-10,52-58`,
+`quant_modules.py:84-116`). q·kᵀ runs as an int8 matmul; P·v has no integer kernel for log-√2
+codes and multiplies the dequantized operands. As in the official sampler, the quantizers see the
+whole KV cache (unwritten slots are zeros, their probabilities 0).
 
 Deviation: w3's calibration-time quantizer (stages B-E) is its deployed token-group one instead of
 the official per-channel one (it only shapes the upstream of w2).
@@ -88,7 +91,7 @@ RULES = (
         share_input_with=r"\g<layer>/feed_forward/w1",
     ),
     QuantRule(path=r"layers_\d+/feed_forward/w2", kind="w2", groups="par"),
-    # `output` is a SmoothModule without sink_aware (quant_model.py:35-36): all positions count.
+    # `output` is a SmoothModule without sink_aware (quant_model.py:31-32): all positions count.
     QuantRule(
         path=r"output", kind="output", smooth=True, fold=FoldRule(norm="norm", kind="norm_bias")
     ),
@@ -142,7 +145,7 @@ class PARAdapter(CoverageQueries):
     def matmul_quantizers(self, bits: int) -> dict[str, FitInput]:
         """The attention matmuls' static quantizers (`quant._fit.matmul_fits`): q·kᵀ both
         operands uniform per tensor, softmax·v with the probabilities through the log-√2
-        quantizer and v uniform (`quant_model.py:47-54`, `quant_modules.py:96-122`)."""
+        quantizer and v uniform (`quant_model.py:52-58`, `quant_modules.py:84-116`)."""
         kinds = {"q": "tensor", "k": "tensor", "p": "log2", "v": "tensor"}
         return {
             f"layers_{i}/attention/attn_quant/{op}": FitInput(kind, bits)
