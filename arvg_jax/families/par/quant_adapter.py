@@ -49,8 +49,7 @@ import numpy as np
 from arvg_jax.families.par import layout
 from arvg_jax.families.par.config import PARConfig
 from arvg_jax.families.par.model import PAR, TransformerBlock
-from quant import _tree
-from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage
+from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage, sown_by_layer
 from quant._fit import FitInput
 from quant.coverage import Coverage, CoverageQueries, FoldRule, QuantRule
 
@@ -113,6 +112,14 @@ def par_group_table(cfg: PARConfig) -> np.ndarray:
     a = cfg.ar_token_num
     pos = np.arange(cfg.seq_len)
     return np.where(pos < a, pos, np.where(pos < 2 * a, a, a + 1)).astype(np.int32)
+
+
+def _layer_of(module: str, sow_name: str) -> str:
+    """The params path of a sown value: the Dense itself, or an attention matmul quantizer
+    (`model.Attention._sow_fit`: `attn_quant_<operand>` -> `attn_quant/<operand>`)."""
+    if sow_name.startswith(ATTN_SOW):
+        return f"{module}/attn_quant/{sow_name[len(ATTN_SOW) :]}"
+    return module
 
 
 class PARAdapter(CoverageQueries):
@@ -198,14 +205,7 @@ class PARAdapter(CoverageQueries):
             else (params[stage.name])
         )
         out, state = self._stage_fn(head, collect)(sub, carry)
-        prefix = "" if head else stage.name + "/"
-        captured = {}
-        for k, v in _tree.flatten(state).items():
-            name, _, leaf = k.rpartition("/")
-            if leaf.startswith(ATTN_SOW):  # model.Attention._sow_fit: attn_quant_<operand>
-                name = f"{name}/attn_quant/{leaf[len(ATTN_SOW) :]}"
-            captured[prefix + name] = v[0] if isinstance(v, tuple) else v
-        return out, captured
+        return out, sown_by_layer(state, "" if head else stage.name + "/", _layer_of)
 
     def _stage_fn(self, head: bool, collect: str | None):
         key = (head, collect)

@@ -18,8 +18,7 @@ import jax
 import numpy as np
 
 from arvg_jax.families.var.model import VAR, VARBlock, VARConfig
-from quant import _tree
-from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage
+from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage, sown_by_layer
 from quant.coverage import Coverage, CoverageQueries, FoldRule, QuantRule
 
 BLOCK_LAYERS = ("ada_lin", "attn/qkv", "attn/proj", "ffn/fc1", "ffn/fc2")  # forward order
@@ -132,12 +131,7 @@ class VARAdapter(CoverageQueries):
             else (params[stage.name])
         )
         out, state = self._stage_fn(head, collect)(sub, carry)
-        prefix = "" if head else stage.name + "/"
-        captured = {}
-        for k, v in _tree.flatten(state).items():
-            layer, _, _ = k.rpartition("/")
-            captured[prefix + layer] = v[0] if isinstance(v, tuple) else v
-        return out, captured
+        return out, sown_by_layer(state, "" if head else stage.name + "/")
 
     def _stage_fn(self, head: bool, collect: str | None):
         """The jitted runner of a block (or the head), one per (head, collect), kept per adapter."""
