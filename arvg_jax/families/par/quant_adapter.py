@@ -30,8 +30,10 @@ quantizer and v uniform per tensor (`matmul_quantizers`; params
 codes and multiplies the dequantized operands. As in the official sampler, the quantizers see the
 whole KV cache (unwritten slots are zeros, their probabilities 0).
 
-Deviation: w3's calibration-time quantizer (stages B-E) is its deployed token-group one instead of
-the official per-channel one (it only shapes the upstream of w2).
+Deviations: w3's calibration-time quantizer (stages B-E) is its deployed token-group one instead
+of the official per-channel one (it only shapes the upstream of w2); the token-group (Δ, z) stay
+float32 where the official quantizer rounds them to bf16 (`quantizer.py:256`); statistics come
+from the whole calibration set at once, not an EMA over batches of 64 (`quant.algorithms.ptq4arvg`).
 
 Dims: N calibration sequences, L = block_size calibration positions, C width, A tokens per
 parallel pass.
