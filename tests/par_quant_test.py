@@ -3,7 +3,8 @@ CLI round trip.
 
 A tiny random PAR (C = 40, 2 layers, 4 x 4 grid at 4x, vocabulary 97, 11 classes) with outlier
 channels planted in the norms and a loud class embedding, as trained ARVG models have (the
-sinks); random tokens stand in for generated ones.
+sinks); random tokens stand in for generated ones. The default cases use one calibration pass
+(`deployed`); full RTN / SmoothQuant / PTQ4ARVG runs, the compiled sampler and the CLI are slow.
 """
 
 import json
@@ -21,6 +22,7 @@ from arvg_jax.families.par.model import PAR, init_caches
 from arvg_jax.families.par.quant_adapter import PARAdapter, par_group_table
 from quant import _tree, api
 from quant._transforms import fold_into
+from quant.algorithms.ptq4arvg import final_calibration
 from quant.recipes import Recipe
 
 CFG = PARConfig.tiny(dim=40, n_head=2, multiple_of=8, vocab_size=97, num_classes=11, block_size=16)
@@ -67,6 +69,27 @@ def _logits(params, batch):
 
 def _rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _random_folds(params, adapter, rng):
+    """Every GPS fold (x -> x / s - p into the RMSNorms, w3 beside w1) with random s, p."""
+    for name in adapter.gps_layers():
+        s = np.exp(rng.uniform(-1, 1, CFG.dim)).astype(np.float32).astype(np.float64)
+        p = rng.standard_normal(CFG.dim) * 0.3
+        params = fold_into(params, name, adapter.fold_target(name), s, p)
+    return params
+
+
+@pytest.fixture(scope="module")
+def deployed(setup):
+    """A deployed W6A6 tree in one calibration pass (PTQ4ARVG's stage G on random folds: norm
+    and Dense biases, six token groups, the attention-matmul quantizers): the cheap stand-in
+    for a full PTQ4ARVG run in the default suite."""
+    params, calib, _ = setup
+    adapter = PARAdapter(CFG)
+    folded = _random_folds(params, adapter, np.random.default_rng(2))
+    recipe = Recipe.parse("ptq4arvg", "w6a6", calib=CALIB)
+    return final_calibration(adapter, folded, calib, recipe, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +150,7 @@ def test_norm_folds_preserve_float_logits(setup):
     """SmoothQuant + shift + GPS style folds (x -> x / s - p) into every RMSNorm, w3 included:
     the norms gain a bias, the teacher-forced logits stay within float tolerance."""
     params, calib, _ = setup
-    adapter = PARAdapter(CFG)
-    rng = np.random.default_rng(2)
-    folded = params
-    for name in adapter.gps_layers():
-        s = np.exp(rng.uniform(-1, 1, CFG.dim)).astype(np.float32).astype(np.float64)
-        p = rng.standard_normal(CFG.dim) * 0.3
-        folded = fold_into(folded, name, adapter.fold_target(name), s, p)
+    folded = _random_folds(params, PARAdapter(CFG), np.random.default_rng(2))
     for norm in ("layers_0/attention_norm", "layers_1/ffn_norm", "norm"):
         assert "bias" in _tree.tree_get(folded, norm) and "bias" not in _tree.tree_get(params, norm)
     assert "bias" in folded["layers_0"]["feed_forward"]["w3"]  # the sibling gained p·W3 too
@@ -141,10 +158,10 @@ def test_norm_folds_preserve_float_logits(setup):
     assert _rel(_logits(folded, calib), ref) <= 1e-5
 
 
-def test_int8_path_equals_its_fake_quant_oracle(setup, quantized):
+def test_int8_path_equals_its_fake_quant_oracle(setup, deployed):
     params, _, held_out = setup
     adapter = PARAdapter(CFG)
-    q = quantized["ptq4arvg"]
+    q = deployed
     flat = _tree.flatten(q)
     for name in adapter.quantized_layers():
         kernel, aq = flat[f"{name}/kernel"], flat[f"{name}/input_quant"]
@@ -163,12 +180,15 @@ def test_int8_path_equals_its_fake_quant_oracle(setup, quantized):
     assert 1e-4 < _rel(int8, _logits(params, held_out)) < 0.3
 
 
+_DECODE = jax.jit(lambda p, x, c, s: PAR(CFG).apply({"params": p}, x, c, s, method=PAR.decode))
+
+
 def _cached_logits(params, labels, par_tokens):
     """Sequence positions 0..N-1 through `PAR.decode` pass by pass, as the sampler runs them
     (its schedule, KV cache and traced start offsets), fed with the given PAR-order tokens."""
     model = PAR(CFG)
     a, n = CFG.ar_token_num, CFG.block_size
-    decode = jax.jit(lambda p, x, c, s: model.apply({"params": p}, x, c, s, method=PAR.decode))
+    decode = _DECODE
     caches = init_caches(CFG, labels.shape[0])
     out = []
     for j in range(a):
@@ -189,12 +209,12 @@ def _cached_logits(params, labels, par_tokens):
     return np.concatenate([np.asarray(o) for o in out], axis=1)
 
 
-def test_cached_steps_use_the_right_token_groups(setup, quantized):
+def test_cached_steps_use_the_right_token_groups(setup, deployed):
     """The sampler's passes (one token, then A per pass at traced offsets) pick each position's
     group: with the group scales pulled apart, cached decoding still equals teacher forcing,
     and a table shifted by one position does not."""
     _, _, held_out = setup
-    flat = _tree.flatten(quantized["ptq4arvg"])
+    flat = _tree.flatten(deployed)
     for k, v in list(flat.items()):
         if isinstance(v, quant.ActQuant) and v.num_groups > 1:
             # Each group's scale differs by a large factor: a wrong lookup changes the logits.
@@ -219,6 +239,7 @@ def test_cached_steps_use_the_right_token_groups(setup, quantized):
     assert _rel(_cached_logits(_tree.unflatten(shifted), labels, par_tokens), tf) > 1e-2
 
 
+@pytest.mark.slow
 def test_ptq4arvg_beats_rtn_at_w6a6_on_held_out_logits(setup, quantized):
     params, _, held_out = setup
     ref = _logits(params, held_out)
