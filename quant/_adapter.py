@@ -17,47 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from quant import _tree
-from quant._calibrate import Stage
-from quant.coverage import Coverage, FoldTarget
+from quant._calibrate import Stage, sown_by_layer
+from quant.coverage import Coverage, CoverageQueries
 
 __all__ = ["CoverageAdapter"]
 
 
-class CoverageAdapter:
-    """Coverage queries and stage running shared by the family adapters."""
+class CoverageAdapter(CoverageQueries):
+    """Coverage queries (`quant.coverage.CoverageQueries`) and stage running shared by the family
+    adapters."""
 
     family: str
     coverage: Coverage
     sink_tokens: int = 0
     head_stage = "head"
-
-    # ---- coverage ------------------------------------------------------------------------------
-    def quantized_layers(self) -> tuple[str, ...]:
-        return self.coverage.quantized()
-
-    def layer_kind(self, name: str) -> str:
-        """The covering rule's kind (e.g. "qkv")."""
-        return self.coverage[name].rule.kind
-
-    def gps_layers(self) -> tuple[str, ...]:
-        """The layers whose input gets SmoothQuant and the shift (official SmoothModules); GPS
-        scales go to `coverage.gps_scaled()` of them."""
-        return self.coverage.smoothed()
-
-    def fold_target(self, name: str) -> FoldTarget:
-        fold = self.coverage[name].fold
-        if fold is None:
-            raise ValueError(f"{name}: no AdaLN precedes this layer's input")
-        return fold
-
-    def sink_excluded(self, name: str) -> bool:
-        """Whether statistics of this layer's input skip the first `sink_tokens` tokens."""
-        return self.coverage[name].rule.sink_excluded
-
-    def stwq_granularity(self, name: str) -> str:
-        """The deployed input quantizer, as a `group_table` granularity (the rule's `groups`)."""
-        return self.coverage[name].rule.groups
 
     # ---- running ------------------------------------------------------------------------------
     def stages(self) -> tuple[Stage, ...]:
@@ -90,12 +63,7 @@ class CoverageAdapter:
             else params[stage.name]
         )
         out, state = self._stage_fn(head, collect)(sub, carry)
-        prefix = "" if head else stage.name + "/"
-        captured = {}
-        for k, v in _tree.flatten(state).items():
-            layer, _, _ = k.rpartition("/")
-            captured[prefix + layer] = v[0] if isinstance(v, tuple) else v
-        return out, captured
+        return out, sown_by_layer(state, "" if head else stage.name + "/")
 
     def _stage_fn(self, head: bool, collect: str | None) -> Callable:
         """The jitted runner of a block (or the head), one per (head, collect), kept per adapter."""

@@ -103,6 +103,25 @@ def check_finite(stage: Stage | None, carry: Any, values: Mapping[str, Any] | No
         )
 
 
+def sown_by_layer(
+    state: Mapping[str, Any], prefix: str = "", rename: Callable[[str, str], str] | None = None
+) -> dict[str, Any]:
+    """{layer path: value} from a stage's sown collection (`ModelAdapter.run_stage`'s result).
+
+    Args:
+      state: the collection as the stage's apply returned it, {".../<module>/<sow name>": (v,)}.
+      prefix: prepended to every path (e.g. "blocks_3/" when the stage ran a block alone).
+      rename: (module path, sow name) -> layer path, for values not sown by a Dense as its
+        `input` / `input_quant` (default: the module path).
+    """
+    out = {}
+    for k, v in _tree.flatten(dict(state)).items():
+        module, _, leaf = k.rpartition("/")
+        name = module if rename is None else rename(module, leaf)
+        out[prefix + name] = v[0] if isinstance(v, tuple) else v
+    return out
+
+
 def _set_layer(params: Params, name: str, layer: Mapping[str, Any]) -> Params:
     flat = _tree.flatten(params)
     prefix = name + "/"

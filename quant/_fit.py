@@ -33,18 +33,27 @@ import numpy as np
 from flax import struct
 from jax import lax
 
-from quant._qarray import ActQuant, QArray, offset_for_bits
+from quant._qarray import ActQuant, LogSqrt2Quant, QArray, offset_for_bits
 from quant._quantizers import (
     PERCENTILES,
     _candidates,
+    _lerp,
     _method_for,
     _plan,
+    fake_quant_log2,
     fake_quant_uniform,
     fit_uniform_per_channel,
     group_table,
 )
 
-__all__ = ["ChannelQuant", "FitInput", "quantize_weight_jit", "search_rows"]
+__all__ = [
+    "ChannelQuant",
+    "FitInput",
+    "matmul_fits",
+    "quantize_weight_jit",
+    "search_log2",
+    "search_rows",
+]
 
 _F32 = np.float32
 _SIGN = np.uint32(0x80000000)
@@ -142,6 +151,44 @@ def search_rows(x2, bits: int, *, include_zero: bool = False, percentiles=PERCEN
     _, delta, zp, fb_delta, fb_zp = best
     bad = ~(jnp.isfinite(delta) & (delta > 0))
     return jnp.where(bad, fb_delta, delta), jnp.where(bad, fb_zp, zp)
+
+
+def _host_log2_candidates(picked, *, ks, plans, method):
+    """[P]: the upper quantile of each percentile from the order statistics (host lerp)."""
+    stats = {k: np.asarray(picked, _F32)[:, i] for i, k in enumerate(ks)}
+    return np.stack([_lerp(stats[k0], stats[k1], t, method)[0] for k0, k1, t in plans]).astype(_F32)
+
+
+def search_log2(x, bits: int, *, percentiles=PERCENTILES):
+    """``quant._quantizers.fit_log2`` (the official log-√2 Δ) as a traceable function.
+
+    Candidates are the upper quantiles of all of ``x``; the smallest float32 MSE wins (strictly
+    smaller, ties keep the lower percentile); none finite falls back to ``max(x)``.
+
+    Returns:
+      float32 scalar Δ.
+    """
+    offset_for_bits(bits)
+    x2 = x.reshape(1, -1).astype(jnp.float32)
+    n = x2.shape[1]
+    if n == 0:
+        raise ValueError("cannot calibrate a quantizer on zero values")
+    method = _method_for(n)
+    plans = tuple(_plan(n, float(p), True, method) for p in percentiles)
+    ks = tuple(sorted({k for k0, k1, _ in plans for k in (k0, k1)}))
+    cands = jax.pure_callback(
+        functools.partial(_host_log2_candidates, ks=ks, plans=plans, method=method),
+        jax.ShapeDtypeStruct((len(plans),), jnp.float32),
+        order_stats_rows(x2, ks),
+    )
+    best_sse, best = jnp.float32(jnp.inf), jnp.max(x2)
+    for i in range(len(plans)):
+        e = x2 - fake_quant_log2(x2, cands[i], bits)
+        sse = jnp.sum(e * e)
+        take = sse < best_sse  # NaN never wins
+        best_sse = jnp.where(take, sse, best_sse)
+        best = jnp.where(take, cands[i], best)
+    return best
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,11 +289,13 @@ class FitInput:
 
     Put under a layer's ``input_quant`` key for calibration (see ``quant._calibrate.fit_stages``);
     the fitted quantizer is sown in the ``calibration`` collection and used at once, so the
-    layers after it see a quantized upstream. The input must span the whole sequence (positions
-    0..T-1, as calibration runs it) for token groups.
+    layers after it see a quantized upstream. For token groups the input must cover
+    positions 0..T'-1 from the start of the sequence, T' <= T (a prefix of the table holding
+    every group).
 
     Attributes:
-      kind: "channel" (``ChannelQuant``, sinks bypassed), "tensor" or "groups" (``ActQuant``).
+      kind: "channel" (``ChannelQuant``, sinks bypassed), "tensor" or "groups" (``ActQuant``),
+        "log2" (``LogSqrt2Quant``, post-softmax probabilities).
       bits: 2..8.
       sink_tokens: "channel": leading positions excluded from the statistics and not quantized.
       table: "groups": the position -> group table (a tuple, static).
@@ -356,23 +405,32 @@ class FitInput:
             return _act_quant_traced(d, z, self.bits, None)
         if self.kind == "groups":
             return self._fit_groups(x, positions)
+        if self.kind == "log2":
+            return LogSqrt2Quant(delta=search_log2(x, self.bits), bits=int(self.bits))
         raise ValueError(f"unknown FitInput kind {self.kind!r}")
 
     def _fit_groups(self, x, positions=None) -> ActQuant:
         full = np.asarray(self.table, np.int32)
-        table = full  # group of each token of x
-        if x.ndim == 3 and x.shape[1] != full.size and positions is not None:
-            table = full[np.asarray(positions, np.int64).reshape(-1)]
-        if x.ndim != 3 or x.shape[1] != table.size:
+        # The calibration input may cover part of the table's positions, as long as every group
+        # occurs in it: the given `positions` (RAR's head calibrates positions 1..T without the
+        # cls token), else a prefix (PAR calibrates the first N positions; its teacher-forced
+        # forward also runs the E bridge positions after them).
+        if x.ndim != 3 or x.shape[1] > full.size:
             raise ValueError(
-                f"token-group calibration needs [N, {full.size}, C] inputs (or the positions of "
-                f"the tokens), got {x.shape}"
+                f"token-group calibration needs [N, <= {full.size}, C] inputs, got {x.shape}"
             )
+        if positions is not None and x.shape[1] != full.size:
+            table = full[np.asarray(positions, np.int64).reshape(-1)]
+            if table.size != x.shape[1]:
+                raise ValueError(f"{table.size} positions for {x.shape[1]} calibration tokens")
+        else:
+            table = full[: x.shape[1]]
         num = int(full.max()) + 1
         sizes = np.bincount(table, minlength=num)
         if np.any(sizes == 0):
             raise ValueError(
-                f"token groups {np.nonzero(sizes == 0)[0][:4]} have no calibration token"
+                f"token groups {np.nonzero(sizes == 0)[0].tolist()} have no position among the "
+                f"{x.shape[1]} calibration positions"
             )
         deltas, zps = [None] * num, [None] * num
         for s in np.unique(sizes):  # equal-size groups searched together, as the host search
@@ -383,3 +441,15 @@ class FitInput:
             for j, g in enumerate(ids):
                 deltas[g], zps[g] = d[j], z[j]
         return _act_quant_traced(jnp.stack(deltas), jnp.stack(zps), self.bits, full)
+
+
+def matmul_fits(adapter, bits: int) -> dict[str, FitInput]:
+    """The static quantizers of a model's activation x activation matmuls, still to be fitted.
+
+    An adapter may declare them as ``matmul_quantizers(bits) -> {path: FitInput}``: each path
+    names a params node whose ``input_quant`` the model reads (PAR's
+    ``layers_i/attention/attn_quant/{q,k,p,v}``) and sows, once fitted, under that path in the
+    ``calibration`` collection. Adapters without the method (float attention) give ``{}``.
+    """
+    fn = getattr(adapter, "matmul_quantizers", None)
+    return {} if fn is None else dict(fn(bits))

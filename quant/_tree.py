@@ -8,9 +8,9 @@ from typing import Any
 
 
 def is_quant_leaf(x: Any) -> bool:
-    from quant._qarray import ActQuant, QArray
+    from quant._qarray import ActQuant, LogSqrt2Quant, QArray
 
-    return isinstance(x, (QArray, ActQuant))
+    return isinstance(x, (QArray, ActQuant, LogSqrt2Quant))
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

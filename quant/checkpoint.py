@@ -31,7 +31,7 @@ def _to_storable(
     `array` converts each array: numpy by default; the identity keeps sharded `jax.Array`s, which
     orbax writes shard by shard (`arvg_jax.parallel.checkpoint`).
     """
-    from quant._qarray import ActQuant, QArray
+    from quant._qarray import ActQuant, LogSqrt2Quant, QArray
 
     kinds: dict[str, dict[str, Any]] = {}
     flat = {}
@@ -50,6 +50,9 @@ def _to_storable(
                 "zero_point": array(leaf.zero_point),
                 "group_of_position": array(leaf.group_of_position),
             }
+        elif isinstance(leaf, LogSqrt2Quant):  # PAR's post-softmax attention quantizer
+            kinds[name] = {"kind": "LogSqrt2Quant", "bits": int(leaf.bits)}
+            flat[name] = {"delta": array(leaf.delta)}
         else:
             flat[name] = array(leaf)
     return _tree.unflatten(flat), kinds
@@ -59,7 +62,7 @@ def _from_storable(
     tree: dict[str, Any], kinds: dict[str, dict[str, Any]], array=np.asarray
 ) -> dict[str, Any]:
     """The inverse of `_to_storable` (`array` as there)."""
-    from quant._qarray import ActQuant, QArray
+    from quant._qarray import ActQuant, LogSqrt2Quant, QArray
 
     flat = _tree.flatten(tree)
     for name, info in kinds.items():
@@ -67,7 +70,7 @@ def _from_storable(
         fields = {k[len(prefix) :]: flat.pop(k) for k in list(flat) if k.startswith(prefix)}
         if not fields:
             raise ValueError(f"quantized checkpoint: leaf {name!r} listed in arvg.json is missing")
-        cls = {"QArray": QArray, "ActQuant": ActQuant}[info["kind"]]
+        cls = {"QArray": QArray, "ActQuant": ActQuant, "LogSqrt2Quant": LogSqrt2Quant}[info["kind"]]
         flat[name] = cls(**{k: array(v) for k, v in fields.items()}, bits=info["bits"])
     return _tree.unflatten(
         {k: array(v) if not _tree.is_quant_leaf(v) else v for k, v in flat.items()}
@@ -221,6 +224,8 @@ def describe(directory: str | os.PathLike) -> str:
                     f"positions {int(np.asarray(leaf.group_of_position).size)}",
                 )
             )
+        elif kind == "LogSqrt2Quant":
+            rows.append((name, f"LogSqrt2 a{leaf.bits}", "per tensor", ""))
         else:
             n_float += 1
             rows.append((name, "float", f"{tuple(leaf.shape)} {leaf.dtype}", ""))

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-__all__ = ["Coverage", "FoldRule", "FoldTarget", "LayerSpec", "QuantRule"]
+__all__ = ["Coverage", "CoverageQueries", "FoldRule", "FoldTarget", "LayerSpec", "QuantRule"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -182,3 +182,38 @@ class Coverage:
     def final_shifted(self) -> tuple[str, ...]:
         """The smoothed layers with a second zero-centering shift in stage F."""
         return tuple(n for n in self.smoothed() if self._specs[n].rule.final_shift)
+
+
+class CoverageQueries:
+    """The coverage part of `quant._calibrate.ModelAdapter`, read from `self.coverage`.
+
+    A family adapter sets `self.coverage` (a `Coverage`) and inherits these queries.
+    """
+
+    coverage: Coverage
+
+    def quantized_layers(self) -> tuple[str, ...]:
+        return self.coverage.quantized()
+
+    def layer_kind(self, name: str) -> str:
+        """The covering rule's kind (e.g. "qkv", "fc1")."""
+        return self.coverage[name].rule.kind
+
+    def gps_layers(self) -> tuple[str, ...]:
+        """The layers whose input gets SmoothQuant, the shift and GPS (official SmoothModules)."""
+        return self.coverage.smoothed()
+
+    def fold_target(self, name: str) -> FoldTarget:
+        fold = self.coverage[name].fold
+        if fold is None:
+            raise ValueError(f"{name}: no norm or AdaLN precedes this layer's input")
+        return fold
+
+    def sink_excluded(self, name: str) -> bool:
+        """Whether statistics of this layer's input skip the sink tokens."""
+        return self.coverage[name].rule.sink_excluded
+
+    def stwq_granularity(self, name: str) -> str:
+        """The deployed input quantizer of a layer, as a `group_table` granularity (the rule's
+        `groups`)."""
+        return self.coverage[name].rule.groups

@@ -104,9 +104,23 @@ def test_fit_input_matches_host_quantizers():
 
 
 def test_fit_input_rejects_partial_sequences():
-    spec = FitInput.groups(8, np.array([0, 1, 1], np.int32))
-    with pytest.raises(ValueError, match=r"\[N, 3, C\]"):
+    spec = FitInput.groups(8, np.array([0, 0, 1], np.int32))
+    with pytest.raises(ValueError, match=r"\[N, <= 3, C\]"):
+        spec.fit_input(jnp.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match=r"groups \[1\] have no position"):
         spec.fit_input(jnp.zeros((2, 2, 4)))
+
+
+def test_fit_input_groups_on_a_prefix_keep_the_whole_table():
+    """PAR calibrates the first N positions of a table that also covers the bridge positions
+    after them: a prefix holding every group fits those groups and keeps the full table."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 4)), jnp.float32)
+    table = np.array([0, 1, 1, 1, 1], np.int32)
+    got = FitInput.groups(8, table).fit_input(x)
+    want = FitInput.groups(8, table[:3]).fit_input(x)
+    np.testing.assert_array_equal(np.asarray(got.group_of_position), table)
+    np.testing.assert_array_equal(np.asarray(got.scale), np.asarray(want.scale))
+    np.testing.assert_array_equal(np.asarray(got.zero_point), np.asarray(want.zero_point))
 
 
 def test_fit_stages_equals_sequential_rerun(reference):

@@ -6,6 +6,9 @@ Dims: B batch, L query tokens, S key tokens (cache length), H query heads, G key
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -14,12 +17,28 @@ Array = jax.Array
 
 
 def dot_product_attention(
-    q: Array, k: Array, v: Array, *, mask: Array | None = None, scale: float | None = None
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    mask: Array | None = None,
+    scale: float | None = None,
+    quant: Mapping[str, Any] | None = None,
+    on_fit: Callable[[str, Any], None] | None = None,
 ) -> Array:
     """softmax(q kᵀ · scale + mask) v, as torch `F.scaled_dot_product_attention` (no dropout).
 
     Scores and softmax are float32; the probabilities are cast to v's dtype for the second
     matmul (accumulated in float32).
+
+    Optional static quantizers of the two matmuls (PTQ4ARVG's `QuantMatMul`s, e.g.
+    `PAR/autoregressive/models/gpt.py:261-265`: `matmul1(q, kᵀ)` then the scale,
+    `matmul2(softmax, v)`): `quant` maps "q", "k", "p" (the post-softmax probabilities) and
+    "v" to quantizers (`quant.ActQuant` per tensor, `quant.LogSqrt2Quant` for "p"); a missing
+    key leaves that operand float, `quant=None` is the float function above. Both operands of a
+    matmul `ActQuant`: an int8 x int8 -> int32 matmul (`quant.quantized_matmul`); otherwise the
+    dequantized operands in float32. A quantizer with `fit_input` (`quant.FitInput`, calibration)
+    is first fitted on its operand and reported as `on_fit(name, fitted)`.
 
     Args:
         q: [B, L, H, K].
@@ -27,6 +46,8 @@ def dot_product_attention(
         mask: broadcastable to [B, H, L, S]: bool (True = may attend; every row needs one True)
             or an additive float bias. None attends everywhere.
         scale: default K^-1/2.
+        quant: None, or {"q", "k", "p", "v"} -> quantizer (any subset).
+        on_fit: receives (name, fitted quantizer) for each fitted placeholder.
 
     Returns:
         [B, L, H, K] in q's dtype.
@@ -37,17 +58,50 @@ def dot_product_attention(
         raise ValueError(f"{h} query heads are not a multiple of {g} kv heads")
     scale = kd**-0.5 if scale is None else scale
     qg = q.reshape(b, l, g, h // g, kd)  # [B, L, G, R, K]: head h = (h // R, h % R)
+    if quant is not None:
+        return _quantized_attention(qg, k, v, mask, scale, quant, on_fit).astype(q.dtype)
     scores = jnp.einsum("BLGRK,BSGK->BGRLS", qg, k, preferred_element_type=jnp.float32)
     scores = scores.reshape(b, h, l, k.shape[1]) * jnp.float32(scale)  # [B, H, L, S]
-    if mask is not None:
-        if mask.dtype == jnp.bool_:
-            scores = jnp.where(mask, scores, -jnp.inf)
-        else:
-            scores = scores + mask.astype(jnp.float32)
+    scores = _masked(scores, mask)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # [B, H, L, S]
     probs = probs.reshape(b, g, h // g, l, k.shape[1])
     out = jnp.einsum("BGRLS,BSGK->BLGRK", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(b, l, h, kd).astype(q.dtype)
+
+
+def _masked(scores: Array, mask: Array | None) -> Array:
+    if mask is None:
+        return scores
+    if mask.dtype == jnp.bool_:
+        return jnp.where(mask, scores, -jnp.inf)
+    return scores + mask.astype(jnp.float32)
+
+
+def _quantized_attention(qg, k, v, mask, scale, quantizers, on_fit) -> Array:
+    """`dot_product_attention` with quantized matmul operands: qg [B, L, G, R, K], k, v
+    [B, S, G, K] -> [B, L, H, K] float32. Each matmul runs on [B, G, R·L, ·] operands."""
+    from quant import quantized_matmul  # lazily: the float model needs no quant package
+
+    b, l, g, r, kd = qg.shape
+    s = k.shape[1]
+
+    def fitted(name, x):
+        qz = quantizers.get(name)
+        if qz is not None and hasattr(qz, "fit_input"):
+            qz = qz.fit_input(x)
+            if on_fit is not None:
+                on_fit(name, qz)
+        return qz
+
+    a = jnp.transpose(qg, (0, 2, 3, 1, 4)).reshape(b, g, r * l, kd).astype(jnp.float32)
+    kt = jnp.transpose(k, (0, 2, 3, 1)).astype(jnp.float32)  # [B, G, K, S]
+    scores = quantized_matmul(a, kt, fitted("q", a), fitted("k", kt))  # [B, G, R·L, S]
+    scores = _masked(scores.reshape(b, g * r, l, s) * jnp.float32(scale), mask)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).astype(jnp.float32)
+    probs = probs.reshape(b, g, r * l, s)
+    vt = jnp.transpose(v, (0, 2, 1, 3)).astype(jnp.float32)  # [B, G, S, K]
+    out = quantized_matmul(probs, vt, fitted("p", probs), fitted("v", vt))  # [B, G, R·L, K]
+    return jnp.transpose(out.reshape(b, g, r, l, kd), (0, 3, 1, 2, 4)).reshape(b, l, g * r, kd)
 
 
 def init_cache(batch: int, length: int, kv_heads: int, head_dim: int, dtype) -> dict[str, Array]:

@@ -43,8 +43,9 @@ Deviations from the official code:
   * Calibration statistics are computed on the whole calibration set in one pass (as the official
     RAR and MAR do), not as the VAR/PAR EMA ``0.1·new + 0.9·old`` over batches of 64 (which, with
     128 sequences, weights the first batch 0.9).
-  * The attention matmuls (q·kᵀ, P·v) are not quantized: the model has no quantized-matmul hook
-    yet, so neither the calibration upstream nor the deployed model quantizes them.
+  * The attention matmuls (q·kᵀ, P·v) are quantized only where the adapter declares them
+    (``matmul_quantizers``, PAR): fitted in B, kept through D, off in E, refitted in G, as the
+    official leaf quantizers; elsewhere (VAR) the model has no hook and they stay float.
   * Weight quantizers are re-fitted from the current weight whenever it is used; the official code
     re-fits exactly the ones whose weight changed, so the values are the same.
   * The percentile search's MSE is summed in float32 on device (torch: float32 too; our host
@@ -64,7 +65,7 @@ import numpy as np
 
 from quant import _tree
 from quant._calibrate import collect, fit_stages, statistics_input
-from quant._fit import ChannelQuant, FitInput, quantize_weight_jit
+from quant._fit import ChannelQuant, FitInput, matmul_fits, quantize_weight_jit
 from quant._oracle import OracleKernel
 from quant._progress import Progress
 from quant._transforms import fold_into
@@ -144,6 +145,12 @@ def _probe(adapter, params: Params, recipe: Recipe, fit=None) -> Params:
             q = fit[name]
         if q is not None:
             flat[f"{name}/input_quant"] = q
+    for name in matmul_fits(adapter, recipe.a_bits):  # attention matmuls: no kernel
+        q = flat.pop(f"{name}/{CALIB_KEY}", None)
+        if fit and name in fit:
+            q = fit[name]
+        if q is not None:
+            flat[f"{name}/input_quant"] = q
     return _tree.unflatten(flat)
 
 
@@ -155,10 +162,11 @@ def _initial_fit(adapter, name: str, recipe: Recipe) -> FitInput:
     return FitInput.groups(recipe.a_bits, adapter.group_table(adapter.stwq_granularity(name)))
 
 
-def _fit_calib_quant(adapter, params, batch, recipe, layers, what: str, progress: bool):
+def _fit_calib_quant(adapter, params, batch, recipe, layers, what: str, progress: bool, extra=None):
     """B/D: fits `_initial_fit` quantizers of ``layers`` on the `_probe` upstream, stored as
     their ``calib_quant`` leaves (the other layers keep theirs)."""
     fit = {name: _initial_fit(adapter, name, recipe) for name in layers}
+    fit.update(extra or {})
     probe = _probe(adapter, params, recipe, fit)
     found = fit_stages(adapter, probe, batch, desc=f"ptq4arvg {what}", progress=progress)
     return _with_calib(params, found)
@@ -216,7 +224,10 @@ def initial_calibration(adapter, params: Params, batch, recipe: Recipe, *, progr
     quantization on). Returns the float params with a ``calib_quant`` leaf on every covered layer.
     """
     layers = adapter.quantized_layers()
-    return _fit_calib_quant(adapter, params, batch, recipe, layers, "B calibrate", progress)
+    matmuls = matmul_fits(adapter, recipe.a_bits)  # attention matmuls (PAR), kept through D
+    return _fit_calib_quant(
+        adapter, params, batch, recipe, layers, "B calibrate", progress, extra=matmuls
+    )
 
 
 def zero_center_shift(adapter, params: Params, batch, recipe: Recipe, *, progress: bool = True):

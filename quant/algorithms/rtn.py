@@ -14,7 +14,7 @@ import numpy as np
 
 from quant import _tree
 from quant._calibrate import fit_stages
-from quant._fit import FitInput, quantize_weight_jit
+from quant._fit import FitInput, matmul_fits, quantize_weight_jit
 from quant._oracle import OracleKernel
 from quant._quantizers import fit_act_quant, quantize_weight
 from quant.recipes import Recipe
@@ -61,6 +61,8 @@ def quantize_layers(
         )
         probe[f"{name}/kernel"] = OracleKernel(flat[f"{name}/kernel"])
         probe[f"{name}/input_quant"] = input_spec(name)
+    for name, fit in matmul_fits(adapter, recipe.a_bits).items():  # attention matmuls
+        probe[f"{name}/input_quant"] = fit
     found = fit_stages(adapter, _tree.unflatten(probe), batch, desc=desc, progress=progress)
     flat.update({f"{name}/input_quant": q for name, q in found.items()})
     return _tree.unflatten(flat)

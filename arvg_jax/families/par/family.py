@@ -195,6 +195,23 @@ class PARFamily(Family):
             outs.append(np.asarray(fn(params, lab, jnp.asarray(tokens[i : i + batch], jnp.int32))))
         return np.concatenate(outs)
 
+    # ---- quantization -------------------------------------------------------------------------
+    def quant_adapter(self, cfg):
+        from arvg_jax.families.par.quant_adapter import PARAdapter
+
+        return PARAdapter(cfg)
+
+    def calibration_generator(self, params, tok_params, cfg, tok_cfg):
+        from arvg_jax.families.par.calibration import generate_candidates
+
+        return functools.partial(generate_candidates, params, tok_params, cfg, tok_cfg)
+
+    def calibration_batch(self, tok_params, tok_cfg, candidates):
+        from arvg_jax.families.par.calibration import calibration_batch
+
+        del tok_params, tok_cfg  # the GPT embeds its own tokens
+        return calibration_batch(candidates)
+
     # ---- reference check ----------------------------------------------------------------------
     def reference_outputs(self, fixture_dir):
         from arvg_jax.families.par.reference import run_reference

@@ -10,6 +10,8 @@ Param tree (plain dicts; `/`-joined paths; every linear is an `arvg_jax.nn.layer
     layers_{i}/attention/wqkv/kernel [C, (H + 2G) K]   layers_{i}/attention/wo/kernel [C, C]
     layers_{i}/feed_forward/{w1, w3}/kernel [C, F]     layers_{i}/feed_forward/w2/kernel [F, C]
     norm/scale [C]                                 output/kernel [C, V]
+Quantized trees add `input_quant` / biases (norms and Dense, `quant._transforms`) and, when the
+attention matmuls are quantized, `layers_{i}/attention/attn_quant/{q, k, p, v}/input_quant`.
 
 Entry points (`PAR(cfg, dtype=...).apply({"params": params}, ..., method=...)`):
     * `__call__(labels, tokens)`: teacher-forced logits [B, N, V] in PAR order (the official
@@ -39,8 +41,8 @@ from jax import lax
 
 from arvg_jax.families.par import layout
 from arvg_jax.families.par.config import PARConfig
-from arvg_jax.nn.layers import Dense
 from arvg_jax.nn.attention import cache_write, dot_product_attention, init_cache
+from arvg_jax.nn.layers import Dense
 from arvg_jax.nn.rms_norm import RMSNorm
 from arvg_jax.nn.rope import apply_rope
 from arvg_jax.nn.swiglu import SwiGLU
@@ -86,11 +88,27 @@ class Attention(nn.Module):
         if cache is not None:
             cache = cache_write(cache, k, v, start)
             k, v = cache["k"], cache["v"]
-        out = dot_product_attention(q, k, v, mask=mask[None, None])  # [B, L, H, K]
+        out = dot_product_attention(  # [B, L, H, K]
+            q, k, v, mask=mask[None, None], quant=self._matmul_quantizers(), on_fit=self._sow_fit
+        )
         out = Dense(c, use_bias=False, dtype=self.dtype, kernel_init=_INIT, name="wo")(
             out.reshape(b, l, h * k_dim), positions
         )
         return out if cache is None else (out, cache)
+
+    def _matmul_quantizers(self):
+        """The attention matmuls' quantizers {"q", "k", "p", "v"} (params
+        `attn_quant/<name>/input_quant`, written by quantization), or None: float attention."""
+        if not self.has_variable("params", "attn_quant"):
+            return None
+        tree = self.get_variable("params", "attn_quant")
+        # Between PTQ4ARVG stages B and F a node may hold only its (ignored) `calib_quant`.
+        found = {n: leaf["input_quant"] for n, leaf in tree.items() if "input_quant" in leaf}
+        return found or None
+
+    def _sow_fit(self, name, quantizer):
+        # Calibration: `attn_quant_<name>` in the `calibration` collection (quant_adapter).
+        self.sow("calibration", f"attn_quant_{name}", quantizer)
 
 
 class TransformerBlock(nn.Module):

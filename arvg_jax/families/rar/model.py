@@ -48,8 +48,8 @@ import numpy as np
 from flax import linen as nn
 
 from arvg_jax.families.rar.config import NUM_PREFIX, RARConfig
-from arvg_jax.nn.layers import Dense, layer_norm
 from arvg_jax.nn import kv_attention
+from arvg_jax.nn.layers import Dense, layer_norm
 
 Array = jax.Array
 

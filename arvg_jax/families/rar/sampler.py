@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from arvg_jax import sampling
 from arvg_jax.families.rar.config import RARConfig, SamplingSettings
 from arvg_jax.families.rar.model import RAR, init_caches
-from arvg_jax import sampling
 from arvg_jax.sampling import top2_margin
 from arvg_jax.tokenizers import maskgit_vqgan
 

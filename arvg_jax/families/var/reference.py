@@ -23,8 +23,7 @@ def var_outputs(fixture: str | os.PathLike) -> dict[str, np.ndarray]:
 
     fixture = pathlib.Path(fixture)
     inputs = load_inputs(fixture, "io.npz")
-    m = load_float(
-        "var", fixture / "var.pth", fixture / "vae.pth", fixture / "config.json")
+    m = load_float("var", fixture / "var.pth", fixture / "vae.pth", fixture / "config.json")
     out: dict[str, np.ndarray] = {}
 
     idx_list = var_vqvae.split_idx(m.vae_cfg, inputs["tf_idx"])

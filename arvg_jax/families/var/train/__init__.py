@@ -2,7 +2,12 @@
 
 from arvg_jax.families.var.train._classifier import classifier_train_step, init_classifier_state
 from arvg_jax.families.var.train._common import StageHParams, lr_schedule, make_optimizer
-from arvg_jax.families.var.train._tiny import TinyRecipe, evaluate_generation, reevaluate_tiny, train_tiny
+from arvg_jax.families.var.train._tiny import (
+    TinyRecipe,
+    evaluate_generation,
+    reevaluate_tiny,
+    train_tiny,
+)
 from arvg_jax.families.var.train._var import (
     init_var_params,
     init_var_state,
