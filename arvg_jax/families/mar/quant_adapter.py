@@ -32,7 +32,7 @@ from arvg_jax.families.mar.config import MARConfig
 from arvg_jax.families.mar.model import MAR, Block, abstract_params
 from quant import _tree
 from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage
-from quant.coverage import Coverage, FoldRule, FoldTarget, QuantRule
+from quant.coverage import Coverage, CoverageQueries, FoldRule, QuantRule
 
 BLOCK_LAYERS = ("attn/qkv", "attn/proj", "mlp/fc1", "mlp/fc2")  # forward order
 _BLOCK = r"(?P<block>transformer/(?:encoder|decoder)_blocks_\d+)"
@@ -83,7 +83,7 @@ def _block_stages(kind: str, depth: int) -> tuple[Stage, ...]:
     )
 
 
-class MARAdapter:
+class MARAdapter(CoverageQueries):
     """Implements `quant._calibrate.ModelAdapter` for MAR (module doc).
 
     Args:
@@ -121,29 +121,6 @@ class MARAdapter:
             *_block_stages("decoder", cfg.decoder_depth),
         )
         return (*out, Stage("diffloss", self._head_layers)) if self.quantize_head else out
-
-    def quantized_layers(self) -> tuple[str, ...]:
-        return self.coverage.quantized()
-
-    def layer_kind(self, name: str) -> str:
-        return self.coverage[name].rule.kind
-
-    def gps_layers(self) -> tuple[str, ...]:
-        """qkv and fc1 of every encoder and decoder block (official SmoothModules)."""
-        return self.coverage.smoothed()
-
-    def fold_target(self, name: str) -> FoldTarget:
-        fold = self.coverage[name].fold
-        if fold is None:
-            raise ValueError(f"{name}: no LayerNorm precedes this layer's input")
-        return fold
-
-    def sink_excluded(self, name: str) -> bool:
-        """qkv/fc1 statistics skip the 64 buffer tokens (docs/ptq4arvg.md §3.6)."""
-        return self.coverage[name].rule.sink_excluded
-
-    def stwq_granularity(self, name: str) -> str:
-        return self.coverage[name].rule.groups
 
     def group_table(self, granularity: str) -> np.ndarray:
         """int32 [P] group of each position: "buffer" (position i < 64: group i; image tokens:
