@@ -12,6 +12,10 @@
 
 Writes classifier.npz, vae.npz, var.npz, recipe.json (the `arvg_jax.assets.load_tiny` layout)
 and samples.png into --out, re-saving after every stage and every minute of VAR training.
+
+Other families: `python scripts/train_tiny.py --family rar|par|mar [...]` hands the remaining
+arguments to that family's recipe (`arvg_jax.families.<name>.train.main`; `--help` there), which
+writes `arvg_jax/assets/tiny/<name>/` by default.
 """
 
 from __future__ import annotations
@@ -24,7 +28,21 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--family", default="var")
+    known, rest = pre.parse_known_args(argv)
+    if known.family != "var":
+        import importlib
+
+        from arvg_jax import families
+
+        families.get(known.family)  # a one-line error for an unknown family
+        train = importlib.import_module(f"arvg_jax.families.{known.family}.train")
+        return train.main(rest)
+    argv = rest
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", default="var", help="var (this recipe) or rar, par, mar")
     p.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
     p.add_argument(
         "--eval-only",

@@ -1,8 +1,11 @@
-"""Packaged trained weights: the tiny shapes VAR, its VQVAE and the shapes classifier.
+"""Packaged trained weights: the tiny shapes models of every family and the shapes classifier.
 
-`arvg_jax/assets/tiny/` holds `var.npz`, `vae.npz`, `classifier.npz` (params flattened to
-"/"-joined keys, compressed) and `recipe.json` (configs, training settings, measured numbers);
-`scripts/train_tiny.py` writes them.
+`arvg_jax/assets/tiny/` holds VAR's `var.npz`, `vae.npz`, the shared `classifier.npz` (params
+flattened to "/"-joined keys, compressed) and `recipe.json` (configs, training settings, measured
+numbers); `scripts/train_tiny.py` writes them. Every other family keeps its tiny model in
+`arvg_jax/assets/tiny/<family>/` (`FAMILY_FILES`: `model.npz`, `tokenizer.npz`, `recipe.json`
+with "model_config" and "tokenizer_config", and `samples.png`), written by that family's
+`families/<name>/train` recipe.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from arvg_jax.options import LEGACY_CONFIG_FIELDS
 
 TINY_DIR = pathlib.Path(__file__).resolve().parent / "tiny"
 TINY_FILES = ("var.npz", "vae.npz", "classifier.npz", "recipe.json")
+FAMILY_FILES = ("model.npz", "tokenizer.npz", "recipe.json")
 # Config fields that are execution choices (compute dtype, kernels: `arvg_jax.options`), not part
 # of a trained model: never written, and ignored when read (older files stored them).
 _RUNTIME_FIELDS = LEGACY_CONFIG_FIELDS
@@ -169,6 +173,50 @@ def read_tiny_meta(path: str | os.PathLike | None = None) -> dict[str, Any]:
         ) from None
 
 
+def family_dir(family: str, root: str | os.PathLike | None = None) -> pathlib.Path:
+    """Where a family other than VAR keeps its packaged tiny model (`assets/tiny/<family>`)."""
+    return (pathlib.Path(root) if root is not None else TINY_DIR) / family
+
+
+def load_family_tiny(family: Any, path: str | os.PathLike | None = None):
+    """Loads a family's packaged tiny model from `family_dir(family.name)` (or `path`).
+
+    Args:
+        family: the `arvg_jax.families.Family` (its config classes parse recipe.json).
+        path: directory holding `FAMILY_FILES` (default: `family_dir(family.name)`).
+
+    Returns:
+        (cfg, params, tok_cfg, tok_params, meta), params as nested float32 numpy dicts.
+
+    Raises:
+        AssetsMissingError: a file is absent or unreadable, naming it and the training command.
+    """
+    root = pathlib.Path(path) if path is not None else family_dir(family.name)
+    missing = [n for n in FAMILY_FILES if not (root / n).is_file()]
+    if missing:
+        raise AssetsMissingError(
+            f"{root}: tiny {family.name.upper()} assets missing ({', '.join(missing)}); train "
+            f"them with `python scripts/train_tiny.py --family {family.name}`"
+        )
+    try:
+        meta = json.loads((root / "recipe.json").read_text())
+        cfg = config_from_dict(family.config_cls, meta["model_config"])
+        tok_cfg = config_from_dict(family.tokenizer_config_cls, meta["tokenizer_config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise AssetsMissingError(f"{root / 'recipe.json'}: unreadable ({e})") from e
+    params = load_params(root / "model.npz")
+    tok_params = load_params(root / "tokenizer.npz")
+    return cfg, params, tok_cfg, tok_params, meta
+
+
+def load_classifier(path: str | os.PathLike | None = None):
+    """The shapes classifier every family's tiny model is scored with: (params, ClassifierConfig).
+
+    It is trained once, with the VAR recipe, and shared (same procedural dataset for all)."""
+    root = pathlib.Path(path) if path is not None else TINY_DIR
+    return load_params(root / "classifier.npz"), tiny_classifier_config(read_tiny_meta(root))
+
+
 def tiny_classifier_config(meta: dict[str, Any]):
     """The `arvg_jax.eval.ClassifierConfig` recorded in a tiny recipe's meta."""
     from arvg_jax.eval import ClassifierConfig
@@ -177,11 +225,15 @@ def tiny_classifier_config(meta: dict[str, Any]):
 
 
 __all__ = [
+    "FAMILY_FILES",
     "TINY_DIR",
     "TINY_FILES",
     "AssetsMissingError",
     "config_from_dict",
     "config_to_dict",
+    "family_dir",
+    "load_classifier",
+    "load_family_tiny",
     "load_params",
     "load_tiny",
     "read_tiny_meta",

@@ -121,8 +121,13 @@ class Family:
         raise NotImplementedError
 
     def load_packaged(self, preset_name: str):
-        """(cfg, params, tok_cfg, tok_params, meta) of a packaged (trained) preset."""
-        raise NotImplementedError(f"{preset_name}: no packaged weights")
+        """(cfg, params, tok_cfg, tok_params, meta) of a packaged (trained) preset: by default
+        the family's tiny model in `arvg_jax/assets/tiny/<family>/` (`assets.load_family_tiny`)."""
+        if not self.presets()[preset_name].packaged:
+            raise NotImplementedError(f"{preset_name}: no packaged weights")
+        from arvg_jax import assets
+
+        return assets.load_family_tiny(self)
 
     # ---- running ------------------------------------------------------------------------------
     def sampling_arguments(self, cfg=None) -> tuple[SamplingArg, ...]:

@@ -1,7 +1,5 @@
 """Training of the tiny shapes models (VQVAE tokenizer, VAR, classifier) with optax under jit."""
 
-from arvg_jax.families.var.train._classifier import classifier_train_step, init_classifier_state
-from arvg_jax.families.var.train._common import StageHParams, lr_schedule, make_optimizer
 from arvg_jax.families.var.train._tiny import (
     TinyRecipe,
     evaluate_generation,
@@ -26,6 +24,8 @@ from arvg_jax.families.var.train._vqvae import (
     vqvae_loss,
     vqvae_train_step,
 )
+from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
+from arvg_jax.train._common import StageHParams, lr_schedule, make_optimizer
 
 __all__ = [
     "StageHParams",

@@ -23,8 +23,6 @@ from arvg_jax import assets, imageio
 from arvg_jax.data import shapes
 from arvg_jax.eval import ClassifierConfig, classify, feature_fid
 from arvg_jax.families.var.model import VARConfig
-from arvg_jax.families.var.train._classifier import classifier_train_step, init_classifier_state
-from arvg_jax.families.var.train._common import StageHParams, StepLogger, count_params, log
 from arvg_jax.families.var.train._var import init_var_state, var_eval_loss, var_train_step
 from arvg_jax.families.var.train._vqvae import (
     VQLossConfig,
@@ -34,6 +32,8 @@ from arvg_jax.families.var.train._vqvae import (
     vqvae_train_step,
 )
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
+from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
+from arvg_jax.train._common import StageHParams, StepLogger, count_params, log
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -16,9 +16,9 @@ import optax
 from flax import traverse_util
 
 from arvg_jax.families.var.model import VAR, VARConfig
-from arvg_jax.families.var.train._common import StageHParams, make_optimizer, sample_batch
 from arvg_jax.tokenizers import var_vqvae
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
+from arvg_jax.train._common import StageHParams, make_optimizer, sample_batch
 
 
 def init_var_params(

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import optax
 
 from arvg_jax import resample
-from arvg_jax.families.var.train._common import StageHParams, make_optimizer, sample_batch
 from arvg_jax.tokenizers import var_vqvae
 from arvg_jax.tokenizers.var_vqvae import VectorQuantizer, VQVAEConfig
+from arvg_jax.train._common import StageHParams, make_optimizer, sample_batch
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from arvg_jax.eval._classifier import Classifier, ClassifierConfig, init_classifier
-from arvg_jax.families.var.train._common import StageHParams, make_optimizer, sample_batch
+from arvg_jax.train._common import StageHParams, make_optimizer, sample_batch
 
 
 def init_classifier_state(

@@ -1,4 +1,4 @@
-"""Shared training pieces: stage hyper-parameters, the AdamW schedule, progress logging.
+"""Training pieces shared by the families: stage hyper-parameters, the AdamW schedule, progress logging.
 
 Dims: N dataset size, B batch.
 """

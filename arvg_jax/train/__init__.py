@@ -1,0 +1,28 @@
+"""Training pieces shared by every family's tiny-model recipe (`families/<name>/train`).
+
+`StageHParams` / `make_optimizer` (AdamW with warm-up and cosine decay), `sample_batch`,
+`StepLogger`, and the shapes classifier used to score generated samples.
+"""
+
+from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
+from arvg_jax.train._common import (
+    StageHParams,
+    StepLogger,
+    count_params,
+    log,
+    lr_schedule,
+    make_optimizer,
+    sample_batch,
+)
+
+__all__ = [
+    "StageHParams",
+    "StepLogger",
+    "classifier_train_step",
+    "count_params",
+    "init_classifier_state",
+    "log",
+    "lr_schedule",
+    "make_optimizer",
+    "sample_batch",
+]
