@@ -16,6 +16,7 @@ same sampling settings, DGC shrinkage) is shared by every method and bit width.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import shlex
 import shutil
@@ -30,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     d = C.CompareSettings()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
+    p.add_argument("--model", default="var-tiny", help="a packaged tiny preset (rar-tiny, ...)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a sampling setting of the family (repeatable; e.g. guidance_scale=2)",
+    )
     p.add_argument("--methods", default=",".join(d.methods), help="comma-separated")
     p.add_argument("--bits", default=",".join(d.bits), help="comma-separated")
     p.add_argument("--per-class", type=int, default=d.per_class)
@@ -50,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true", help="progress bars of the library calls")
     args = p.parse_args(argv)
 
+    def setting(text: str):
+        name, _, value = text.partition("=")
+        try:
+            return name, json.loads(value)
+        except json.JSONDecodeError:
+            return name, value
+
     settings = C.CompareSettings(
+        sampling=tuple(setting(t) for t in args.set),
         methods=tuple(m for m in args.methods.split(",") if m),
         bits=tuple(b for b in args.bits.split(",") if b),
         per_class=args.per_class,
@@ -66,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "PYTHONPATH=. python scripts/compare_tiny.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
-    model, scorer, desc = C.tiny_setup(settings)
+    model, scorer, desc = C.tiny_setup(settings, args.model)
     print(f"{desc}; {C.machine_description()}", flush=True)
 
     def save(partial):

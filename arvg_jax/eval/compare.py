@@ -49,9 +49,12 @@ class CompareSettings:
     dgc: str = "shrinkage"  # calibration selection (quant.recipes.Recipe.dgc)
     calib_seed: int = 42  # labels and keys of the calibration generations (official 42)
     calib_cfg: float | None = None  # guidance of the calibration generations (None: `cfg`)
+    # Sampling: the family's `demo_sampling()`, then these three where the family has a setting of
+    # that name (VAR's), then `sampling` (name, value) overrides (any family's setting names).
     cfg: float = 3.0  # guidance scale of every generation
     top_k: int = 0  # 0: off
     top_p: float = 0.0  # 0: off
+    sampling: tuple[tuple[str, Any], ...] = ()
     seed: int = 0  # PRNG seed of the compared generations (same keys for every model)
     noise_seed: int | None = 1  # float model again with this seed (None: skip the noise row)
     num_real: int = 3000  # real images for the FID reference
@@ -62,6 +65,7 @@ class CompareSettings:
     def __post_init__(self):
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "bits", tuple(self.bits))
+        object.__setattr__(self, "sampling", tuple(tuple(kv) for kv in self.sampling))
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
@@ -76,6 +80,14 @@ class CompareSettings:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def sampling_for(self, fam, cfg=None) -> dict[str, Any]:
+        """The generation settings for a model of family `fam` (see the field comments)."""
+        out = dict(fam.demo_sampling())
+        names = {a.name for a in fam.sampling_arguments(cfg)}
+        out.update({n: getattr(self, n) for n in ("cfg", "top_k", "top_p") if n in names})
+        out.update(dict(self.sampling))
+        return out
 
 
 @dataclasses.dataclass
@@ -266,7 +278,7 @@ def compare(
     """Runs the comparison.
 
     Args:
-        model: the float `arvg_jax.models.Model` (VAR).
+        model: the float `arvg_jax.models.Model` (any family).
         scorer: classifier + real features (`Scorer.from_real`).
         settings: methods, bit widths, sample counts, sampling and calibration settings.
         log: called with one line per finished step (None: silent).
@@ -290,7 +302,7 @@ def compare(
     s = settings
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
-    k = model.cfg.num_classes
+    k = model.num_classes
     classes = [c for c in range(k) for _ in range(s.per_class)]
     labels = np.asarray(classes, np.int32)
     b = _batch_size(len(classes), s.batch)
@@ -298,7 +310,7 @@ def compare(
         [c * s.per_class + j for c in range(k) for j in range(min(s.figure_per_class, s.per_class))]
     )
     gen_kw = {
-        "sampling": {"cfg": s.cfg, "top_k": s.top_k, "top_p": s.top_p, "greedy": False},
+        "sampling": s.sampling_for(model.fam, model.cfg),
         "batch": b,
         "progress": progress,
     }
@@ -308,6 +320,7 @@ def compare(
         "machine": machine_description(),
         "code": code_version(),
         "images_per_model": len(classes),
+        "sampling": gen_kw["sampling"],
         "real_images": int(scorer.real_features.shape[0]),
     }
     result = Comparison(s, [], {}, meta, {})
@@ -350,12 +363,11 @@ def compare(
 
     # One calibration set for every method and bit width (DGC picks `calib` of 2 x calib).
     adapter = quant_adapter(model)
-    calib_gen = {
-        "cfg": s.cfg if s.calib_cfg is None else s.calib_cfg,
-        "top_k": s.top_k,
-        "top_p": s.top_p,
-        "gen_batch": _batch_size(s.calib, s.batch),
-    }
+    # The calibration generations use the same settings (guidance `calib_cfg` where set).
+    calib_gen = {k: v for k, v in gen_kw["sampling"].items() if k != "greedy"}
+    if s.calib_cfg is not None and "cfg" in calib_gen:
+        calib_gen["cfg"] = s.calib_cfg
+    calib_gen["gen_batch"] = _batch_size(s.calib, s.batch)
     t = time.perf_counter()
     batch, info = prepare_calibration(
         model,
@@ -407,8 +419,8 @@ def compare(
     return result
 
 
-def tiny_setup(settings: CompareSettings = CompareSettings()):
-    """(float `Model`, `Scorer`, description) for the packaged tiny shapes models.
+def tiny_setup(settings: CompareSettings = CompareSettings(), model_name: str = "var-tiny"):
+    """(float `Model`, `Scorer`, description) for a packaged tiny shapes model (`model_name`).
 
     The FID reference is `make_dataset(num_real, seed=real_seed)` (held out: the models were
     trained on seed 0 and evaluated on seed 1).
@@ -417,18 +429,14 @@ def tiny_setup(settings: CompareSettings = CompareSettings()):
     from arvg_jax.data import make_dataset
     from arvg_jax.models import packaged_model
 
-    model = packaged_model("var-tiny")
-    var_cfg = model.cfg
-    meta = assets.read_tiny_meta()
-    cls_params = assets.load_params(assets.TINY_DIR / "classifier.npz")
+    model = packaged_model(model_name)
+    meta = assets.read_tiny_meta()  # the shared dataset and classifier
     real, _ = make_dataset(
         settings.num_real, seed=settings.real_seed, size=meta["dataset"]["image_size"]
     )
-    scorer = Scorer.from_real(cls_params, assets.tiny_classifier_config(meta), real)
-    desc = (
-        f"tiny VAR trained on the shapes dataset: depth {var_cfg.depth}, width "
-        f"{var_cfg.embed_dim}, patch nums {var_cfg.patch_nums}, {var_cfg.num_classes} classes"
-    )
+    scorer = Scorer.from_real(*assets.load_classifier(), real)
+    arch = ", ".join(f"{k} {v}" for k, v in assets.config_to_dict(model.cfg).items())
+    desc = f"{model_name}: {model.fam.presets()[model_name].description} ({arch})"
     return model, scorer, desc
 
 
@@ -444,8 +452,8 @@ def write_outputs(result: Comparison, out: str | os.PathLike, command: str = "")
         "# Float vs RTN / SmoothQuant / PTQ4ARVG\n",
         (
             f"Model: {result.meta['model']}. {result.meta['images_per_model']} images per model "
-            f"({s.per_class} per class, the same labels and PRNG keys for every model), cfg {s.cfg}, "
-            f"top-k {s.top_k or 'off'}, top-p {s.top_p or 'off'}, seed {s.seed}."
+            f"({s.per_class} per class, the same labels and PRNG keys for every model), "
+            f"sampling {result.meta.get('sampling')}, seed {s.seed}."
         ),
         (
             f"Calibration: {len(cal.get('indices', []))} sequences selected by DGC "
