@@ -120,9 +120,10 @@ class Model:
         """
         return teacher_forced_logits(self, labels, tokens, options=options, batch=batch)
 
-    def quant_adapter(self):
-        """The family's quantization adapter for this config (`quant.quantize`'s `adapter`)."""
-        return self.fam.quant_adapter(self.cfg)
+    def quant_adapter(self, coverage: tuple[str, ...] = ()):
+        """The family's quantization adapter for this config (`quant.quantize`'s `adapter`);
+        `coverage`: options of `self.fam.coverage_options()` (e.g. MAR's "diffusion_head")."""
+        return self.fam.quant_adapter(self.cfg, coverage=tuple(coverage))
 
     def calibration_batch(self, labels, tokens) -> dict[str, Any]:
         """Calibration inputs for `quant.quantize` from class labels and their token sequences
@@ -447,9 +448,9 @@ def float_model_from_args(args) -> Model:
 
 
 # ---- what commands do with a Model (the family supplies the how) ------------------------------
-def quant_adapter(model: Model):
-    """The quantization adapter of the model's family for its config."""
-    return model.fam.quant_adapter(model.cfg)
+def quant_adapter(model: Model, coverage: tuple[str, ...] = ()):
+    """The quantization adapter of the model's family for its config (+ optional `coverage`)."""
+    return model.fam.quant_adapter(model.cfg, coverage=tuple(coverage))
 
 
 def prepare_calibration(model: Model, adapter, recipe, *, progress: bool = True, **generation):

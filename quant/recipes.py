@@ -23,8 +23,12 @@ class Recipe:
     calib: int = 128  # calibration sequences (official: 128)
     seed: int = 42  # seed of the calibration generations (official: 42)
     dgc: Literal["official", "shrinkage", "none"] = "shrinkage"  # calibration-set selection
+    # Coverage beyond the official one that the model's family offers by name (e.g. MAR's
+    # "diffusion_head"); empty = the official coverage. Recorded so a directory says what it holds.
+    coverage: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "coverage", tuple(sorted(set(self.coverage))))
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         for name in ("w_bits", "a_bits"):
@@ -37,7 +41,12 @@ class Recipe:
         return f"w{self.w_bits}a{self.a_bits}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["coverage"]:  # written only when used: older readers know no such field
+            del d["coverage"]
+        else:
+            d["coverage"] = list(d["coverage"])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:

@@ -282,29 +282,45 @@ def test_ptq4arvg_beats_rtn_at_w6a6_held_out(model):
     assert err["ptq4arvg"] < err["rtn"]
 
 
+def test_diffusion_head_is_a_named_coverage_option():
+    from arvg_jax import families
+    from quant.recipes import Recipe
+
+    fam = families.get("mar")
+    assert not fam.quant_adapter(CFG).quantize_head  # official coverage by default
+    assert fam.quant_adapter(CFG, coverage=("diffusion_head",)).quantize_head
+    with pytest.raises(ValueError, match="not an option of mar .offered: diffusion_head"):
+        fam.quant_adapter(CFG, coverage=("head",))
+    with pytest.raises(ValueError, match="not an option of var .offered: none"):
+        families.get("var").quant_adapter(None, coverage=("diffusion_head",))
+    r = Recipe.parse("ptq4arvg", "w8a8", coverage=("diffusion_head",))
+    assert r.to_dict()["coverage"] == ["diffusion_head"]
+    assert Recipe.from_dict(r.to_dict()) == r
+    assert "coverage" not in Recipe.parse("rtn", "w8a8").to_dict()  # old layout when unused
+
+
 @pytest.mark.slow
-def test_cli_quantize_and_generate_round_trip(tmp_path):
+@pytest.mark.parametrize("coverage", [(), ("diffusion_head",)])
+def test_cli_quantize_and_generate_round_trip(tmp_path, coverage):
     from arvg_jax.cli import main
+    from arvg_jax.models import load_quantized
+    from quant import QArray
 
     out = tmp_path / "q"
-    rc = main(
-        [
-            "quantize",
-            "--model",
-            "mar-test",
-            "--random-weights",
-            "--method",
-            "ptq4arvg",
-            "--bits",
-            "w8a8",
-            "--calib",
-            "2",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-    )
+    argv = ["quantize", "--model", "mar-test", "--random-weights", "--method", "ptq4arvg"]
+    argv += ["--bits", "w8a8", "--calib", "2", "--out", str(out), "--quiet"]
+    rc = main(argv + [a for c in coverage for a in ("--coverage", c)])
     assert rc == 0
+    q = load_quantized(out)
+    assert tuple(q.recipe.get("coverage", ())) == coverage
+    head = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(
+            q.params, is_leaf=lambda x: isinstance(x, QArray)
+        )
+        if "diffloss" in jax.tree_util.keystr(path) and isinstance(leaf, QArray)
+    ]
+    assert bool(head) == bool(coverage)
     png = tmp_path / "g.png"
     rc = main(
         [

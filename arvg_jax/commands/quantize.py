@@ -11,6 +11,7 @@ import time
 
 
 def add_arguments(parser) -> None:
+    from arvg_jax import families
     from arvg_jax.argtypes import POSITIVE_INT, SEED
     from arvg_jax.models import add_model_arguments
     from arvg_jax.parallel import cli as parallel_cli
@@ -35,6 +36,18 @@ def add_arguments(parser) -> None:
         "--symmetric-weights",
         action="store_true",
         help="symmetric per-channel weights (zero point 0) instead of asymmetric",
+    )
+    g.add_argument(
+        "--coverage",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also quantize what the family offers under NAME (repeatable): "
+        + "; ".join(
+            f"{f.name}: {n} ({h})"
+            for f in families.all_families().values()
+            for n, h in f.coverage_options().items()
+        ),
     )
     g.add_argument("--out", required=True, help="output directory (orbax; written atomically)")
     g.add_argument(
@@ -87,12 +100,13 @@ def run(args) -> int:
             seed=args.calib_seed,
             dgc=args.dgc,
             weight_symmetric=args.symmetric_weights,
+            coverage=tuple(args.coverage),
         )
         parallel_generate.check_batch(
             recipe.calib, mesh, "--calib"
         )  # before the generation, not after
         model = model_from_args(args)
-        adapter = quant_adapter(model)
+        adapter = quant_adapter(model, recipe.coverage)
     except (
         ValueError,
         CheckpointError,
@@ -106,7 +120,9 @@ def run(args) -> int:
     progress = not args.quiet
     print(
         f"{model.name}: {recipe.method} {recipe.bits}, {recipe.calib} calibration sequences "
-        f"(seed {recipe.seed}, dgc {recipe.dgc}); {describe(mesh)}",
+        f"(seed {recipe.seed}, dgc {recipe.dgc})"
+        + (f", coverage + {', '.join(recipe.coverage)}" if recipe.coverage else "")
+        + f"; {describe(mesh)}",
         file=sys.stderr,
     )
     import warnings

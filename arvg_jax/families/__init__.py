@@ -167,9 +167,25 @@ class Family:
         raise NotImplementedError
 
     # ---- quantization -------------------------------------------------------------------------
-    def quant_adapter(self, cfg):
-        """The `quant.api` adapter (coverage rules, calibration stages, forward functions)."""
+    def quant_adapter(self, cfg, *, coverage: tuple[str, ...] = ()):
+        """The `quant.api` adapter (coverage rules, calibration stages, forward functions);
+        `coverage` names options of `coverage_options()` to add to the official coverage."""
         raise NotImplementedError(f"{self.name}: quantization is not implemented")
+
+    def coverage_options(self) -> Mapping[str, str]:
+        """Optional coverage beyond the official one: {name: what it quantizes}, for
+        `arvg quantize --coverage NAME` (none by default)."""
+        return {}
+
+    def check_coverage(self, coverage) -> tuple[str, ...]:
+        """`coverage` as a tuple, or ValueError naming what this family offers."""
+        bad = sorted(set(coverage) - set(self.coverage_options()))
+        if bad:
+            offered = ", ".join(self.coverage_options()) or "none"
+            raise ValueError(
+                f"--coverage {', '.join(bad)}: not an option of {self.name} (offered: {offered})"
+            )
+        return tuple(coverage)
 
     def calibration_generator(self, params, tok_params, cfg, tok_cfg):
         """A callable `(num_images, seed, progress, **sampling) -> Candidates` for

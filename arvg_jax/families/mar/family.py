@@ -280,12 +280,20 @@ class MARFamily(Family):
         )
 
     # ---- quantization -------------------------------------------------------------------------
-    def quant_adapter(self, cfg, *, quantize_head: bool = False):
-        """PTQ4ARVG's MAR coverage (`quant_adapter.MARAdapter`); `quantize_head` also quantizes
-        the diffusion head (not official)."""
+    def quant_adapter(self, cfg, *, coverage=()):
+        """PTQ4ARVG's MAR coverage (`quant_adapter.MARAdapter`); coverage "diffusion_head" also
+        quantizes the diffusion head (not official)."""
         from arvg_jax.families.mar.quant_adapter import MARAdapter
 
-        return MARAdapter(cfg, quantize_head=quantize_head)
+        coverage = self.check_coverage(coverage)
+        return MARAdapter(cfg, quantize_head="diffusion_head" in coverage)
+
+    def coverage_options(self):
+        # The official code keeps the head in float (docs/ptq4arvg.md §1.4); this is our option.
+        return {
+            "diffusion_head": "also quantize the diffusion head's Linears (per-row weights, "
+            "per-tensor inputs; not in the official coverage)"
+        }
 
     def calibration_generator(self, params, tok_params, cfg, tok_cfg):
         from arvg_jax.families.mar.calibration import generate_candidates

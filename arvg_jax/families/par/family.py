@@ -196,7 +196,8 @@ class PARFamily(Family):
         return np.concatenate(outs)
 
     # ---- quantization -------------------------------------------------------------------------
-    def quant_adapter(self, cfg):
+    def quant_adapter(self, cfg, *, coverage=()):
+        self.check_coverage(coverage)  # the official coverage only
         from arvg_jax.families.par.quant_adapter import PARAdapter
 
         return PARAdapter(cfg)

@@ -165,7 +165,8 @@ class RARFamily(Family):
             outs.append(np.asarray(fn(params, jnp.asarray(tokens[i : i + batch]), cond)))
         return np.concatenate(outs)
 
-    def quant_adapter(self, cfg):
+    def quant_adapter(self, cfg, *, coverage=()):
+        self.check_coverage(coverage)  # the official coverage only
         from arvg_jax.families.rar.quant_adapter import RARAdapter
 
         return RARAdapter(cfg)

@@ -164,7 +164,8 @@ class VARFamily(Family):
             params, tok_params, cfg, tok_cfg, labels, tokens, options, batch=batch
         )
 
-    def quant_adapter(self, cfg):
+    def quant_adapter(self, cfg, *, coverage=()):
+        self.check_coverage(coverage)  # the official coverage only
         from arvg_jax.families.var.quant_adapter import VARAdapter
 
         return VARAdapter(cfg)

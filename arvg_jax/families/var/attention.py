@@ -55,9 +55,10 @@ def attn_prologue_impl(cfg: VARConfig, opts: ExecOptions) -> str:
 
 
 def init_kv_caches(
-    cfg: VARConfig, batch: int, opts: ExecOptions = ExecOptions()
+    cfg: VARConfig, batch: int, opts: ExecOptions | None = None
 ) -> tuple[dict[str, Array], ...]:
     """Zero KV caches, one {"k", "v"} dict of [batch, L, H, K] (compute dtype) per block."""
+    opts = ExecOptions() if opts is None else opts
     shape = (batch, cfg.seq_len, cfg.num_heads, cfg.head_dim)
     return tuple(
         {"k": jnp.zeros(shape, opts.compute_dtype), "v": jnp.zeros(shape, opts.compute_dtype)}

@@ -391,8 +391,9 @@ def run(args) -> int:
 
 def _render(args, report) -> int:
     import json
+    import pathlib
 
-    docs = [json.loads(open(p).read()) for p in args.from_json]
+    docs = [json.loads(pathlib.Path(p).read_text()) for p in args.from_json]
     doc = report.combine(docs)
     os.makedirs(args.out_dir, exist_ok=True)
     report.write_json(os.path.join(args.out_dir, "bench.json"), doc)

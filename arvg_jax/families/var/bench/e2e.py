@@ -136,15 +136,15 @@ def time_generation(
         sampling.per_image_keys(key, batch),
         var_sampler.cfg_schedule(cfg, var_cfg.num_scales),
     )
-    kwargs = dict(
-        var_cfg=var_cfg,
-        opts=opts,
-        vae_cfg=vae_cfg,
-        top_k=int(top_k),
-        top_p=float(top_p),
-        greedy=False,
-        return_margin=False,
-    )
+    kwargs = {
+        "var_cfg": var_cfg,
+        "opts": opts,
+        "vae_cfg": vae_cfg,
+        "top_k": int(top_k),
+        "top_p": float(top_p),
+        "greedy": False,
+        "return_margin": False,
+    }
     row["program_memory"] = _program_memory(args, kwargs)
     row["device_memory"] = _device_memory()
     if want_hlo:

@@ -138,11 +138,15 @@ def markdown(doc: dict[str, Any]) -> str:
     parts = [
         f"# arvg bench — {meta['date']}",
         "",
-        f"* device: {meta['device']} ({meta['backend']}), jax {meta['jax']}, jaxlib "
-        f"{meta['jaxlib']}",
+        (
+            f"* device: {meta['device']} ({meta['backend']}), jax {meta['jax']}, jaxlib "
+            f"{meta['jaxlib']}"
+        ),
         f"* command: `{meta['command']}`",
-        f"* sampling: cfg {meta['settings']['cfg']}, top-k {meta['settings']['top_k']}, top-p "
-        f"{meta['settings']['top_p']}; full-size random weights (seed {meta['settings']['seed']})",
+        (
+            f"* sampling: cfg {meta['settings']['cfg']}, top-k {meta['settings']['top_k']}, top-p "
+            f"{meta['settings']['top_p']}; full-size random weights (seed {meta['settings']['seed']})"
+        ),
         f"* {meta['notes']}",
         "",
     ]
