@@ -32,7 +32,8 @@ from arvg_jax.families.var.train._vqvae import (
 )
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
 from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
-from arvg_jax.train._common import StageHParams, StepLogger, count_params, log
+from arvg_jax.train._common import StageHParams, count_params, log
+from arvg_jax.train.loop import train_loop
 from arvg_jax.train.vq import VQLossConfig, batched_apply
 
 
@@ -197,36 +198,17 @@ class _Run:
 
 
 def _train_loop(run: _Run, stage: str, hp: StageHParams, step_fn, state, on_save=None):
-    """Runs `state, metrics = step_fn(state)` hp.steps times (or until the stage time limit)."""
-    logger = StepLogger(stage, hp.steps, run.recipe.log_every)
-    limit = run.time_limits.get(stage, math.inf)
-    t_start, t_saved = time.perf_counter(), time.perf_counter()
-    steps_done, metrics = 0, {}
-    for i in range(hp.steps):
-        state, metrics = step_fn(state)
-        steps_done = i + 1
-        logger(steps_done, metrics)
-        now = time.perf_counter()
-        if steps_done % run.recipe.log_every == 0:
-            if now - t_start > limit:
-                log(f"[{stage}] time limit {limit:.0f}s reached at step {steps_done}")
-                break
-            if on_save is not None and now - t_saved > 60:
-                on_save(state, steps_done, logger.last)
-                t_saved = now
-    if steps_done % run.recipe.log_every and steps_done != hp.steps:
-        logger(steps_done, metrics, force=True)
-    jax.block_until_ready(state)
-    wall = time.perf_counter() - t_start
-    run.meta["stages"][stage] = {
-        "steps_planned": hp.steps,
-        "steps_done": steps_done,
-        "wall_s": round(wall, 1),
-        "step_per_s_overall": round(steps_done / wall, 2),
-        "step_per_s_last_interval": round(logger.rate, 2),
-        "final_metrics": {k: round(v, 5) for k, v in logger.last.items()},
-        **hp.to_dict(),
-    }
+    """`arvg_jax.train.loop.train_loop` under the stage's time limit, recorded in the meta."""
+    state, record = train_loop(
+        stage,
+        hp,
+        step_fn,
+        state,
+        log_every=run.recipe.log_every,
+        time_limit=run.time_limits.get(stage, math.inf),
+        on_save=on_save,
+    )
+    run.meta["stages"][stage] = record
     return state
 
 
