@@ -63,3 +63,75 @@ def train_loop(
         **hp.to_dict(),
     }
     return state, record
+
+
+def device_desc() -> str:
+    """ "platform:device kind xcount" of the default backend (recorded with measured numbers)."""
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', '?')} x{jax.device_count()}"
+
+
+class StageRun:
+    """Bookkeeping of one tiny-recipe run: the recipe.json meta dict, the files in `out`, the
+    per-stage wall limits, and the stage loop recording into meta["stages"].
+
+    Attributes:
+        out: pathlib.Path output directory; meta: dict written to out / "recipe.json".
+    """
+
+    def __init__(self, out, meta: dict[str, Any], time_limits: dict[str, float], log_every: int):
+        self.out, self.meta, self.time_limits, self.log_every = out, meta, time_limits, log_every
+        self.t0 = time.perf_counter()
+        meta.setdefault("status", "running")
+        meta.setdefault("stages", {})
+        meta.setdefault("metrics", {})
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def save_meta(self) -> None:
+        from arvg_jax import assets
+
+        self.meta["wall_time_s"] = round(self.elapsed(), 1)
+        assets.write_json(self.out / "recipe.json", self.meta)
+
+    def save_params(self, name: str, params) -> None:
+        """Writes out/<name>.npz (float32) and records its size in meta["file_bytes"]."""
+        from arvg_jax import assets
+
+        size = assets.save_params(self.out / f"{name}.npz", jax.device_get(params))
+        self.meta.setdefault("file_bytes", {})[f"{name}.npz"] = size
+
+    def loop(self, stage: str, hp: StageHParams, step_fn, state, on_save=None):
+        """`train_loop` under the stage's wall limit; its record goes to meta["stages"][stage]."""
+        state, record = train_loop(
+            stage,
+            hp,
+            step_fn,
+            state,
+            log_every=self.log_every,
+            time_limit=self.time_limits.get(stage, math.inf),
+            on_save=on_save,
+        )
+        self.meta["stages"][stage] = record
+        return state
+
+    def finish(self, status: str = "complete") -> dict[str, Any]:
+        self.meta["status"] = status
+        self.save_meta()
+        log(f"done in {self.elapsed():.0f}s ({status})")
+        return self.meta
+
+
+def shapes_dataset_meta(recipe: Any) -> dict[str, Any]:
+    """recipe.json "dataset" of a recipe with image_size, data_seed, num_train, eval_seed and
+    num_eval fields (the procedural `arvg_jax.data.shapes` sets it draws)."""
+    from arvg_jax.data import shapes
+
+    return {
+        "name": "arvg_jax.data.shapes",
+        "class_names": list(shapes.CLASS_NAMES),
+        "image_size": recipe.image_size,
+        "train": {"seed": recipe.data_seed, "n": recipe.num_train},
+        "eval": {"seed": recipe.eval_seed, "n": recipe.num_eval},
+    }

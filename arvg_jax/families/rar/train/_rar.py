@@ -119,7 +119,7 @@ def rar_train_step(
     tx = make_optimizer(hp)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 

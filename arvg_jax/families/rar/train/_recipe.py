@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import pathlib
 import time
 from typing import Any
@@ -27,7 +26,7 @@ from arvg_jax.families.rar.config import RARConfig, shapes_tokenizer_config
 from arvg_jax.families.rar.train import _evaluate, _rar, _tokenizer
 from arvg_jax.tokenizers.maskgit_vqgan import MaskGITVQGANConfig
 from arvg_jax.train._common import StageHParams, count_params, log
-from arvg_jax.train.loop import train_loop
+from arvg_jax.train.loop import StageRun, device_desc, shapes_dataset_meta
 from arvg_jax.train.vq import VQLossConfig, batched_apply
 
 STAGES = ("tokenizer", "rar", "eval")
@@ -128,67 +127,22 @@ class RARTinyRecipe:
         return out
 
 
-def _device_desc() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}:{getattr(d, 'device_kind', '?')} x{jax.device_count()}"
-
-
-class _Run:
-    """Bookkeeping of one `train_rar_tiny` call: the meta dict and the output files."""
-
-    def __init__(self, recipe: RARTinyRecipe, out: pathlib.Path, time_limits: dict[str, float]):
-        self.recipe, self.out, self.time_limits = recipe, out, time_limits
-        self.t0 = time.perf_counter()
-        self.meta: dict[str, Any] = {
-            "format": "arvg-jax tiny family model v1",
-            "family": "rar",
-            "status": "running",
-            "dataset": {
-                "name": "arvg_jax.data.shapes",
-                "class_names": list(shapes.CLASS_NAMES),
-                "image_size": recipe.image_size,
-                "train": {"seed": recipe.data_seed, "n": recipe.num_train},
-                "eval": {"seed": recipe.eval_seed, "n": recipe.num_eval},
-            },
-            "model_config": assets.config_to_dict(recipe.model),
-            "tokenizer_config": assets.config_to_dict(recipe.tokenizer),
-            "recipe": recipe.to_dict(),
-            "training_order": "raster only (no random-order anneal)",
-            "classifier": "shared shapes classifier, arvg_jax/assets/tiny/classifier.npz",
-            "param_dtype": "float32",
-            "jax_version": jax.__version__,
-            "device": _device_desc(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "stages": {},
-            "metrics": {},
-        }
-
-    def save_meta(self) -> None:
-        self.meta["wall_time_s"] = round(time.perf_counter() - self.t0, 1)
-        assets.write_json(self.out / "recipe.json", self.meta)
-
-    def save_params(self, name: str, params) -> None:
-        size = assets.save_params(self.out / f"{name}.npz", jax.device_get(params))
-        self.meta.setdefault("file_bytes", {})[f"{name}.npz"] = size
-
-    def loop(self, stage: str, hp: StageHParams, step_fn, state, on_save=None):
-        state, record = train_loop(
-            stage,
-            hp,
-            step_fn,
-            state,
-            log_every=self.recipe.log_every,
-            time_limit=self.time_limits.get(stage, math.inf),
-            on_save=on_save,
-        )
-        self.meta["stages"][stage] = record
-        return state
-
-    def finish(self, status: str = "complete") -> dict[str, Any]:
-        self.meta["status"] = status
-        self.save_meta()
-        log(f"done in {time.perf_counter() - self.t0:.0f}s ({status})")
-        return self.meta
+def _meta(recipe: RARTinyRecipe) -> dict[str, Any]:
+    """recipe.json before training: the `assets.load_family_tiny` keys, dataset and recipe."""
+    return {
+        "format": "arvg-jax tiny family model v1",
+        "family": "rar",
+        "dataset": shapes_dataset_meta(recipe),
+        "model_config": assets.config_to_dict(recipe.model),
+        "tokenizer_config": assets.config_to_dict(recipe.tokenizer),
+        "recipe": recipe.to_dict(),
+        "training_order": "raster only (no random-order anneal)",
+        "classifier": "shared shapes classifier, arvg_jax/assets/tiny/classifier.npz",
+        "param_dtype": "float32",
+        "jax_version": jax.__version__,
+        "device": device_desc(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def train_rar_tiny(
@@ -214,7 +168,7 @@ def train_rar_tiny(
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = _Run(recipe, out, dict(time_limits or {}))
+    run = StageRun(out, _meta(recipe), dict(time_limits or {}), recipe.log_every)
     meta, metrics = run.meta, run.meta["metrics"]
     root_key = jax.random.key(recipe.seed)
     log(f"device {meta['device']}, jax {jax.__version__}; writing to {out}")

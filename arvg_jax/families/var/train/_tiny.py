@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
-import math
 import os
 import time
 from typing import Any
@@ -33,7 +32,7 @@ from arvg_jax.families.var.train._vqvae import (
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
 from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
 from arvg_jax.train._common import StageHParams, count_params, log
-from arvg_jax.train.loop import train_loop
+from arvg_jax.train.loop import StageRun, device_desc, shapes_dataset_meta
 from arvg_jax.train.vq import VQLossConfig, batched_apply
 
 
@@ -150,66 +149,31 @@ class TinyRecipe:
         return out
 
 
-def _device_desc() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}:{getattr(d, 'device_kind', '?')} x{jax.device_count()}"
-
-
-class _Run:
-    """Mutable bookkeeping of one `train_tiny` call: the meta dict and the output files."""
+class _Run(StageRun):
+    """A `StageRun` holding the recipe, with VAR's meta (the `assets.load_tiny` layout)."""
 
     def __init__(self, recipe: TinyRecipe, out_dir, time_limits: dict[str, float]):
-        self.recipe, self.out = recipe, out_dir
-        self.t0 = time.perf_counter()
-        self.time_limits = time_limits
-        self.meta: dict[str, Any] = {
+        self.recipe = recipe
+        meta: dict[str, Any] = {
             "format": "arvg-jax tiny shapes models v1",
             "status": "running",
-            "dataset": {
-                "name": "arvg_jax.data.shapes",
-                "class_names": list(shapes.CLASS_NAMES),
-                "image_size": recipe.image_size,
-                "train": {"seed": recipe.data_seed, "n": recipe.num_train},
-                "eval": {"seed": recipe.eval_seed, "n": recipe.num_eval},
-                "supersample": 2,
-            },
+            "dataset": {**shapes_dataset_meta(recipe), "supersample": 2},
             "var_config": assets.config_to_dict(recipe.var),
             "vae_config": assets.config_to_dict(recipe.vae),
             "classifier_config": recipe.classifier.to_dict(),
             "recipe": recipe.to_dict(),
             "param_dtype": "float32",
             "jax_version": jax.__version__,
-            "device": _device_desc(),
+            "device": device_desc(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "stages": {},
             "metrics": {},
         }
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def save_meta(self) -> None:
-        self.meta["wall_time_s"] = round(self.elapsed(), 1)
-        assets.write_json(self.out / "recipe.json", self.meta)
-
-    def save_params(self, name: str, params) -> None:
-        size = assets.save_params(self.out / f"{name}.npz", jax.device_get(params))
-        self.meta.setdefault("file_bytes", {})[f"{name}.npz"] = size
+        super().__init__(out_dir, meta, time_limits, recipe.log_every)
 
 
 def _train_loop(run: _Run, stage: str, hp: StageHParams, step_fn, state, on_save=None):
-    """`arvg_jax.train.loop.train_loop` under the stage's time limit, recorded in the meta."""
-    state, record = train_loop(
-        stage,
-        hp,
-        step_fn,
-        state,
-        log_every=run.recipe.log_every,
-        time_limit=run.time_limits.get(stage, math.inf),
-        on_save=on_save,
-    )
-    run.meta["stages"][stage] = record
-    return state
+    return run.loop(stage, hp, step_fn, state, on_save)
 
 
 def train_tiny(
@@ -476,7 +440,7 @@ def evaluate_generation(
             "classifier_accuracy": round(acc, 4),
             "per_class_accuracy": per_class,
             "fid_vs_real": round(fid, 4),
-            "device": _device_desc(),
+            "device": device_desc(),
         }
         log(
             f"[eval] {name} (cfg {g}, top_k {top_k}, top_p {top_p}): classifier acc {acc:.4f}, "
@@ -529,7 +493,7 @@ def reevaluate_tiny(
     metrics["fid_reference"] = _fid_reference(ccfg, ds["eval"]["n"] - n_half)
     meta.setdefault("reevaluations", []).append(
         {
-            "device": _device_desc(),
+            "device": device_desc(),
             "jax_version": jax.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "settings": [list(x) for x in settings],
@@ -541,7 +505,4 @@ def reevaluate_tiny(
 
 
 def _finish(run: _Run) -> dict[str, Any]:
-    run.meta["status"] = "complete"
-    run.save_meta()
-    log(f"done in {run.elapsed():.0f}s")
-    return run.meta
+    return run.finish()
