@@ -66,7 +66,7 @@ class RARTinyRecipe:
         base = {
             "tokenizer": shapes_tokenizer_config(),
             "model": RARConfig.shapes(condition_num_classes=shapes.NUM_CLASSES),
-            "tok_hp": StageHParams(steps=6000, batch=128, lr=1e-3, warmup=200),
+            "tok_hp": StageHParams(steps=3500, batch=128, lr=1e-3, warmup=200),
             "rar_hp": StageHParams(
                 steps=14000, batch=256, lr=1e-3, warmup=300, weight_decay=0.05, b2=0.95
             ),

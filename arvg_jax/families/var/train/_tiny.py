@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
+import math
 import os
 import time
 from typing import Any
@@ -31,8 +32,7 @@ from arvg_jax.families.var.train._vqvae import (
 )
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
 from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
-from arvg_jax.train._common import StageHParams, count_params, log
-from arvg_jax.train.loop import StageRun, device_desc, shapes_dataset_meta
+from arvg_jax.train._common import StageHParams, StepLogger, count_params, log
 from arvg_jax.train.vq import VQLossConfig, batched_apply
 
 
@@ -149,31 +149,85 @@ class TinyRecipe:
         return out
 
 
-class _Run(StageRun):
-    """A `StageRun` holding the recipe, with VAR's meta (the `assets.load_tiny` layout)."""
+def _device_desc() -> str:
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', '?')} x{jax.device_count()}"
+
+
+class _Run:
+    """Mutable bookkeeping of one `train_tiny` call: the meta dict and the output files."""
 
     def __init__(self, recipe: TinyRecipe, out_dir, time_limits: dict[str, float]):
-        self.recipe = recipe
-        meta: dict[str, Any] = {
+        self.recipe, self.out = recipe, out_dir
+        self.t0 = time.perf_counter()
+        self.time_limits = time_limits
+        self.meta: dict[str, Any] = {
             "format": "arvg-jax tiny shapes models v1",
             "status": "running",
-            "dataset": {**shapes_dataset_meta(recipe), "supersample": 2},
+            "dataset": {
+                "name": "arvg_jax.data.shapes",
+                "class_names": list(shapes.CLASS_NAMES),
+                "image_size": recipe.image_size,
+                "train": {"seed": recipe.data_seed, "n": recipe.num_train},
+                "eval": {"seed": recipe.eval_seed, "n": recipe.num_eval},
+                "supersample": 2,
+            },
             "var_config": assets.config_to_dict(recipe.var),
             "vae_config": assets.config_to_dict(recipe.vae),
             "classifier_config": recipe.classifier.to_dict(),
             "recipe": recipe.to_dict(),
             "param_dtype": "float32",
             "jax_version": jax.__version__,
-            "device": device_desc(),
+            "device": _device_desc(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "stages": {},
             "metrics": {},
         }
-        super().__init__(out_dir, meta, time_limits, recipe.log_every)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def save_meta(self) -> None:
+        self.meta["wall_time_s"] = round(self.elapsed(), 1)
+        assets.write_json(self.out / "recipe.json", self.meta)
+
+    def save_params(self, name: str, params) -> None:
+        size = assets.save_params(self.out / f"{name}.npz", jax.device_get(params))
+        self.meta.setdefault("file_bytes", {})[f"{name}.npz"] = size
 
 
 def _train_loop(run: _Run, stage: str, hp: StageHParams, step_fn, state, on_save=None):
-    return run.loop(stage, hp, step_fn, state, on_save)
+    """Runs `state, metrics = step_fn(state)` hp.steps times (or until the stage time limit)."""
+    logger = StepLogger(stage, hp.steps, run.recipe.log_every)
+    limit = run.time_limits.get(stage, math.inf)
+    t_start, t_saved = time.perf_counter(), time.perf_counter()
+    steps_done, metrics = 0, {}
+    for i in range(hp.steps):
+        state, metrics = step_fn(state)
+        steps_done = i + 1
+        logger(steps_done, metrics)
+        now = time.perf_counter()
+        if steps_done % run.recipe.log_every == 0:
+            if now - t_start > limit:
+                log(f"[{stage}] time limit {limit:.0f}s reached at step {steps_done}")
+                break
+            if on_save is not None and now - t_saved > 60:
+                on_save(state, steps_done, logger.last)
+                t_saved = now
+    if steps_done % run.recipe.log_every and steps_done != hp.steps:
+        logger(steps_done, metrics, force=True)
+    jax.block_until_ready(state)
+    wall = time.perf_counter() - t_start
+    run.meta["stages"][stage] = {
+        "steps_planned": hp.steps,
+        "steps_done": steps_done,
+        "wall_s": round(wall, 1),
+        "step_per_s_overall": round(steps_done / wall, 2),
+        "step_per_s_last_interval": round(logger.rate, 2),
+        "final_metrics": {k: round(v, 5) for k, v in logger.last.items()},
+        **hp.to_dict(),
+    }
+    return state
 
 
 def train_tiny(
@@ -440,7 +494,7 @@ def evaluate_generation(
             "classifier_accuracy": round(acc, 4),
             "per_class_accuracy": per_class,
             "fid_vs_real": round(fid, 4),
-            "device": device_desc(),
+            "device": _device_desc(),
         }
         log(
             f"[eval] {name} (cfg {g}, top_k {top_k}, top_p {top_p}): classifier acc {acc:.4f}, "
@@ -493,7 +547,7 @@ def reevaluate_tiny(
     metrics["fid_reference"] = _fid_reference(ccfg, ds["eval"]["n"] - n_half)
     meta.setdefault("reevaluations", []).append(
         {
-            "device": device_desc(),
+            "device": _device_desc(),
             "jax_version": jax.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "settings": [list(x) for x in settings],
@@ -505,4 +559,7 @@ def reevaluate_tiny(
 
 
 def _finish(run: _Run) -> dict[str, Any]:
-    return run.finish()
+    run.meta["status"] = "complete"
+    run.save_meta()
+    log(f"done in {run.elapsed():.0f}s")
+    return run.meta
