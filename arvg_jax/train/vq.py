@@ -23,7 +23,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from arvg_jax.train._common import StageHParams, make_optimizer, sample_batch
@@ -171,16 +170,3 @@ def train_step(
     params = _set(params, codebook_path, emb)
     metrics = {**aux["metrics"], "used": jnp.sum(hits > 0), "restarted": n_restart}
     return {"params": params, "opt_state": opt_state, "usage": usage, "step": step}, metrics
-
-
-def batched_apply(fn: Callable[[jax.Array], Any], x: np.ndarray, batch: int) -> np.ndarray:
-    """Applies a jitted fn to [N, ...] in equal batches (the last padded, so one compiled shape),
-    concatenating the numpy results (e.g. tokenizing a dataset: fn = images -> tokens)."""
-    n, outs = x.shape[0], []
-    for s in range(0, n, batch):
-        xb = x[s : s + batch]
-        pad = batch - xb.shape[0] if n > batch else 0
-        if pad:
-            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-        outs.append(np.asarray(fn(jnp.asarray(xb)))[: xb.shape[0] - pad])
-    return np.concatenate(outs)

@@ -10,7 +10,7 @@ generated images are scored with the shared shapes classifier (`assets.load_clas
 from __future__ import annotations
 
 import dataclasses
-import datetime
+import math
 import pathlib
 import time
 from typing import Any
@@ -22,12 +22,21 @@ import numpy as np
 from arvg_jax import assets
 from arvg_jax.data import shapes
 from arvg_jax.eval import classify, feature_fid
+from arvg_jax.families.rar import FAMILY
 from arvg_jax.families.rar.config import RARConfig, shapes_tokenizer_config
-from arvg_jax.families.rar.train import _evaluate, _rar, _tokenizer
+from arvg_jax.families.rar.train import _rar, _tokenizer
 from arvg_jax.tokenizers.maskgit_vqgan import MaskGITVQGANConfig
 from arvg_jax.train._common import StageHParams, count_params, log
-from arvg_jax.train.loop import StageRun, device_desc, shapes_dataset_meta
-from arvg_jax.train.vq import VQLossConfig, batched_apply
+from arvg_jax.train.evaluation import evaluate_generation, fid_reference
+from arvg_jax.train.loop import (
+    batched_apply,
+    dataset_record,
+    recipe_to_dict,
+    run_stamp,
+    train_loop,
+    with_stage_steps,
+)
+from arvg_jax.train.vq import VQLossConfig
 
 STAGES = ("tokenizer", "rar", "eval")
 
@@ -110,21 +119,11 @@ class RARTinyRecipe:
 
     def with_steps(self, tok: int | None, rar: int | None) -> RARTinyRecipe:
         """A copy with some stage step counts replaced (None keeps)."""
-        rep = {}
-        for name, n in (("tok_hp", tok), ("rar_hp", rar)):
-            if n is not None:
-                hp = getattr(self, name)
-                rep[name] = dataclasses.replace(hp, steps=n, warmup=min(hp.warmup, n // 10))
-        return dataclasses.replace(self, **rep)
+        return with_stage_steps(self, {"tok_hp": tok, "rar_hp": rar})
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name in ("tokenizer", "model"):
-                continue  # recorded as "tokenizer_config" / "model_config"
-            v = getattr(self, f.name)
-            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
-        return out
+        # The configs are recorded as "tokenizer_config" / "model_config".
+        return recipe_to_dict(self, skip=("tokenizer", "model"))
 
 
 def _meta(recipe: RARTinyRecipe) -> dict[str, Any]:
@@ -132,17 +131,55 @@ def _meta(recipe: RARTinyRecipe) -> dict[str, Any]:
     return {
         "format": "arvg-jax tiny family model v1",
         "family": "rar",
-        "dataset": shapes_dataset_meta(recipe),
+        "status": "running",
+        "dataset": dataset_record(recipe),
         "model_config": assets.config_to_dict(recipe.model),
         "tokenizer_config": assets.config_to_dict(recipe.tokenizer),
         "recipe": recipe.to_dict(),
         "training_order": "raster only (no random-order anneal)",
         "classifier": "shared shapes classifier, arvg_jax/assets/tiny/classifier.npz",
-        "param_dtype": "float32",
-        "jax_version": jax.__version__,
-        "device": device_desc(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_stamp(),
+        "stages": {},
+        "metrics": {},
     }
+
+
+class _Run:
+    """The files of one `train_rar_tiny` call and its recipe.json meta."""
+
+    def __init__(self, recipe: RARTinyRecipe, out: pathlib.Path, time_limits: dict[str, float]):
+        self.recipe, self.out, self.time_limits = recipe, out, time_limits
+        self.t0 = time.perf_counter()
+        self.meta = _meta(recipe)
+
+    def save_meta(self) -> None:
+        self.meta["wall_time_s"] = round(time.perf_counter() - self.t0, 1)
+        assets.write_json(self.out / "recipe.json", self.meta)
+
+    def save_params(self, name: str, params) -> None:
+        size = assets.save_params(self.out / f"{name}.npz", jax.device_get(params))
+        self.meta.setdefault("file_bytes", {})[f"{name}.npz"] = size
+
+    def loop(self, stage: str, hp: StageHParams, step_fn, state, on_save=None):
+        """`train_loop` under the stage's wall limit, recorded in meta["stages"]."""
+        limit = self.time_limits.get(stage, math.inf)
+        state, record = train_loop(
+            stage,
+            hp,
+            step_fn,
+            state,
+            log_every=self.recipe.log_every,
+            time_limit=limit,
+            on_save=on_save,
+        )
+        self.meta["stages"][stage] = record
+        return state
+
+    def finish(self) -> dict[str, Any]:
+        self.meta["status"] = "complete"
+        self.save_meta()
+        log(f"done in {time.perf_counter() - self.t0:.0f}s")
+        return self.meta
 
 
 def train_rar_tiny(
@@ -168,7 +205,7 @@ def train_rar_tiny(
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = StageRun(out, _meta(recipe), dict(time_limits or {}), recipe.log_every)
+    run = _Run(recipe, out, dict(time_limits or {}))
     meta, metrics = run.meta, run.meta["metrics"]
     root_key = jax.random.key(recipe.seed)
     log(f"device {meta['device']}, jax {jax.__version__}; writing to {out}")
@@ -282,19 +319,21 @@ def train_rar_tiny(
 
     # ---- generation eval ------------------------------------------------------------------------
     t = time.perf_counter()
-    metrics["generation"] = _evaluate.evaluate_generation(
+    metrics["generation"] = evaluate_generation(
+        FAMILY,
         (mcfg, params, tcfg, tok_params),
-        (cls_params, ccfg, eval_feats[n_half:]),
-        settings=recipe.gen_settings,
+        (cls_params, ccfg),
+        eval_feats[n_half:],
+        settings=tuple(
+            (name, {"guidance_scale": g, "guidance_scale_pow": g_pow, "randomize_temperature": t})
+            for name, g, g_pow, t in recipe.gen_settings
+        ),
         num_gen=recipe.num_gen,
         gen_batch=recipe.gen_batch,
-        seed=recipe.seed,
+        key=jax.random.fold_in(root_key, 4),
         grid_path=out / "samples.png",
     )
     metrics["num_gen"] = recipe.num_gen
-    metrics["fid_reference"] = (
-        f"Fréchet distance of classifier features (dim {ccfg.feature_dim}) against the second "
-        f"half of the held-out set ({recipe.num_eval - n_half} images)"
-    )
+    metrics["fid_reference"] = fid_reference(ccfg.feature_dim, recipe.num_eval - n_half)
     meta["stages"]["eval"] = {"wall_s": round(time.perf_counter() - t, 1)}
     return run.finish()
