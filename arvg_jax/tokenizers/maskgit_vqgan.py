@@ -106,6 +106,11 @@ class MaskGITVQGANConfig:
     def num_tokens(self) -> int:
         return self.latent_size**2
 
+    @property
+    def image_size(self) -> int:
+        """Side of the decoded images (= resolution; the name every tokenizer config shares)."""
+        return self.resolution
+
 
 def _conv(features: int, kernel: int, name: str, *, bias: bool = True) -> nn.Conv:
     # Conv2dSame at stride 1: total padding k - 1, left (k - 1) // 2 (1 each side for 3x3).

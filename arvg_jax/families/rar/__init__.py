@@ -9,13 +9,14 @@ official-code fixture), `quant_adapter` (PTQ4ARVG coverage, token groups, calibr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
 
 from arvg_jax import argtypes
 from arvg_jax.families import Family, Preset, SamplingArg
-from arvg_jax.families.rar.config import RARConfig, SamplingSettings
+from arvg_jax.families.rar.config import RARConfig, SamplingSettings, shapes_tokenizer_config
 from arvg_jax.tokenizers.maskgit_vqgan import MaskGITVQGANConfig
 
 __all__ = ["FAMILY", "RARConfig", "RARFamily", "SamplingSettings"]
@@ -24,7 +25,10 @@ SIZES = ("b", "l", "xl", "xxl")
 
 
 def _settings_for(cfg: RARConfig | None) -> SamplingSettings:
-    """The README FID sampling settings of the release size `cfg` is (RAR-B's otherwise)."""
+    """The README FID sampling settings of the release size `cfg` is (RAR-B's otherwise;
+    `rar-tiny`'s for its config)."""
+    if cfg is not None and cfg == RARConfig.shapes():
+        return SamplingSettings.shapes()
     for size in SIZES:
         if cfg is not None and getattr(RARConfig, size)() == cfg:
             return getattr(SamplingSettings, size)()
@@ -54,6 +58,13 @@ class RARFamily(Family):
             config=RARConfig.tiny,
             tokenizer_config=MaskGITVQGANConfig.tiny,
             description="test size (prime dims), random weights only",
+        )
+        out["rar-tiny"] = Preset(
+            name="rar-tiny",
+            config=RARConfig.shapes,
+            tokenizer_config=shapes_tokenizer_config,
+            description="tiny RAR trained on the built-in shapes dataset",
+            packaged=True,
         )
         return out
 
@@ -121,7 +132,9 @@ class RARFamily(Family):
         )
 
     def demo_sampling(self):
-        return self.sampling_defaults()
+        # Only rar-tiny is packaged: its settings (constant guidance 3), not RAR-B's FID ones.
+        s = SamplingSettings.shapes()
+        return {**dataclasses.asdict(s), "greedy": False}
 
     def to_uint8(self, images) -> np.ndarray:
         """As 1d-tokenizer `demo_util.sample_fn`: (clamp(img, 0, 1) * 255).to(uint8), truncating."""

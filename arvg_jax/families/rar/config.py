@@ -118,6 +118,23 @@ class RARConfig:
         return cls(**kw)
 
     @classmethod
+    def shapes(cls, **kw) -> RARConfig:
+        """`rar-tiny` (trained on the 32-px shapes dataset, `families/rar/train`): C 128, D 6,
+        H 4 (K 32), F 384, n 64 (8 x 8 tokens), 12 classes, V 512 (2.03M params, of which 0.29M
+        are the fixed n + 1024-row position tables)."""
+        kw = {
+            "hidden_size": 128,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 4,
+            "intermediate_size": 384,
+            "image_seq_len": 64,
+            "condition_num_classes": 12,
+            "codebook_size": 512,
+            **kw,
+        }
+        return cls(**kw)
+
+    @classmethod
     def from_official(
         cls, generator: Mapping[str, Any], vq_model: Mapping[str, Any] | None = None
     ) -> RARConfig:
@@ -182,6 +199,25 @@ class RARConfig:
         return label + self.codebook_size + 1
 
 
+def shapes_tokenizer_config(**kw):
+    """`rar-tiny`'s MaskGIT-VQGAN: 32-px images, two 2x levels -> 8 x 8 tokens, widths 32/64/64,
+    one res block per level, Z 16, V 512."""
+    from arvg_jax.tokenizers.maskgit_vqgan import MaskGITVQGANConfig
+
+    kw = {
+        "channel_mult": (1, 2, 2),
+        "num_resolutions": 3,
+        "hidden_channels": 32,
+        "num_res_blocks": 1,
+        "resolution": 32,
+        "z_channels": 16,
+        "token_size": 16,
+        "codebook_size": 512,
+        **kw,
+    }
+    return MaskGITVQGANConfig(**kw)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
     """`RAR.generate` hyper-parameters (official names; README FID settings per size).
@@ -208,6 +244,11 @@ class SamplingSettings:
     @classmethod
     def xxl(cls) -> SamplingSettings:
         return cls(guidance_scale=8.0, guidance_scale_pow=1.2, randomize_temperature=1.02)
+
+    @classmethod
+    def shapes(cls) -> SamplingSettings:
+        """`rar-tiny`: a constant guidance of 3 (pow 0; cf. the tiny VAR's cfg 3)."""
+        return cls(guidance_scale=3.0, guidance_scale_pow=0.0, randomize_temperature=1.0)
 
     @classmethod
     def from_official(cls, generator: Mapping[str, Any]) -> SamplingSettings:
