@@ -1,9 +1,11 @@
 """Training pieces shared by every family's tiny-model recipe (`families/<name>/train`).
 
 `StageHParams` / `make_optimizer` (AdamW with warm-up and cosine decay), `sample_batch`,
-`StepLogger`, and the shapes classifier used to score generated samples.
+`StepLogger`, the shapes classifier used to score generated samples, and `vq` (vector-quantizer
+tokenizer training: losses, codebook upkeep, the generic train step, batched tokenizing).
 """
 
+from arvg_jax.train import vq
 from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
 from arvg_jax.train._common import (
     StageHParams,
@@ -25,4 +27,5 @@ __all__ = [
     "lr_schedule",
     "make_optimizer",
     "sample_batch",
+    "vq",
 ]

@@ -25,7 +25,6 @@ from arvg_jax.eval import ClassifierConfig, classify, feature_fid
 from arvg_jax.families.var.model import VARConfig
 from arvg_jax.families.var.train._var import init_var_state, var_eval_loss, var_train_step
 from arvg_jax.families.var.train._vqvae import (
-    VQLossConfig,
     init_vqvae_state,
     reconstruct,
     tokenize,
@@ -34,6 +33,7 @@ from arvg_jax.families.var.train._vqvae import (
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
 from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
 from arvg_jax.train._common import StageHParams, StepLogger, count_params, log
+from arvg_jax.train.vq import VQLossConfig, batched_apply
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -230,18 +230,6 @@ def _train_loop(run: _Run, stage: str, hp: StageHParams, step_fn, state, on_save
     return state
 
 
-def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
-    """Applies a jitted fn to [N, ...] in equal batches (last padded), concatenating numpy results."""
-    n, outs = x.shape[0], []
-    for s in range(0, n, batch):
-        xb = x[s : s + batch]
-        pad = batch - xb.shape[0] if n > batch else 0
-        if pad:
-            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-        outs.append(np.asarray(fn(jnp.asarray(xb)))[: xb.shape[0] - pad])
-    return np.concatenate(outs)
-
-
 def train_tiny(
     recipe: TinyRecipe,
     out_dir,
@@ -326,7 +314,7 @@ def train_tiny(
     vae_params = vae_state["params"]
     del vae_state
     run.save_params("vae", vae_params)
-    recon = _batched(lambda x: reconstruct(vae_params, vcfg, x), eval_x, 500)
+    recon = batched_apply(lambda x: reconstruct(vae_params, vcfg, x), eval_x, 500)
     rec_logits, rec_feats = classify(cls_params, ccfg, recon)
     meta["metrics"]["vae_eval_l1"] = round(float(np.mean(np.abs(recon - eval_x))), 5)
     meta["metrics"]["vae_eval_mse"] = round(float(np.mean(np.square(recon - eval_x))), 5)
@@ -347,8 +335,8 @@ def train_tiny(
     # ---- tokens ---------------------------------------------------------------------------------
     t = time.perf_counter()
     tok_fn = lambda x: tokenize(vae_params, vcfg, x)
-    train_tok = _batched(tok_fn, train_x, 1000)
-    eval_tok = _batched(tok_fn, eval_x, 1000)
+    train_tok = batched_apply(tok_fn, train_x, 1000)
+    eval_tok = batched_apply(tok_fn, eval_x, 1000)
     bounds = np.cumsum([0] + [p * p for p in vcfg.patch_nums])
     used = [int(np.unique(train_tok[:, a:b]).size) for a, b in itertools.pairwise(bounds)]
     meta["metrics"]["codes_used_per_scale"] = used
