@@ -1,8 +1,9 @@
 """Training pieces shared by every family's tiny-model recipe (`families/<name>/train`).
 
 `StageHParams` / `make_optimizer` (AdamW with warm-up and cosine decay), `sample_batch`,
-`StepLogger`, the shapes classifier used to score generated samples, and `vq` (vector-quantizer
-tokenizer training: losses, codebook upkeep, the generic train step, batched tokenizing).
+`StepLogger`, the stage loop (`loop`), the shapes classifier used to score generated samples and
+the generation evaluation with it (`evaluation`), and `vq` (vector-quantizer tokenizer training:
+losses, codebook upkeep, the generic train step, batched tokenizing).
 """
 
 from arvg_jax.train import vq
@@ -16,10 +17,12 @@ from arvg_jax.train._common import (
     make_optimizer,
     sample_batch,
 )
+from arvg_jax.train.loop import batched_apply, train_loop
 
 __all__ = [
     "StageHParams",
     "StepLogger",
+    "batched_apply",
     "classifier_train_step",
     "count_params",
     "init_classifier_state",
@@ -27,5 +30,6 @@ __all__ = [
     "lr_schedule",
     "make_optimizer",
     "sample_batch",
+    "train_loop",
     "vq",
 ]
