@@ -132,11 +132,13 @@ def test_quick_recipe_assets_demo_and_compare(tmp_path, monkeypatch):
     from arvg_jax.families.par import train
 
     out = tmp_path / "par"
-    rc = train.main(["--quick", "--steps", "3", "--num-gen", "24", "--out", str(out)])
+    rc = train.main(
+        ["--quick", "--steps", "3", "--num-gen", "24", "--gpt-max-s", "900", "--out", str(out)]
+    )
     assert rc == 0
     meta = json.loads((out / "recipe.json").read_text())
     assert meta["status"] == "complete" and (out / "samples.png").is_file()
-    assert meta["stages"]["gpt"]["steps_done"] == 3
+    assert meta["stages"]["gpt"]["steps_done"] == meta["stages"]["gpt"]["steps_fitted"] == 3
     assert set(meta["metrics"]["generation"]["cfg3"]) >= {"classifier_accuracy", "fid_vs_real"}
 
     from arvg_jax.families.par.family import PARFamily
@@ -170,8 +172,15 @@ def test_quick_recipe_assets_demo_and_compare(tmp_path, monkeypatch):
     )
     assert (demo / "float_vs_quantized.png").is_file() and (demo / "report.md").is_file()
 
+    # compare's top_p default 0.0 means "off" for VAR; PAR's filter keeps top-p mass (1 = off).
     settings = C.CompareSettings(
-        methods=("ptq4arvg",), bits=("w8a8",), per_class=1, calib=8, num_real=100, noise_seed=None
+        methods=("ptq4arvg",),
+        bits=("w8a8",),
+        per_class=1,
+        calib=8,
+        num_real=100,
+        noise_seed=None,
+        sampling=(("top_p", 1.0),),
     )
     model, scorer, _ = C.tiny_setup(settings, "par-tiny")
     result = C.compare(model, scorer, settings)

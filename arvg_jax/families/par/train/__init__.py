@@ -2,8 +2,9 @@
 
     # CPU smoke test (about a minute):
     python scripts/train_tiny.py --family par --quick --out /tmp/par_quick
-    # The shipped model (one H100; see the report in recipe.json):
-    PYTHONPATH=. python scripts/train_tiny.py --family par --tok-max-s 70 --gpt-max-s 110
+    # The shipped model (one H100, about 4 min; writes arvg_jax/assets/tiny/par/):
+    PYTHONPATH=. python scripts/train_tiny.py --family par --tok-max-s 65 --gpt-max-s 105 \
+        --log-every 500
 
 Stages: "tokenizer" (LlamaGen VQ, `_tokenizer.py`), "gpt" (teacher-forced PAR, `_gpt.py`),
 "eval" (generation scored by the shared shapes classifier); `_run.train_tiny_par` runs them.

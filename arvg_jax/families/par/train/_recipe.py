@@ -10,6 +10,7 @@ from arvg_jax.families.par.config import PARConfig
 from arvg_jax.families.par.family import TINY_DEMO_CFG_SCALE, par_tiny_config, par_tiny_vq_config
 from arvg_jax.tokenizers.llamagen_vq16 import VQ16Config
 from arvg_jax.train._common import StageHParams
+from arvg_jax.train.loop import recipe_to_dict, with_stage_steps
 from arvg_jax.train.vq import VQLossConfig
 
 STAGES = ("tokenizer", "gpt", "eval")
@@ -59,9 +60,12 @@ class TinyPARRecipe:
             # l2-normalised codes: start the codebook near the unit sphere (LlamaGen normalises
             # its uniform init), so restarts and the first lookups see comparable rows.
             "vq_loss": VQLossConfig(codebook_init_std=0.35),
-            "tok_hp": StageHParams(steps=6000, batch=128, lr=1e-3, warmup=200),
+            # Upper bounds: with --tok-max-s / --gpt-max-s the step counts are fitted to the wall
+            # limits (`_fit.py`); the VAR recipe's tokenizer ran 53 step/s and its VAR 79 step/s
+            # on an H100 at these batch sizes.
+            "tok_hp": StageHParams(steps=8000, batch=128, lr=1e-3, warmup=200),
             "gpt_hp": StageHParams(
-                steps=12000, batch=256, lr=1e-3, warmup=300, weight_decay=0.05, b2=0.95
+                steps=20000, batch=256, lr=1e-3, warmup=300, weight_decay=0.05, b2=0.95
             ),
         }
         return cls(**{**base, **kw})
@@ -102,19 +106,8 @@ class TinyPARRecipe:
 
     def with_steps(self, tok: int | None, gpt: int | None) -> TinyPARRecipe:
         """A copy with some stage step counts replaced (None keeps)."""
-        rep = {}
-        for name, n in (("tok_hp", tok), ("gpt_hp", gpt)):
-            if n is not None:
-                hp = getattr(self, name)
-                rep[name] = dataclasses.replace(hp, steps=n, warmup=min(hp.warmup, n // 10))
-        return dataclasses.replace(self, **rep)
+        return with_stage_steps(self, {"tok_hp": tok, "gpt_hp": gpt})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields (the two model configs go to recipe.json's *_config entries)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name in ("model", "tokenizer"):
-                continue
-            v = getattr(self, f.name)
-            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
-        return out
+        return recipe_to_dict(self, skip=("model", "tokenizer"))

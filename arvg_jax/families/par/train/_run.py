@@ -22,6 +22,7 @@ import numpy as np
 from arvg_jax import assets
 from arvg_jax.data import shapes
 from arvg_jax.eval import classify, feature_fid
+from arvg_jax.families.par.train._fit import fitted_train_loop
 from arvg_jax.families.par.train._gpt import gpt_eval, gpt_train_step, init_gpt_state, raster_to_par
 from arvg_jax.families.par.train._recipe import STAGES, TinyPARRecipe
 from arvg_jax.families.par.train._tokenizer import (
@@ -32,8 +33,7 @@ from arvg_jax.families.par.train._tokenizer import (
 )
 from arvg_jax.train._common import count_params, log
 from arvg_jax.train.evaluation import device_desc, evaluate_generation, fid_reference
-from arvg_jax.train.loop import train_loop
-from arvg_jax.train.vq import batched_apply
+from arvg_jax.train.loop import batched_apply, dataset_record
 
 
 class _Run:
@@ -45,14 +45,7 @@ class _Run:
             "format": "arvg-jax tiny shapes models v1",
             "family": "par",
             "status": "running",
-            "dataset": {
-                "name": "arvg_jax.data.shapes",
-                "class_names": list(shapes.CLASS_NAMES),
-                "image_size": recipe.image_size,
-                "train": {"seed": recipe.data_seed, "n": recipe.num_train},
-                "eval": {"seed": recipe.eval_seed, "n": recipe.num_eval},
-                "supersample": 2,
-            },
+            "dataset": dataset_record(recipe),
             "model_config": assets.config_to_dict(recipe.model),
             "tokenizer_config": assets.config_to_dict(recipe.tokenizer),
             "recipe": recipe.to_dict(),
@@ -88,9 +81,10 @@ def train_tiny_par(
     Args:
         recipe: the run definition.
         out_dir: destination directory (created).
-        time_limits: optional wall limits in seconds of the "tokenizer" and "gpt" stages; a
-            stage that reaches its limit stops (its cosine schedule cut short), the steps done
-            are recorded.
+        time_limits: optional wall limits in seconds of the "tokenizer" and "gpt" stages: the
+            stage's step count is lowered so that its whole cosine schedule fits the limit
+            (`_fit.fitted_train_loop`, from the step rate of its first steps); the record keeps
+            the planned, fitted and done step counts.
         stages: a prefix of ("tokenizer", "gpt", "eval").
         classifier: (params, ClassifierConfig) scoring images; default the shared one.
 
@@ -123,10 +117,12 @@ def train_tiny_par(
     state = init_tokenizer_state(tcfg, thp, lcfg, jax.random.fold_in(root, 2))
     metrics["tokenizer_params"] = count_params(state["params"])
     images_dev, k_tok = jnp.asarray(train_x), jax.random.fold_in(root, 12)
-    state, meta["stages"]["tokenizer"] = train_loop(
+    state, meta["stages"]["tokenizer"] = fitted_train_loop(
         "tokenizer",
         thp,
-        lambda s: tokenizer_train_step(s, images_dev, k_tok, cfg=tcfg, hp=thp, loss_cfg=lcfg),
+        lambda hp: (
+            lambda s: tokenizer_train_step(s, images_dev, k_tok, cfg=tcfg, hp=hp, loss_cfg=lcfg)
+        ),
         state,
         log_every=recipe.log_every,
         time_limit=limits.get("tokenizer", math.inf),
@@ -168,11 +164,13 @@ def train_tiny_par(
         meta["stages"]["gpt_checkpoint"] = {"step": step, **last}
         run.save_meta()
 
-    state, meta["stages"]["gpt"] = train_loop(
+    state, meta["stages"]["gpt"] = fitted_train_loop(
         "gpt",
         ghp,
-        lambda s: gpt_train_step(
-            s, tok_dev, lab_dev, k_gpt, cfg=gcfg, hp=ghp, cond_drop=recipe.cond_drop
+        lambda hp: (
+            lambda s: gpt_train_step(
+                s, tok_dev, lab_dev, k_gpt, cfg=gcfg, hp=hp, cond_drop=recipe.cond_drop
+            )
         ),
         state,
         log_every=recipe.log_every,
