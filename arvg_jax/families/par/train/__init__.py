@@ -3,7 +3,7 @@
     # CPU smoke test (about a minute):
     python scripts/train_tiny.py --family par --quick --out /tmp/par_quick
     # The shipped model (one H100, about 4 min; writes arvg_jax/assets/tiny/par/):
-    PYTHONPATH=. python scripts/train_tiny.py --family par --tok-max-s 65 --gpt-max-s 105 \
+    PYTHONPATH=. python scripts/train_tiny.py --family par --tok-max-s 70 --gpt-max-s 100 \
         --log-every 500
 
 Stages: "tokenizer" (LlamaGen VQ, `_tokenizer.py`), "gpt" (teacher-forced PAR, `_gpt.py`),
