@@ -33,12 +33,12 @@ OFFICIAL_CFG_SCALE = {
 
 def test_registry_lists_the_par_presets():
     fam = families.get("par")
-    assert set(fam.presets()) == {*PRESETS, "par-test"}
+    assert set(fam.presets()) == {*PRESETS, "par-test", "par-tiny"}
     assert {*PRESETS, "par-test", "par"} <= set(families.model_choices())
     got, preset = families.preset("par-3b-16x")
     assert got is fam and preset.config() == PARConfig.gpt3b_16x()
     assert preset.tokenizer_config().codebook_size == preset.config().vocab_size
-    assert not any(p.packaged for p in fam.presets().values())
+    assert [n for n, p in fam.presets().items() if p.packaged] == ["par-tiny"]
 
 
 def test_arvg_models_lists_them(capsys):

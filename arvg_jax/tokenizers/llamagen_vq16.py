@@ -1,12 +1,15 @@
-"""LlamaGen VQ-16 decoder (PAR's tokenizer), NHWC, plus PAR's evaluation post-processing.
+"""LlamaGen VQ-16 (PAR's tokenizer), NHWC, plus PAR's evaluation post-processing.
 
 Matches YuqingWang1029/PAR `tokenizer/tokenizer_image/vq_model.py` (LlamaGen's; commit b1dd994):
 `VQModel.decode_code` = l2-normalised codebook lookup -> `post_quant_conv` -> `Decoder`, and
 `autoregressive/sample/sample_c2i_ddp.py`'s bicubic resize to the evaluation size and uint8
-conversion. Only the decode path is ported (the encoder is not needed to sample).
+conversion. The encode path (`Encoder`, `quant_conv`, the nearest-code lookup of
+`VectorQuantizer.forward`) is here to train the tiny tokenizer (`families/par/train`); release
+checkpoints are converted for decoding only.
 
 Params (plain dict; `converters/llamagen_vq16.py` builds it from `vq_ds16_c2i.pt`):
     quantize/embedding [codebook_size, D]    post_quant_conv/{kernel [1,1,D,Z], bias}
+    (trained tokenizers also hold encoder/... and quant_conv/{kernel [1,1,Z,D], bias})
     decoder/conv_in, decoder/mid_{0,2} (ResnetBlock), decoder/mid_1 (AttnBlock),
     decoder/conv_blocks_{i}_res_{j}, decoder/conv_blocks_0_attn_{j},
     decoder/conv_blocks_{i}_upsample/conv (i < n - 1), decoder/norm_out, decoder/conv_out
@@ -27,7 +30,7 @@ import jax.numpy as jnp
 
 from arvg_jax import resample
 from arvg_jax.nn.layers import l2_normalize
-from arvg_jax.tokenizers.var_vqvae import ResnetBlock
+from arvg_jax.tokenizers.var_vqvae import Downsample, ResnetBlock
 
 Array = jax.Array
 
@@ -48,7 +51,9 @@ class VQ16Config:
     decoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
     z_channels: int = 256  # Z
     ch: int = 128  # Decoder(ch=...) base width
-    num_res_blocks: int = 2  # Decoder default; each level has num_res_blocks + 1 res blocks
+    num_res_blocks: int = 2  # Encoder / Decoder default; decoder levels have one more
+    image_size: int = 384  # generated image side (sample_c2i_ddp.py --image-size)
+    image_size_eval: int = 256  # side after the evaluation resize (--image-size-eval)
 
     def __post_init__(self):
         object.__setattr__(self, "decoder_ch_mult", tuple(int(m) for m in self.decoder_ch_mult))
@@ -83,6 +88,11 @@ class VQ16Config:
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.decoder_ch_mult) - 1)
+
+    @property
+    def grid_size(self) -> int:
+        """Token grid side of an `image_size` image."""
+        return self.image_size // self.downsample
 
 
 def _conv(features: int, kernel: int, name: str | None = None) -> nn.Conv:
@@ -119,6 +129,38 @@ class Upsample(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         return _conv(x.shape[-1], 3, "conv")(resample.upsample_nearest_2x(x))
+
+
+class Encoder(nn.Module):
+    """vq_model.py `Encoder` (encoder_ch_mult = decoder_ch_mult as in `VQ_16`): image -> latent.
+
+    `conv_blocks_{i}` is level i, highest resolution first: num_res_blocks res blocks (attention
+    after each at the last level), then a downsample except at the last level; mid (Res, Attn,
+    Res), GroupNorm, SiLU, conv_out to z_channels.
+    """
+
+    cfg: VQ16Config
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """[B, H, W, 3] -> [B, H / 2^(n-1), W / 2^(n-1), Z]."""
+        cfg = self.cfg
+        mult = cfg.decoder_ch_mult
+        n = len(mult)
+        h = _conv(cfg.ch, 3, "conv_in")(x)
+        for i in range(n):
+            for j in range(cfg.num_res_blocks):
+                h = ResnetBlock(cfg.ch * mult[i], name=f"conv_blocks_{i}_res_{j}")(h)
+                if i == n - 1:
+                    h = AttnBlock(name=f"conv_blocks_{i}_attn_{j}")(h)
+            if i != n - 1:
+                h = Downsample(name=f"conv_blocks_{i}_downsample")(h)
+        c = h.shape[-1]
+        h = ResnetBlock(c, name="mid_0")(h)
+        h = AttnBlock(name="mid_1")(h)
+        h = ResnetBlock(c, name="mid_2")(h)
+        h = nn.silu(_group_norm("norm_out")(h))
+        return _conv(cfg.z_channels, 3, "conv_out")(h)
 
 
 class Decoder(nn.Module):
@@ -195,6 +237,69 @@ def _from_module(params: dict) -> dict:
     return {**p, "quantize": {"embedding": embedding}}
 
 
+_ENCODE_KEYS = ("encoder", "quant_conv")
+
+
+def decode_tree(params: dict) -> dict:
+    """The decode-path params (`abstract_params`' tree) of a tree that may hold the encoder."""
+    return {k: v for k, v in params.items() if k not in _ENCODE_KEYS}
+
+
+def init_train_params(cfg: VQ16Config, rng: Array) -> dict:
+    """Random params of the whole tokenizer (decode tree + encoder/ + quant_conv/), flax init."""
+    k_enc, k_qc, k_dec = jax.random.split(rng, 3)
+    size = cfg.image_size
+    x = jnp.zeros((1, size, size, 3), jnp.float32)
+    z = jnp.zeros((1, cfg.grid_size, cfg.grid_size, cfg.z_channels), jnp.float32)
+    tokens = jnp.zeros((1, cfg.grid_size**2), jnp.int32)
+    grid = (cfg.grid_size, cfg.grid_size)
+    dec = _from_module(VQ16(cfg).init(k_dec, tokens, grid)["params"])
+    return {
+        **dec,
+        "encoder": Encoder(cfg).init(k_enc, x)["params"],
+        "quant_conv": _conv(cfg.codebook_embed_dim, 1).init(k_qc, z)["params"],
+    }
+
+
+def encode(params: dict, cfg: VQ16Config, images: Array) -> Array:
+    """vq_model.py `VQModel.encode` up to the quantizer input: quant_conv(encoder(x)).
+
+    Args:
+        images: float [B, H, W, 3] in [-1, 1].
+
+    Returns:
+        float32 [B, h, w, D] (not yet l2-normalised).
+    """
+    h = Encoder(cfg).apply({"params": params["encoder"]}, images)
+    return _conv(cfg.codebook_embed_dim, 1).apply({"params": params["quant_conv"]}, h)
+
+
+def nearest_codes(z: Array, codebook: Array, cfg: VQ16Config) -> tuple[Array, Array, Array]:
+    """vq_model.py `VectorQuantizer.forward`'s lookup: l2-normalise z and the codebook (when
+    codebook_l2_norm), then argmin of |z|² + |e|² − 2 z·e.
+
+    Args:
+        z: [..., D] quantizer inputs; codebook: [V, D].
+
+    Returns:
+        (ids int32 [...], z_q [..., D] the chosen (normalised) rows, z [..., D] normalised).
+    """
+    if cfg.codebook_l2_norm:
+        z, codebook = l2_normalize(z), l2_normalize(codebook)
+    flat = z.reshape(-1, z.shape[-1])
+    dot = jnp.einsum("ND,VD->NV", flat, codebook, precision=jax.lax.Precision.HIGHEST)
+    dist = jnp.sum(flat**2, axis=1, keepdims=True) + jnp.sum(codebook**2, axis=1) - 2.0 * dot
+    ids = jnp.argmin(dist, axis=1).astype(jnp.int32)
+    z_q = jnp.take(codebook, ids, axis=0).reshape(z.shape)
+    return ids.reshape(z.shape[:-1]), z_q, z
+
+
+def decode_latent(params: dict, cfg: VQ16Config, z_q: Array) -> Array:
+    """`VQModel.decode`: post_quant_conv and the decoder on a quantized latent [B, h, w, D]."""
+    h = _conv(cfg.z_channels, 1).apply({"params": params["post_quant_conv"]}, z_q)
+    return Decoder(cfg).apply({"params": params["decoder"]}, h)
+
+
 def abstract_params(cfg: VQ16Config) -> dict:
     """The decode param tree as `jax.ShapeDtypeStruct`s (nothing allocated)."""
     tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
@@ -214,7 +319,7 @@ def decode_code(params: dict, cfg: VQ16Config, tokens: Array, grid: tuple[int, i
     Returns:
         float32 [B, 16h, 16w, 3] (for VQ-16), not clamped.
     """
-    return VQ16(cfg).apply({"params": _to_module(params)}, tokens, grid)
+    return VQ16(cfg).apply({"params": _to_module(decode_tree(params))}, tokens, grid)
 
 
 def resize_for_eval(images: Array, size: int) -> Array:

@@ -3,7 +3,7 @@
 `StageHParams` / `make_optimizer` (AdamW with warm-up and cosine decay), `sample_batch`,
 `StepLogger`, the stage loop (`loop`), the shapes classifier used to score generated samples and
 the generation evaluation with it (`evaluation`), and `vq` (vector-quantizer tokenizer training:
-losses, codebook upkeep, the generic train step).
+losses, codebook upkeep, the generic train step); `loop.batched_apply` tokenizes a dataset.
 """
 
 from arvg_jax.train import vq

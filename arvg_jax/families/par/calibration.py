@@ -30,6 +30,8 @@ def generate_candidates(
     *,
     seed: int = 42,
     cfg: float | None = None,
+    cfg_scale: float | None = None,
+    cfg_interval: float = -1.0,
     top_k: int = 0,
     top_p: float = 1.0,
     temperature: float = 1.0,
@@ -48,6 +50,8 @@ def generate_candidates(
         `families.image_keys(seed, i, 1)`.
       cfg: CFG scale (the generators' common keyword; default: the release's FID setting,
         `family.cfg_scale_for`).
+      cfg_scale, cfg_interval: the family's sampling names (`PARFamily.sampling_arguments`, as
+        `eval.compare` passes its generation settings); cfg_scale is used when cfg is None.
       top_k, top_p, temperature: the official sampling settings (0, 1, 1).
       gen_batch: images per `generate` call (official 32).
       class_draw: "all" (the official PAR `randint(0, num_classes)`) or "all-but-last".
@@ -66,6 +70,8 @@ def generate_candidates(
     del vq_params, vq_cfg
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if cfg is None:
+        cfg = cfg_scale
     scale = cfg_scale_for(par_cfg) if cfg is None else float(cfg)
     labels = draw_labels(num_images, par_cfg.num_classes, seed, class_draw)
     tokens = []
@@ -80,6 +86,7 @@ def generate_candidates(
             image_keys(seed, lo, len(chunk)),
             cfg=par_cfg,
             cfg_scale=scale,
+            cfg_interval=cfg_interval,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,

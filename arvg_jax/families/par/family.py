@@ -4,8 +4,12 @@ The sampler settings and post-processing are those of YuqingWang1029/PAR
 `autoregressive/sample/sample_c2i_ddp.py` (the FID script; the single-GPU `sample_c2i.py` has
 demo defaults, cfg 4.0 / top-k 2000, and is not used): cfg-scale 1.5 (README per release: 1.435
 for PAR-XXL-4x, 1.345 for PAR-3B-4x), cfg-interval -1, top-k 0, top-p 1.0, temperature 1.0;
-images are decoded with VQ-16 in float32, bicubic-resized to image-size-eval 256 and converted
-with clamp(127.5 x + 128, 0, 255) truncated to uint8.
+images are decoded with VQ-16 in float32, bicubic-resized to image-size-eval (256; the
+tokenizer config's `image_size_eval`) and converted with clamp(127.5 x + 128, 0, 255) truncated
+to uint8.
+
+`par-tiny` is the packaged model trained on the built-in shapes dataset (`families/par/train`):
+32-px images, an 8 x 8 token grid (VQ with 4x downsampling), 4 tokens per parallel step.
 
 Dims: B images, N tokens, V vocabulary, S image side.
 """
@@ -24,8 +28,9 @@ from arvg_jax.families import Family, Preset, SamplingArg
 from arvg_jax.families.par.config import PARConfig
 from arvg_jax.tokenizers.llamagen_vq16 import VQ16Config
 
-# sample_c2i_ddp.py `--image-size-eval` default (every README command passes 256 too).
-EVAL_SIZE = 256
+# `arvg demo` / compare sampling of the tiny shapes model (the official defaults but a stronger
+# guidance, as the tiny VAR: cfg ~3 gives the best class accuracy / FID there).
+TINY_DEMO_CFG_SCALE = 3.0
 
 # preset suffix -> PARConfig classmethod (gpt.py GPT_models sizes with PAR's token counts).
 SIZES = {
@@ -48,6 +53,40 @@ def cfg_scale_for(cfg: PARConfig | None) -> float:
         if cfg is not None and getattr(PARConfig, size)() == cfg:
             return scale
     return DEFAULT_CFG_SCALE
+
+
+def par_tiny_config() -> PARConfig:
+    """`par-tiny`: a 1.7M-param LlamaGen GPT (dim 128, 8 layers, 4 heads) at 4x parallelism on
+    an 8 x 8 grid (4 regions of 4 x 4), V 512, 12 shape classes + the null class."""
+    from arvg_jax.data import shapes
+
+    return PARConfig(
+        dim=128,
+        n_layer=8,
+        n_head=4,
+        multiple_of=32,
+        vocab_size=512,
+        num_classes=shapes.NUM_CLASSES,
+        block_size=64,
+        spe_token_num=3,
+        ar_token_num=4,
+    )
+
+
+def par_tiny_vq_config() -> VQ16Config:
+    """`par-tiny`'s tokenizer: VQ with 4x downsampling (ch 32, ch_mult 1, 2, 2; one res block per
+    encoder level, two per decoder level), 512 l2-normalised 8-d codes, 32-px images decoded
+    at their own size (image_size_eval == image_size: no resize)."""
+    return VQ16Config(
+        codebook_size=512,
+        codebook_embed_dim=8,
+        decoder_ch_mult=(1, 2, 2),
+        z_channels=32,
+        ch=32,
+        num_res_blocks=1,
+        image_size=32,
+        image_size_eval=32,
+    )
 
 
 def par_test_vq_config() -> VQ16Config:
@@ -85,6 +124,13 @@ class PARFamily(Family):
             config=PARConfig.tiny,
             tokenizer_config=par_test_vq_config,
             description="test size (the fixture's tiny GPT, a tiny VQ-16), random weights only",
+        )
+        out["par-tiny"] = Preset(
+            name="par-tiny",
+            config=par_tiny_config,
+            tokenizer_config=par_tiny_vq_config,
+            description="tiny PAR trained on the built-in shapes dataset",
+            packaged=True,
         )
         return out
 
@@ -151,8 +197,13 @@ class PARFamily(Family):
             SamplingArg(name="greedy", type=bool, default=False, help="argmax instead of a draw"),
         )
 
+    def demo_sampling(self):
+        # Only par-tiny is packaged: the official settings with the tiny model's guidance.
+        return {**self.sampling_defaults(), "cfg_scale": TINY_DEMO_CFG_SCALE}
+
     def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
-        """{"tokens": int32 [B, N] raster order, "images": float32 [B, 256, 256, 3] in [0, 1]}.
+        """{"tokens": int32 [B, N] raster order, "images": float32 [B, S, S, 3] in [0, 1]}
+        (S = tok_cfg.image_size_eval, 256 for the releases).
 
         `images` is the official uint8 sample / 255 (`imageio.to_uint8` gives its bytes back).
         Image i depends on keys[i] only.
@@ -266,14 +317,17 @@ def _init_vq(tok_cfg: VQ16Config, rng: np.random.Generator) -> dict:
 
 @functools.cache
 def _decode_fn(cfg: PARConfig, tok_cfg: VQ16Config):
-    """PAR-order tokens [B, N] -> float32 [B, 256, 256, 3] in [0, 1] (official uint8 / 255)."""
+    """PAR-order tokens [B, N] -> float32 [B, S, S, 3] in [0, 1] (official uint8 / 255),
+    S = tok_cfg.image_size_eval."""
     import jax
     import jax.numpy as jnp
 
     from arvg_jax.families.par import sampler
 
     def decode(tok_params, tokens):
-        out = sampler.decode_images(tok_params, tok_cfg, tokens, cfg=cfg, eval_size=EVAL_SIZE)
+        out = sampler.decode_images(
+            tok_params, tok_cfg, tokens, cfg=cfg, eval_size=tok_cfg.image_size_eval
+        )
         return out["uint8"].astype(jnp.float32) / 255.0
 
     return jax.jit(decode)
