@@ -2,7 +2,6 @@
 
 from arvg_jax.families.var.train._tiny import (
     TinyRecipe,
-    evaluate_generation,
     reevaluate_tiny,
     train_tiny,
 )
@@ -26,6 +25,7 @@ from arvg_jax.families.var.train._vqvae import (
 )
 from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
 from arvg_jax.train._common import StageHParams, lr_schedule, make_optimizer
+from arvg_jax.train.evaluation import evaluate_generation
 
 __all__ = [
     "StageHParams",

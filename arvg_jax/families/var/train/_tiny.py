@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import itertools
 import math
-import os
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arvg_jax import assets, imageio
+from arvg_jax import assets, families
 from arvg_jax.data import shapes
 from arvg_jax.eval import ClassifierConfig, classify, feature_fid
 from arvg_jax.families.var.model import VARConfig
@@ -33,7 +32,15 @@ from arvg_jax.families.var.train._vqvae import (
 )
 from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
 from arvg_jax.train._classifier import classifier_train_step, init_classifier_state
-from arvg_jax.train._common import StageHParams, StepLogger, count_params, log
+from arvg_jax.train._common import StageHParams, count_params, log
+from arvg_jax.train.evaluation import device_desc, evaluate_generation, fid_reference
+from arvg_jax.train.loop import (
+    batched_apply,
+    dataset_record,
+    recipe_to_dict,
+    train_loop,
+    with_stage_steps,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -132,26 +139,10 @@ class TinyRecipe:
 
     def with_steps(self, vae: int | None, var: int | None, cls_: int | None) -> TinyRecipe:
         """A copy with some stage step counts replaced (None keeps)."""
-        rep = {}
-        for name, n in (("vae_hp", vae), ("var_hp", var), ("cls_hp", cls_)):
-            if n is not None:
-                hp = getattr(self, name)
-                rep[name] = dataclasses.replace(hp, steps=n, warmup=min(hp.warmup, n // 10))
-        return dataclasses.replace(self, **rep)
+        return with_stage_steps(self, {"vae_hp": vae, "var_hp": var, "cls_hp": cls_})
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name in ("vae", "var", "classifier"):
-                continue
-            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
-        return out
-
-
-def _device_desc() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}:{getattr(d, 'device_kind', '?')} x{jax.device_count()}"
+        return recipe_to_dict(self, skip=("vae", "var", "classifier"))
 
 
 class _Run:
@@ -164,21 +155,14 @@ class _Run:
         self.meta: dict[str, Any] = {
             "format": "arvg-jax tiny shapes models v1",
             "status": "running",
-            "dataset": {
-                "name": "arvg_jax.data.shapes",
-                "class_names": list(shapes.CLASS_NAMES),
-                "image_size": recipe.image_size,
-                "train": {"seed": recipe.data_seed, "n": recipe.num_train},
-                "eval": {"seed": recipe.eval_seed, "n": recipe.num_eval},
-                "supersample": 2,
-            },
+            "dataset": dataset_record(recipe),
             "var_config": assets.config_to_dict(recipe.var),
             "vae_config": assets.config_to_dict(recipe.vae),
             "classifier_config": recipe.classifier.to_dict(),
             "recipe": recipe.to_dict(),
             "param_dtype": "float32",
             "jax_version": jax.__version__,
-            "device": _device_desc(),
+            "device": device_desc(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "stages": {},
             "metrics": {},
@@ -197,49 +181,18 @@ class _Run:
 
 
 def _train_loop(run: _Run, stage: str, hp: StageHParams, step_fn, state, on_save=None):
-    """Runs `state, metrics = step_fn(state)` hp.steps times (or until the stage time limit)."""
-    logger = StepLogger(stage, hp.steps, run.recipe.log_every)
-    limit = run.time_limits.get(stage, math.inf)
-    t_start, t_saved = time.perf_counter(), time.perf_counter()
-    steps_done, metrics = 0, {}
-    for i in range(hp.steps):
-        state, metrics = step_fn(state)
-        steps_done = i + 1
-        logger(steps_done, metrics)
-        now = time.perf_counter()
-        if steps_done % run.recipe.log_every == 0:
-            if now - t_start > limit:
-                log(f"[{stage}] time limit {limit:.0f}s reached at step {steps_done}")
-                break
-            if on_save is not None and now - t_saved > 60:
-                on_save(state, steps_done, logger.last)
-                t_saved = now
-    if steps_done % run.recipe.log_every and steps_done != hp.steps:
-        logger(steps_done, metrics, force=True)
-    jax.block_until_ready(state)
-    wall = time.perf_counter() - t_start
-    run.meta["stages"][stage] = {
-        "steps_planned": hp.steps,
-        "steps_done": steps_done,
-        "wall_s": round(wall, 1),
-        "step_per_s_overall": round(steps_done / wall, 2),
-        "step_per_s_last_interval": round(logger.rate, 2),
-        "final_metrics": {k: round(v, 5) for k, v in logger.last.items()},
-        **hp.to_dict(),
-    }
+    """`train_loop` under the run's log interval and time limit, recording the stage."""
+    state, record = train_loop(
+        stage,
+        hp,
+        step_fn,
+        state,
+        log_every=run.recipe.log_every,
+        time_limit=run.time_limits.get(stage, math.inf),
+        on_save=on_save,
+    )
+    run.meta["stages"][stage] = record
     return state
-
-
-def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
-    """Applies a jitted fn to [N, ...] in equal batches (last padded), concatenating numpy results."""
-    n, outs = x.shape[0], []
-    for s in range(0, n, batch):
-        xb = x[s : s + batch]
-        pad = batch - xb.shape[0] if n > batch else 0
-        if pad:
-            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-        outs.append(np.asarray(fn(jnp.asarray(xb)))[: xb.shape[0] - pad])
-    return np.concatenate(outs)
 
 
 def train_tiny(
@@ -326,7 +279,7 @@ def train_tiny(
     vae_params = vae_state["params"]
     del vae_state
     run.save_params("vae", vae_params)
-    recon = _batched(lambda x: reconstruct(vae_params, vcfg, x), eval_x, 500)
+    recon = batched_apply(lambda x: reconstruct(vae_params, vcfg, x), eval_x, 500)
     rec_logits, rec_feats = classify(cls_params, ccfg, recon)
     meta["metrics"]["vae_eval_l1"] = round(float(np.mean(np.abs(recon - eval_x))), 5)
     meta["metrics"]["vae_eval_mse"] = round(float(np.mean(np.square(recon - eval_x))), 5)
@@ -347,8 +300,8 @@ def train_tiny(
     # ---- tokens ---------------------------------------------------------------------------------
     t = time.perf_counter()
     tok_fn = lambda x: tokenize(vae_params, vcfg, x)
-    train_tok = _batched(tok_fn, train_x, 1000)
-    eval_tok = _batched(tok_fn, eval_x, 1000)
+    train_tok = batched_apply(tok_fn, train_x, 1000)
+    eval_tok = batched_apply(tok_fn, eval_x, 1000)
     bounds = np.cumsum([0] + [p * p for p in vcfg.patch_nums])
     used = [int(np.unique(train_tok[:, a:b]).size) for a, b in itertools.pairwise(bounds)]
     meta["metrics"]["codes_used_per_scale"] = used
@@ -420,9 +373,11 @@ def train_tiny(
     # ---- generation eval ------------------------------------------------------------------------
     t = time.perf_counter()
     results = evaluate_generation(
-        (acfg, var_params, vcfg, vae_params, ccfg, cls_params),
+        families.get("var"),
+        (acfg, var_params, vcfg, vae_params),
+        (cls_params, ccfg),
         eval_feats[n_half:],
-        settings=recipe.gen_settings,
+        settings=_gen_settings(recipe.gen_settings),
         num_gen=recipe.num_gen,
         gen_batch=recipe.gen_batch,
         key=jax.random.fold_in(root_key, 4),
@@ -430,95 +385,17 @@ def train_tiny(
     )
     meta["metrics"]["generation"] = results
     meta["metrics"]["num_gen"] = recipe.num_gen
-    meta["metrics"]["fid_reference"] = _fid_reference(ccfg, recipe.num_eval - n_half)
+    meta["metrics"]["fid_reference"] = fid_reference(ccfg.feature_dim, recipe.num_eval - n_half)
     meta["stages"]["eval"] = {"wall_s": round(time.perf_counter() - t, 1)}
     return _finish(run)
 
 
-def _fid_reference(ccfg: ClassifierConfig, n_real: int) -> str:
-    return (
-        f"Fréchet distance of classifier features (dim {ccfg.feature_dim}) against the second "
-        f"half of the held-out set ({n_real} images)"
+def _gen_settings(settings: tuple[tuple[str, float, int, float], ...]) -> tuple:
+    """(name, cfg, top_k, top_p) rows -> the (name, sampling dict) pairs `evaluate_generation`
+    takes (VAR's sampler without the greedy shortcut, as the tiny recipe evaluates)."""
+    return tuple(
+        (name, {"cfg": g, "top_k": k, "top_p": p, "greedy": False}) for name, g, k, p in settings
     )
-
-
-def evaluate_generation(
-    models: tuple,
-    real_feats: np.ndarray,
-    *,
-    settings: tuple[tuple[str, float, int, float], ...],
-    num_gen: int,
-    gen_batch: int,
-    key: jax.Array,
-    grid_path=None,
-    grid_cols: int = 10,
-) -> dict[str, Any]:
-    """Class-balanced generation with `var_sampler.generate`, scored by the classifier.
-
-    Args:
-        models: (var_cfg, var_params, vae_cfg, vae_params, classifier_cfg, classifier_params).
-        real_feats: [M, F] classifier features of real held-out images (the FID reference).
-        settings: (name, cfg, top_k, top_p) sampling settings to evaluate.
-        num_gen: images per setting, labels 0, 1, ..., K-1, 0, 1, ...
-        gen_batch: images per `generate` call (one compiled batch size).
-        key: PRNG key (the same draws for every setting).
-        grid_path: where to write a class-by-row PNG grid of the first setting's samples.
-        grid_cols: samples per class in the grid.
-
-    Returns:
-        {name: {cfg, top_k, top_p, classifier_accuracy, per_class_accuracy, fid_vs_real}}.
-    """
-    from arvg_jax.families.var.sampler import generate
-
-    var_cfg, var_params, vae_cfg, vae_params, ccfg, cls_params = models
-    k = var_cfg.num_classes
-    gen_labels = np.arange(num_gen) % k
-    results = {}
-    for si, (name, g, top_k, top_p) in enumerate(settings):
-        t = time.perf_counter()
-        imgs = []
-        for s in range(0, num_gen, gen_batch):
-            lab = gen_labels[s : s + gen_batch]
-            if lab.size < gen_batch:  # keep one compiled batch size
-                lab = np.concatenate([lab, np.zeros(gen_batch - lab.size, lab.dtype)])
-            out = generate(
-                var_params,
-                vae_params,
-                var_cfg,
-                vae_cfg,
-                lab,
-                jax.random.fold_in(key, s),
-                cfg=g,
-                top_k=top_k,
-                top_p=top_p,
-            )
-            imgs.append(np.asarray(out["images"]) * 2 - 1)
-        imgs = np.concatenate(imgs)[:num_gen]
-        g_logits, g_feats = classify(cls_params, ccfg, imgs)
-        pred = g_logits.argmax(-1)
-        acc = float(np.mean(pred == gen_labels))
-        per_class = [round(float(np.mean(pred[gen_labels == c] == c)), 3) for c in range(k)]
-        fid = feature_fid(g_feats, real_feats)
-        results[name] = {
-            "cfg": g,
-            "top_k": top_k,
-            "top_p": top_p,
-            "classifier_accuracy": round(acc, 4),
-            "per_class_accuracy": per_class,
-            "fid_vs_real": round(fid, 4),
-            "device": _device_desc(),
-        }
-        log(
-            f"[eval] {name} (cfg {g}, top_k {top_k}, top_p {top_p}): classifier acc {acc:.4f}, "
-            f"FID {fid:.3f} ({time.perf_counter() - t:.0f}s)"
-        )
-        if si == 0 and grid_path is not None:
-            n = min(num_gen // k, grid_cols) * k
-            order = np.argsort(gen_labels[:n], kind="stable")
-            grid = imageio.make_grid(imageio.to_uint8((imgs[:n][order] + 1) / 2), ncols=n // k)
-            imageio.write_png(grid_path, grid)
-            os.chmod(grid_path, 0o644)  # write_png's temp file is 0600; this may be package data
-    return results
 
 
 def reevaluate_tiny(
@@ -545,9 +422,11 @@ def reevaluate_tiny(
     _, feats = classify(cls_p, ccfg, eval_x[n_half:])
     t = time.perf_counter()
     results = evaluate_generation(
-        (var_cfg, var_p, vae_cfg, vae_p, ccfg, cls_p),
+        families.get("var"),
+        (var_cfg, var_p, vae_cfg, vae_p),
+        (cls_p, ccfg),
         feats,
-        settings=settings,
+        settings=_gen_settings(settings),
         num_gen=num_gen,
         gen_batch=gen_batch,
         key=jax.random.fold_in(jax.random.key(seed), 4),
@@ -556,10 +435,10 @@ def reevaluate_tiny(
     metrics = meta.setdefault("metrics", {})
     metrics["generation"] = {**metrics.get("generation", {}), **results}
     metrics["num_gen"] = num_gen
-    metrics["fid_reference"] = _fid_reference(ccfg, ds["eval"]["n"] - n_half)
+    metrics["fid_reference"] = fid_reference(ccfg.feature_dim, ds["eval"]["n"] - n_half)
     meta.setdefault("reevaluations", []).append(
         {
-            "device": _device_desc(),
+            "device": device_desc(),
             "jax_version": jax.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "settings": [list(x) for x in settings],
