@@ -120,3 +120,17 @@ def dataset_record(recipe: Any) -> dict[str, Any]:
         "eval": {"seed": recipe.eval_seed, "n": recipe.num_eval},
         "supersample": 2,
     }
+
+
+def run_stamp() -> dict[str, Any]:
+    """recipe.json's provenance entries: parameter dtype, jax version, device, UTC date."""
+    import datetime
+
+    from arvg_jax.train.evaluation import device_desc
+
+    return {
+        "param_dtype": "float32",
+        "jax_version": jax.__version__,
+        "device": device_desc(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

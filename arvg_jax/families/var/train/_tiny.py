@@ -38,6 +38,7 @@ from arvg_jax.train.loop import (
     batched_apply,
     dataset_record,
     recipe_to_dict,
+    run_stamp,
     train_loop,
     with_stage_steps,
 )
@@ -160,10 +161,7 @@ class _Run:
             "vae_config": assets.config_to_dict(recipe.vae),
             "classifier_config": recipe.classifier.to_dict(),
             "recipe": recipe.to_dict(),
-            "param_dtype": "float32",
-            "jax_version": jax.__version__,
-            "device": device_desc(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **run_stamp(),
             "stages": {},
             "metrics": {},
         }
