@@ -249,7 +249,7 @@ def mar_train_step(
         new["ema"] = jax.tree.map(
             lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], params
         )
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return new, metrics
 
 
