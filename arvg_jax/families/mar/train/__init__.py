@@ -4,7 +4,7 @@
     python scripts/train_tiny.py --family mar --quick --out /tmp/mar_quick
     # The shipped model (one H100, about 4 minutes; the limits stop a stage early on a slower
     # device, its cosine schedule then cut short; recipe.json records the steps reached):
-    PYTHONPATH=. python scripts/train_tiny.py --family mar --vae-max-s 45 --mar-max-s 120 \
+    PYTHONPATH=. python scripts/train_tiny.py --family mar --vae-max-s 40 --mar-max-s 110 \
         --log-every 250
 
 Writes model.npz, tokenizer.npz, recipe.json and samples.png into --out (default

@@ -47,10 +47,10 @@ class MARTinyRecipe:
             "mar": _mar(32, 4, 8, width=128, depth=3, heads=4, buffer=16, head_w=192, head_d=3),
             # Steps sized for ~4 min on one H100 (the VAR recipe's VQVAE, about this size, ran
             # 53 step/s at batch 128); the GPU command's --*-max-s limits are the safety net.
-            "vae_hp": StageHParams(steps=2500, batch=128, lr=1e-3, warmup=100),
+            "vae_hp": StageHParams(steps=2200, batch=128, lr=1e-3, warmup=100),
             # mar.py/main_mar.py: AdamW b2 0.95, weight decay 0.02.
             "mar_hp": StageHParams(
-                steps=8000, batch=256, lr=1e-3, warmup=300, weight_decay=0.02, b2=0.95
+                steps=7000, batch=256, lr=1e-3, warmup=300, weight_decay=0.02, b2=0.95
             ),
         }
         return cls(**{**base, **kw})
