@@ -122,6 +122,7 @@ def trained(tmp_path_factory):
     return out, meta
 
 
+@pytest.mark.slow  # compiles the VAE and MAR steps, the sampler and the classifier (~1-2 min)
 def test_recipe_writes_loadable_assets(trained, monkeypatch):
     out, meta = trained
     assert meta["status"] == "complete"
@@ -139,7 +140,7 @@ def test_recipe_writes_loadable_assets(trained, monkeypatch):
     assert imgs.shape == (2, 32, 32, 3) and np.isfinite(imgs).all()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the demo: calibration, three quantized models, generation (minutes)
 def test_demo_runs_on_the_trained_assets(trained, monkeypatch, tmp_path):
     from arvg_jax import cli
 
