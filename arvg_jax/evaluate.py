@@ -18,17 +18,22 @@ import numpy as np
 
 @dataclasses.dataclass
 class Fidelity:
+    """None where the family has no such quantity (MAR: continuous tokens, no logits)."""
+
     name: str
-    kl: float  # mean per-token KL(float ‖ quantized), nats
-    top1: float  # teacher-forced top-1 agreement
-    token_agreement: float  # generated tokens equal
+    kl: float | None  # mean per-token KL(float ‖ quantized), nats
+    top1: float | None  # teacher-forced top-1 agreement
+    token_agreement: float | None  # generated tokens equal
     psnr: float  # dB, generated images
-    logit_rel_err: float  # ‖Δlogits‖ / ‖logits‖, teacher forced
+    logit_rel_err: float | None  # ‖Δlogits‖ / ‖logits‖, teacher forced
 
     def row(self) -> str:
+        fmt = lambda v, f: "—" if v is None else f(v)
         return (
-            f"| {self.name} | {self.kl:.2e} | {100 * self.top1:.1f} % | "
-            f"{100 * self.token_agreement:.1f} % | {self.psnr:.2f} | {self.logit_rel_err:.4f} |"
+            f"| {self.name} | {fmt(self.kl, lambda v: f'{v:.2e}')} | "
+            f"{fmt(self.top1, lambda v: f'{100 * v:.1f} %')} | "
+            f"{fmt(self.token_agreement, lambda v: f'{100 * v:.1f} %')} | {self.psnr:.2f} | "
+            f"{fmt(self.logit_rel_err, lambda v: f'{v:.4f}')} |"
         )
 
 
@@ -38,11 +43,15 @@ TABLE_HEADER = (
 )
 
 
-def teacher_forced_logits(model, labels, tokens, batch: int = 16) -> np.ndarray:
-    """float32 logits of `model` on token sequences (its family's teacher-forced forward)."""
+def teacher_forced_logits(model, labels, tokens, batch: int = 16) -> np.ndarray | None:
+    """float32 logits of `model` on token sequences (its family's teacher-forced forward), or
+    None for a family without logits (MAR: its continuous tokens are drawn by a diffusion head)."""
     from arvg_jax.models import teacher_forced_logits as tf_logits
 
-    return tf_logits(model, labels, tokens, batch=batch)
+    try:
+        return tf_logits(model, labels, tokens, batch=batch)
+    except NotImplementedError:
+        return None
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -51,11 +60,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(name, float_logits, q_logits, float_gen, q_gen) -> Fidelity:
-    """float_gen / q_gen: (images [N, H, W, 3] in [0, 1], tokens [N, L])."""
-    lp = jax.nn.log_softmax(jnp.asarray(float_logits), -1)
-    lq = jax.nn.log_softmax(jnp.asarray(q_logits), -1)
-    kl = float(jnp.mean(jnp.sum(jnp.exp(lp) * (lp - lq), -1)))
-    top1 = float(np.mean(np.argmax(float_logits, -1) == np.argmax(q_logits, -1)))
-    rel = float(np.linalg.norm(q_logits - float_logits) / np.linalg.norm(float_logits))
-    agree = float(np.mean(float_gen[1] == q_gen[1]))
+    """float_gen / q_gen: (images [N, H, W, 3] in [0, 1], tokens [N, L] or continuous
+    [N, L, D]); logits None (no logits): the logit metrics are None, as is token agreement for
+    continuous tokens (exact equality of floats says nothing)."""
+    kl = top1 = rel = agree = None
+    if float_logits is not None and q_logits is not None:
+        lp = jax.nn.log_softmax(jnp.asarray(float_logits), -1)
+        lq = jax.nn.log_softmax(jnp.asarray(q_logits), -1)
+        kl = float(jnp.mean(jnp.sum(jnp.exp(lp) * (lp - lq), -1)))
+        top1 = float(np.mean(np.argmax(float_logits, -1) == np.argmax(q_logits, -1)))
+        rel = float(np.linalg.norm(q_logits - float_logits) / np.linalg.norm(float_logits))
+    if not np.issubdtype(np.asarray(float_gen[1]).dtype, np.floating):
+        agree = float(np.mean(float_gen[1] == q_gen[1]))
     return Fidelity(name, kl, top1, agree, psnr(float_gen[0], q_gen[0]), rel)

@@ -13,13 +13,13 @@ from arvg_jax.tokenizers.kl16_vae import KL16Config
 def test_registry_lists_the_mar_presets():
     mar = families.get("mar")
     presets = mar.presets()
-    assert set(presets) == {"mar-b", "mar-l", "mar-h", "mar-test"}
+    assert set(presets) == {"mar-b", "mar-l", "mar-h", "mar-test", "mar-tiny"}
     assert {"mar", "mar-b", "mar-test"} <= set(families.model_choices())
     fam, preset = families.preset("mar-h")
     assert fam is mar and preset.config() == MARConfig.huge()
     assert preset.tokenizer_config() == KL16Config.release()
     assert families.preset("mar-test")[1].config() == MARConfig.tiny()
-    assert not any(p.packaged for p in presets.values())
+    assert [n for n, p in presets.items() if p.packaged] == ["mar-tiny"]
     assert presets["mar-b"].config().num_classes == 1000
 
 

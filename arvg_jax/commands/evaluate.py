@@ -65,7 +65,7 @@ def evaluate(float_model, q_models, classes, *, seed, sampling, batch, progress=
 
     def logits(model, name):
         out = ev.teacher_forced_logits(model, labels, f_tok, batch)
-        if not np.isfinite(out).all():
+        if out is not None and not np.isfinite(out).all():  # None: no logits (MAR)
             raise NonFiniteImages(f"{name}: NaN/Inf in its logits on the float model's tokens")
         return out
 

@@ -37,6 +37,9 @@ class KL16Config:
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
     num_res_blocks: int = 2  # the decoder runs num_res_blocks + 1 per level
     out_ch: int = 3
+    # The image side (MAR's img_size): informational, the decoder is fully convolutional; the
+    # tiny shapes model records its 32 here (`arvg demo` sizes its real-image reference by it).
+    image_size: int = 256
 
     def __post_init__(self):
         for m in self.ch_mult:

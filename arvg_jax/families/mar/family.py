@@ -41,6 +41,16 @@ SIZES = {"b": "base", "l": "large", "h": "huge"}
 FID_CFG = {"base": 2.9, "large": 3.0, "huge": 3.2}
 WEIGHTS = ("model_ema", "model")
 TOKEN_SCALE = 0.2325  # engine_mar.py: vae.decode(sampled_tokens / 0.2325) (sampler default)
+# `arvg demo` / `compare_tiny.py` sampling of the packaged tiny model (`mar-tiny`): 64 tokens
+# need far fewer AR steps than the official 256 (64 iterations) and a 50-step head respacing
+# suffices; guidance 3 as the tiny VAR (`families/mar/train` evaluates exactly these).
+DEMO_SAMPLING = {
+    "num_iter": 16,
+    "cfg": 3.0,
+    "cfg_schedule": "linear",
+    "temperature": 1.0,
+    "num_sampling_steps": "50",
+}
 
 
 def _release_size(cfg: MARConfig | None) -> str | None:
@@ -89,6 +99,19 @@ def decode_images(vae_params: dict, tokens, *, cfg: MARConfig, vae_cfg: KL16Conf
         return jnp.clip((img.astype(jnp.float32) + 1) / 2, 0.0, 1.0)
 
     return jax.lax.map(one, tokens)
+
+
+def _tiny_config() -> MARConfig:
+    """`mar-tiny`'s architecture (the packaged recipe.json is authoritative when loaded)."""
+    from arvg_jax.families.mar.train._recipe import MARTinyRecipe
+
+    return MARTinyRecipe.default().mar
+
+
+def _tiny_tokenizer_config() -> KL16Config:
+    from arvg_jax.families.mar.train._recipe import MARTinyRecipe
+
+    return MARTinyRecipe.default().vae
 
 
 def _is_wrapped(state_dict: Mapping[str, Any]) -> bool:
@@ -144,6 +167,13 @@ class MARFamily(Family):
             )
             for short, size in SIZES.items()
         }
+        out["mar-tiny"] = Preset(
+            name="mar-tiny",
+            config=_tiny_config,
+            tokenizer_config=_tiny_tokenizer_config,
+            description="tiny MAR trained on the built-in shapes dataset",
+            packaged=True,
+        )
         out["mar-test"] = Preset(
             name="mar-test",
             config=MARConfig.tiny,
@@ -196,6 +226,9 @@ class MARFamily(Family):
         return params, tok_params
 
     # ---- running ------------------------------------------------------------------------------
+    def demo_sampling(self):
+        return dict(DEMO_SAMPLING)
+
     def sampling_arguments(self, cfg=None):
         from arvg_jax.families.mar.sampler import CFG_SCHEDULES
 
