@@ -14,10 +14,13 @@ Aliasing, as `torch.save` writes views: every conv weight is a view at its own o
 shared storage (neighbouring views overlap), the four batch-norm vectors of a module are views at
 offsets 0, C, 2C, 3C of one storage, and `fc.weight` starts 7 elements into its storage.
 
-Weights are scaled so the untrained net stays healthy (finite, distinct features): the shared
-storage is N(0, 1) and each batch norm divides its conv's output by sqrt(fan_in) (running_var =
-fan_in, i.e. unit-variance inputs assumed), with gamma ~ 1 and beta ~ 0.5 so most units are
-active; `fc.weight` ~ N(0, 0.01^2) keeps the softmax unsaturated (the Inception Score takes log p).
+Weights are scaled so the untrained net stays finite at every layer: the shared storage is
+N(0, 1) and each batch norm divides its conv's output by sqrt(fan_in) (running_var = fan_in, i.e.
+unit-variance inputs assumed), with gamma ~ 1 and beta ~ 0.5 so most units are active;
+`fc.weight` ~ N(0, 0.01^2) keeps the softmax unsaturated (the Inception Score takes log p).
+Uncalibrated running means leave a large common mode: features of different images differ by
+~1e-3 of their norm, so FID is small and IS ~ 1 (enough to test the plumbing, not a realistic
+network; the reference fixture's `eval/inception.pth` calibrates its statistics).
 """
 
 from __future__ import annotations
