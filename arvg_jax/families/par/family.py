@@ -152,7 +152,8 @@ class PARFamily(Family):
         )
 
     def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
-        """{"tokens": int32 [B, N] raster order, "images": float32 [B, 256, 256, 3] in [0, 1]}.
+        """{"tokens": int32 [B, N] raster order, "images": float32 [B, 256, 256, 3] in [0, 1],
+        "finite": bool [B] (the sampler's logits of the image were all finite)}.
 
         `images` is the official uint8 sample / 255 (`imageio.to_uint8` gives its bytes back).
         Image i depends on keys[i] only.
@@ -179,7 +180,11 @@ class PARFamily(Family):
             dtype=options.compute_dtype,
         )
         images = _decode_fn(cfg, tok_cfg)(tok_params, out["tokens"])
-        return {"tokens": layout.par_to_raster(out["tokens"], cfg), "images": images}
+        return {
+            "tokens": layout.par_to_raster(out["tokens"], cfg),
+            "images": images,
+            "finite": out["finite"],
+        }
 
     def teacher_forced_logits(
         self, params, tok_params, cfg, tok_cfg, labels, tokens, *, options, batch=16
