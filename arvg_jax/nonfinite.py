@@ -25,8 +25,12 @@ def locate(model, labels, tokens) -> str:
       One phrase for a one-line message, e.g. "first NaN/Inf in the input of layer
       blocks_1/ffn/fc2 (stage blocks_1) on the teacher-forced forward".
     """
+    import numpy as np
+
     from quant._calibrate import NonFiniteError, collect
 
+    if not np.issubdtype(np.asarray(tokens).dtype, np.integer):  # MAR: continuous tokens
+        return f"the layer was not located ({model.family}'s tokens are continuous: no replay)"
     try:
         adapter = model.quant_adapter()
         batch = model.calibration_batch(labels, tokens)
@@ -39,8 +43,8 @@ def locate(model, labels, tokens) -> str:
         else:
             where = "the embeddings (the inputs of the first stage)"
         return f"first NaN/Inf in {where} on the teacher-forced forward"
-    # No adapter, or tokens its calibration batch cannot take (MAR's continuous tokens): a
-    # diagnostic only, so the message says so instead of failing.
+    # No adapter, or tokens its calibration batch cannot take: a diagnostic only, so the message
+    # says so instead of failing.
     except (NotImplementedError, ValueError, TypeError, AttributeError, KeyError) as e:
         return f"the layer was not located ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
     return "the teacher-forced forward stays finite on these tokens (the sampler's path overflows)"
