@@ -41,9 +41,7 @@ def _official_size_files(preset: str, manifests: pathlib.Path, tmp: pathlib.Path
     import numpy as np
 
     repo = pathlib.Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "_writer", repo / "tests" / "_torch_writer.py"
-    )
+    spec = importlib.util.spec_from_file_location("_writer", repo / "tests" / "_torch_writer.py")
     writer = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = writer  # dataclasses look their module up while it executes
     spec.loader.exec_module(writer)
