@@ -152,8 +152,8 @@ class PARFamily(Family):
         )
 
     def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
-        """{"tokens": int32 [B, N] raster order, "images": float32 [B, 256, 256, 3] in [0, 1],
-        "finite": bool [B] (the sampler's logits of the image were all finite)}.
+        """{"tokens": int32 [B, N] raster order, "images": float32 [B, S, S, 3] in [0, 1]}
+        (S = tok_cfg.image_size_eval, 256 for the releases).
 
         `images` is the official uint8 sample / 255 (`imageio.to_uint8` gives its bytes back).
         Image i depends on keys[i] only.
@@ -180,7 +180,7 @@ class PARFamily(Family):
             dtype=options.compute_dtype,
         )
         images = _decode_fn(cfg, tok_cfg)(tok_params, out["tokens"])
-        return {
+        return {  # and "finite" bool [B]: the sampler's logits of the image were all finite
             "tokens": layout.par_to_raster(out["tokens"], cfg),
             "images": images,
             "finite": out["finite"],

@@ -393,12 +393,13 @@ def run(args) -> int:
 
 def _render(args, report) -> int:
     import json
+    import pathlib
 
-    from arvg_jax import atomic
-
-    docs = [json.loads(open(p).read()) for p in args.from_json]
+    docs = [json.loads(pathlib.Path(p).read_text()) for p in args.from_json]
     doc = report.combine(docs)
     try:
+        from arvg_jax import atomic
+
         atomic.output_dir(args.out_dir)  # with the .arvg marker, as `run` writes it
     except FileExistsError as e:
         print(f"arvg bench: {e}", file=sys.stderr)
