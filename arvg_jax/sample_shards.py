@@ -33,6 +33,7 @@ from arvg_jax import atomic
 IMAGES, LABELS = "arr_0", "arr_1"
 RUN_FILE = "run.json"
 _SHARD = re.compile(r"shard_(\d{5,})\.npz")
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 
 
 def shard_dir(out: str | os.PathLike) -> pathlib.Path:
@@ -123,7 +124,10 @@ def _stream_array(zf: zipfile.ZipFile, key: str, shape, dtype, parts) -> None:
         "fortran_order": False,
         "shape": tuple(shape),
     }
-    with zf.open(key + ".npy", "w", force_zip64=True) as f:
+    # A fixed entry date (zipfile would stamp the current time): the same run writes the same
+    # bytes whenever it ends, so a resumed run's file is byte-identical to an uninterrupted one.
+    info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_DATE)
+    with zf.open(info, "w", force_zip64=True) as f:
         np.lib.format.write_array_header_1_0(f, header)  # a few dozen bytes: 1.0 holds it
         rows = 0
         for part in parts:

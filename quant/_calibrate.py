@@ -76,7 +76,17 @@ class ModelAdapter(Protocol):
 
 
 class NonFiniteError(ValueError):
-    """NaN or Inf in the calibration activations; the message names the layer (or stage)."""
+    """NaN or Inf in the calibration activations; the message names the layer (or stage).
+
+    Attributes:
+      layer: the first layer (forward order) whose input holds NaN / Inf, or None.
+      stage: the stage of that layer, or whose output first holds NaN / Inf; None when the
+        inputs entering the first stage (the embeddings) already do.
+    """
+
+    def __init__(self, message: str, *, layer: str | None = None, stage: str | None = None):
+        super().__init__(message)
+        self.layer, self.stage = layer, stage
 
 
 def _all_finite(tree: Any) -> bool:
@@ -94,12 +104,15 @@ def check_finite(stage: Stage | None, carry: Any, values: Mapping[str, Any] | No
             if name in (values or {}) and not _all_finite(values[name]):
                 raise NonFiniteError(
                     f"calibration: NaN/Inf in the input of layer {name} (stage {stage.name}); "
-                    "the float model overflows on the calibration data"
+                    "the float model overflows on the calibration data",
+                    layer=name,
+                    stage=stage.name,
                 )
     if not _all_finite(carry):
         where = f"the output of stage {stage.name}" if stage else "the calibration inputs"
         raise NonFiniteError(
-            f"calibration: NaN/Inf in {where}; the float model overflows on the calibration data"
+            f"calibration: NaN/Inf in {where}; the float model overflows on the calibration data",
+            stage=stage.name if stage else None,
         )
 
 

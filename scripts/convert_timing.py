@@ -10,7 +10,7 @@ nothing is compiled.
 
 `--official-size PRESET` times a full-size checkpoint without downloading one: random weights
 with every key, shape and dtype of the official manifest (`../shared/reference/manifests`), written
-in the torch.save zip layout by the test suite's torch-free writer (tests/torch_reader_test.py);
+in the torch.save zip layout by the test suite's torch-free writer (tests/_torch_writer.py);
 loading cost depends on sizes and layout, not on the values.
 """
 
@@ -41,9 +41,7 @@ def _official_size_files(preset: str, manifests: pathlib.Path, tmp: pathlib.Path
     import numpy as np
 
     repo = pathlib.Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "_writer", repo / "tests" / "torch_reader_test.py"
-    )
+    spec = importlib.util.spec_from_file_location("_writer", repo / "tests" / "_torch_writer.py")
     writer = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = writer  # dataclasses look their module up while it executes
     spec.loader.exec_module(writer)

@@ -4,14 +4,13 @@ import json
 import pathlib
 
 import numpy as np
-
-from arvg_jax.options import ExecOptions
 import pytest
 
 from arvg_jax import imageio, plot
-from arvg_jax.families.var.bench import build, gemm, profile
 from arvg_jax.cli import main
+from arvg_jax.families.var.bench import build, gemm, profile
 from arvg_jax.families.var.model import VARConfig
+from arvg_jax.options import ExecOptions
 
 
 def _png_pixels(path):
@@ -267,3 +266,23 @@ def test_abstract_param_bytes_equal_the_built_trees():
     }
     assert got == built
     assert got["w8a8"] == got["w6a6"] > got["w4a8"]  # 6-bit codes still take a byte each
+
+
+def test_out_dir_is_marked_and_a_foreign_directory_refused(tmp_path, capsys):
+    """`--out-dir` gets the `.arvg` marker (arvg_jax/atomic.py) like every arvg output, so a
+    rerun and `--overwrite` accept it, while a directory arvg did not write is refused."""
+    from arvg_jax import atomic
+
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", "var-test", "--no-e2e", "--quiet", "--out-dir", str(out)]
+    assert main(argv) == 0  # nothing measured: the (empty) report only
+    assert (out / atomic.MARKER).is_file() and atomic.is_arvg_dir(out)
+    assert (out / "bench.json").is_file()
+    assert main(argv) == 0  # its own directory: written into again
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    capsys.readouterr()
+    assert main([*argv[:-1], str(foreign)]) == 2
+    assert atomic.MARKER in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]

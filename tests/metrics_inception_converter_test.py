@@ -1,7 +1,7 @@
 """Inception weights converter: both FID weight layouts, aliasing storages, key errors.
 
 The .pth files are written torch-free with the torch.save-compatible writer of
-tests/torch_reader_test.py: the fixture's torch-fidelity layout (conv weights and fc.weight as
+tests/_torch_writer.py: the fixture's torch-fidelity layout (conv weights and fc.weight as
 overlapping views into one storage, as reference/eval/inception.pth has them) and the pytorch-fid
 layout (torchvision module order, conv before bn, plus `bn.num_batches_tracked`; one storage per
 tensor, the legacy torch.save format).
@@ -13,8 +13,8 @@ import re
 import jax
 import numpy as np
 import pytest
+from _torch_writer import Storage, Tensor, strides_of, write_legacy, write_zip
 from flax import traverse_util
-from torch_reader_test import Storage, Tensor, strides_of, write_legacy, write_zip
 
 from converters._errors import ConversionError
 from converters.inception import check_manifest, convert_inception, load_inception

@@ -38,10 +38,15 @@ def _one_random_model():
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
+def baseline_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("base") / "samples.npz"
     assert _sample(out, 2) == 0
-    return _load(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def baseline(baseline_file):
+    return _load(baseline_file)
 
 
 def test_adm_layout_and_labels(baseline, tmp_path):
@@ -66,7 +71,9 @@ def test_batch_size_does_not_change_images(baseline, tmp_path):
     np.testing.assert_array_equal(streamed, baseline["arr_0"])
 
 
-def test_ctrl_c_keeps_shards_and_a_rerun_resumes(baseline, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_keeps_shards_and_a_rerun_resumes(
+    baseline, baseline_file, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "s.npz"
     write = sample_shards.write_shard
 
@@ -93,6 +100,60 @@ def test_ctrl_c_keeps_shards_and_a_rerun_resumes(baseline, tmp_path, monkeypatch
     got = _load(out)
     for k in baseline:
         np.testing.assert_array_equal(got[k], baseline[k])
+    assert out.read_bytes() == baseline_file.read_bytes()  # the same file, byte for byte
+
+
+_KILLED_AFTER_SHARD_0 = r"""
+import sys, time
+from arvg_jax import cli, sample_shards
+write = sample_shards.write_shard
+def write_then_hang(directory, index, *a):
+    write(directory, index, *a)
+    if index == 0:
+        time.sleep(600)  # SIGKILLed here: mid-run, no handler runs
+sample_shards.write_shard = write_then_hang
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkilled_process_resumes_to_the_same_file(baseline_file, tmp_path):
+    """A real `arvg sample` process killed with SIGKILL after its first shard (no cleanup runs):
+    the rerun (another batch size) writes an npz byte-identical to an uninterrupted run's."""
+    import pathlib
+    import subprocess
+    import sys
+
+    out = tmp_path / "k.npz"
+    argv = ["sample", "--model", "var-test", "--random-weights", "--num-images", str(N)]
+    argv += ["--per-class", str(PER_CLASS), "--shard-size", str(SHARD), "--batch", "3"]
+    argv += ["--seed", "3", "--quiet", "--out", str(out)]
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_AFTER_SHARD_0, *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first = sample_shards.shard_dir(out) / "shard_00000.npz"
+    try:
+        deadline = time.monotonic() + 300
+        while not first.exists():
+            assert proc.poll() is None, "arvg sample ended before its first shard"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not out.exists()
+    assert sorted(p.name for p in first.parent.glob("shard_*")) == ["shard_00000.npz"]
+    assert _sample(out, 2) == 0
+    assert out.read_bytes() == baseline_file.read_bytes()
+    assert not first.parent.exists()
 
 
 def test_failure_keeps_finished_shards(baseline, tmp_path, monkeypatch):

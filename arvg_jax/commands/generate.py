@@ -172,8 +172,14 @@ def generate_images(
             options=options,
             **sampling,
         )
+        finite = np.asarray(out.get("finite", True))
+        if not finite.all():  # NaN logits still give tokens: refuse before any image is kept
+            bad = np.flatnonzero(~np.broadcast_to(finite, padded.shape)[: len(chunk)])
+            bar.close()  # its last draw goes before the message, not after it
+            raise NonFiniteImages(_nonfinite_message(model, start + lo, chunk, bad, out["tokens"]))
         images.append(np.asarray(out["images"])[: len(chunk)])
         if not np.isfinite(images[-1]).all():
+            bar.close()
             raise NonFiniteImages(
                 f"images {start + lo}-{start + lo + len(chunk) - 1}: the generated images hold "
                 "NaN/Inf (the model's activations overflowed; check the weights and settings)"
@@ -184,6 +190,21 @@ def generate_images(
             on_batch(len(chunk))
     bar.close()
     return np.concatenate(images), np.concatenate(tokens), labels
+
+
+def _nonfinite_message(model, first: int, labels, bad, tokens) -> str:
+    """One line: which images went non-finite while sampling, and the first non-finite layer
+    of the family's teacher-forced forward on them (`arvg_jax.nonfinite.locate`)."""
+    import numpy as np
+
+    from arvg_jax import nonfinite
+
+    where = nonfinite.locate(model, np.asarray(labels)[bad], np.asarray(tokens)[bad])
+    shown = ", ".join(str(first + int(i)) for i in bad[:8]) + (", ..." if len(bad) > 8 else "")
+    return (
+        f"image(s) {shown}: NaN/Inf in the model's logits while sampling (the weights overflow "
+        f"at run time); {where}"
+    )
 
 
 def run(args) -> int:

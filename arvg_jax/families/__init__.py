@@ -156,7 +156,10 @@ class Family:
 
     def generate(self, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
         """Images for class labels: {"tokens": int32 [B, ...], "images": float32 [B, H, W, 3]
-        in [0, 1]}. `keys` holds one PRNG key per image (`image_keys`). The leading arguments are
+        in [0, 1], "finite": bool [B]}. "finite" is False for an image whose logits (MAR: diffusion
+        outputs) held NaN / Inf at some step: its tokens are then meaningless (an argmax or draw
+        over NaN still returns a token); the sampler ANDs one reduction per step into it.
+        `keys` holds one PRNG key per image (`image_keys`). The leading arguments are
         positional-only, so a sampling setting may share a name with one (VAR's `cfg`)."""
         raise NotImplementedError
 

@@ -278,8 +278,9 @@ class MARFamily(Family):
 
         Returns:
             {"tokens": float32 [B, L, D] (continuous MAR tokens: KL-16 latents x 0.2325,
-            patchified), "images": float32 [B, H, W, 3] in [0, 1]}. Image i depends on
-            `keys[i]` only (its order and all its diffusion noise).
+            patchified), "images": float32 [B, H, W, 3] in [0, 1], "finite": bool [B] (all the
+            image's diffusion outputs were finite)}. Image i depends on `keys[i]` only (its
+            order and all its diffusion noise).
         """
         from arvg_jax.families.mar import sampler
 
@@ -301,7 +302,9 @@ class MARFamily(Family):
             dtype=options.compute_dtype,
         )
         images = decode_images(tok_params, tokens, cfg=cfg, vae_cfg=tok_cfg)
-        return {"tokens": tokens.astype(jnp.float32), "images": images}
+        # Every diffusion output lands in `tokens` (each position is drawn once, then kept).
+        finite = jnp.isfinite(tokens).all(axis=(1, 2))
+        return {"tokens": tokens.astype(jnp.float32), "images": images, "finite": finite}
 
     def teacher_forced_logits(
         self, params, tok_params, cfg, tok_cfg, labels, tokens, *, options, batch=16

@@ -230,7 +230,11 @@ class PARFamily(Family):
             dtype=options.compute_dtype,
         )
         images = _decode_fn(cfg, tok_cfg)(tok_params, out["tokens"])
-        return {"tokens": layout.par_to_raster(out["tokens"], cfg), "images": images}
+        return {  # and "finite" bool [B]: the sampler's logits of the image were all finite
+            "tokens": layout.par_to_raster(out["tokens"], cfg),
+            "images": images,
+            "finite": out["finite"],
+        }
 
     def teacher_forced_logits(
         self, params, tok_params, cfg, tok_cfg, labels, tokens, *, options, batch=16

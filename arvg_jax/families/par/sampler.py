@@ -173,9 +173,12 @@ def _generate_impl(
     def dup(x: Array) -> Array:
         return jnp.concatenate([x, x]) if use_cfg else x
 
-    def record(state, p, s, start):
-        """Writes tokens, margins and first logits of pass p (sampler input s [B, L, V])."""
-        tokens, margins, first = state
+    def record(state, p, s, start, logits):
+        """Writes tokens, margins and first logits of pass p (sampler input s [B, L, V]) and
+        ANDs into each image's flag whether its model logits [rows, L, V] were all finite (NaN
+        logits still give a token: argmax / categorical of NaN)."""
+        tokens, margins, first, finite = state
+        finite = finite & jnp.isfinite(logits).reshape(-1, b, logits[0].size).all(axis=(0, 2))
         subs = jax.vmap(lambda k: jax.random.fold_in(k, p))(keys)  # [B]: image i's pass p
         t = _draw(subs, s, top_k=top_k, top_p=top_p, greedy=greedy)  # [B, L]
         tokens = lax.dynamic_update_slice_in_dim(tokens, t, start, axis=1)
@@ -184,7 +187,7 @@ def _generate_impl(
         if return_first_logits:
             upd = lax.dynamic_update_slice_in_dim(first, s, jnp.minimum(start, a), axis=1)
             first = jnp.where(start < 2 * a, upd, first)
-        return tokens, margins, first
+        return tokens, margins, first, finite
 
     tokens = jnp.zeros((b, n), jnp.int32)
     margins = jnp.zeros((b, n) if return_margin else (0,), jnp.float32)
@@ -199,7 +202,7 @@ def _generate_impl(
         x = jnp.where(j == 0, x_cls, x_tok)  # prefill feeds the class embedding
         logits, caches = apply(x, caches, j, method=PAR.decode)
         s = sampler_input(logits, (j == 0) | cfg_active(j - 1))
-        return caches, record(state, j, s, j)
+        return caches, record(state, j, s, j, logits)
 
     def parallel(m, carry):
         caches, state = carry
@@ -210,12 +213,12 @@ def _generate_impl(
         x = jnp.where(m == 0, x_bridge, x_tok)
         logits, caches = apply(x, caches, start, method=PAR.decode)
         s = sampler_input(logits, cfg_active(m * a))
-        return caches, record(state, a + m, s, start)
+        return caches, record(state, a + m, s, start, logits)
 
-    state = (tokens, margins, first)
+    state = (tokens, margins, first, jnp.ones((b,), bool))
     caches, state = lax.fori_loop(0, a, sequential, (caches, state))
     _, state = lax.fori_loop(0, (n - a) // a, parallel, (caches, state))
-    out = {"tokens": state[0]}
+    out = {"tokens": state[0], "finite": state[3]}
     if return_margin:
         out["top2_margin"] = state[1]
     if return_first_logits:
@@ -263,7 +266,9 @@ def generate(
             tokens 0 .. 2A-1 (the A one-token passes and the first parallel pass).
 
     Returns:
-        {"tokens": int32 [B, N] in PAR order (`layout.par_to_raster` for the decoder), ...}.
+        {"tokens": int32 [B, N] in PAR order (`layout.par_to_raster` for the decoder),
+        "finite": bool [B] (every model logit of the image's cond and uncond rows was finite;
+        one reduction per pass), ...}.
     """
     use_cfg = float(cfg_scale) > 1.0
     labels = jnp.asarray(labels)

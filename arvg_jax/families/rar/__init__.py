@@ -157,7 +157,7 @@ class RARFamily(Family):
             vq_cfg=tok_cfg,
             dtype=options.compute_dtype,
         )
-        return {"tokens": out["tokens"], "images": out["images"]}
+        return {"tokens": out["tokens"], "images": out["images"], "finite": out["finite"]}
 
     def sampling_defaults_for(self, cfg) -> dict:
         return {a.name: a.default for a in self.sampling_arguments(cfg) if a.name != "greedy"}

@@ -99,6 +99,9 @@ def _generate_impl(
 
         state = dict(state)
         state["tokens"] = put(state["tokens"], tok, valid)
+        # NaN logits still give a token (argmax / categorical of NaN): flag the image instead.
+        rows_ok = jnp.isfinite(logits_last).reshape(-1, b, logits_last.shape[-1]).all(axis=(0, 2))
+        state["finite"] = state["finite"] & (rows_ok | ~valid)
         state["top2_margin"] = put(state["top2_margin"], top2_margin(mixed), valid)
         if record:
             keep = valid & (step < record)
@@ -113,6 +116,7 @@ def _generate_impl(
     state = {
         "tokens": jnp.zeros((b, n), jnp.int32),
         "top2_margin": jnp.zeros((b, n), jnp.float32),
+        "finite": jnp.ones((b,), bool),  # every logit of the image's rows was finite
     }
     if record:
         state["logits_first"] = jnp.zeros((b, record, v), jnp.float32)
@@ -185,7 +189,8 @@ def generate(
 
     Returns:
         {"tokens": int32 [B, n] (raster), "top2_margin": float32 [B, n] (top-1 minus top-2 of
-        the sampler input at each step), "images": float32 [B, H, W, 3] in [0, 1] when decoding,
+        the sampler input at each step), "finite": bool [B] (every logit of the image's cond and
+        uncond rows was finite: one reduction per step), "images": float32 [B, H, W, 3] in [0, 1] when decoding,
         and with record_steps: "logits_first" [B, R, V] (the softmax input: CFG-mixed logits /
         temperature), "cond_logits_first" [B, R, V] (raw logits of the conditional rows) and,
         under CFG, "uncond_logits_first" [B, R, V]}.

@@ -72,6 +72,9 @@ def _generate_impl(
     side = var_cfg.patch_nums[-1]
     f_hat = jnp.zeros((b, side, side, var_cfg.cvae), jnp.float32)
     tokens, margins = [], []
+    # Per image: were all its logits (cond and uncond rows, every scale) finite? NaN logits still
+    # give tokens (argmax / categorical of NaN), so the caller needs this to refuse the images.
+    finite = jnp.ones((b,), bool)
     for si in range(k_scales):
         if stacked:
             x_out, kc, vc = _scan_blocks(var_cfg, opts, blocks, mods_all, x, kc, vc, si)
@@ -85,6 +88,7 @@ def _generate_impl(
             )
         else:
             logits, caches = model.apply(variables, x, ada, cond, caches, si=si, method=VAR.step)
+        finite &= jnp.isfinite(logits).reshape(2, b, -1).all(axis=(0, 2))  # one reduction
         one_plus_t, t = cfg_weights[si, 0], cfg_weights[si, 1]
         mixed = sampling.cfg_mix(logits[:b], logits[b:], t, one_plus_t=one_plus_t)  # [B, l, V]
         if return_margin:
@@ -111,6 +115,7 @@ def _generate_impl(
     out = {
         "tokens": jnp.concatenate(tokens, axis=1),
         "images": (jnp.clip(img, -1.0, 1.0) + 1) * 0.5,
+        "finite": finite,
     }
     if return_margin:
         out["top2_margin"] = jnp.concatenate(margins, axis=1)
@@ -278,7 +283,8 @@ def generate(
 
     Returns:
         {"tokens": int32 [B, L] (scales concatenated), "images": float32 [B, H, W, 3] in [0, 1],
-        and "top2_margin": float32 [B, L] when asked}.
+        "finite": bool [B] (every logit of the image's cond and uncond rows was finite), and
+        "top2_margin": float32 [B, L] when asked}.
     """
     if tuple(var_cfg.patch_nums) != tuple(vae_cfg.patch_nums):
         raise ValueError(f"patch_nums differ: VAR {var_cfg.patch_nums}, VQVAE {vae_cfg.patch_nums}")

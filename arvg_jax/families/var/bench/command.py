@@ -184,6 +184,7 @@ def run(args) -> int:
 
     import jax
 
+    from arvg_jax import atomic
     from arvg_jax.families.var.bench import build, e2e, gemm, profile, report
     from arvg_jax.families.var.model import attn_prologue_impl
     from arvg_jax.models import resolve_configs
@@ -200,11 +201,12 @@ def run(args) -> int:
         gemm_scales = _ints(args.gemm_scales)
         profile_batches = set(_ints(args.profile_batches)) if args.profile_batches else None
         profile_re = re.compile(args.profile_match) if args.profile_match else None
-    except ValueError as e:
+        atomic.check_output_dir(args.out_dir)  # before any work: new, empty or arvg's own
+    except (ValueError, FileExistsError) as e:
         print(f"arvg bench: {e}", file=sys.stderr)
         return 2
     out_dir = args.out_dir
-    os.makedirs(out_dir, exist_ok=True)
+    atomic.output_dir(out_dir)  # with the .arvg marker, so --overwrite may replace it later
     dev = jax.devices()[0]
     doc = {
         "meta": {
@@ -395,7 +397,13 @@ def _render(args, report) -> int:
 
     docs = [json.loads(pathlib.Path(p).read_text()) for p in args.from_json]
     doc = report.combine(docs)
-    os.makedirs(args.out_dir, exist_ok=True)
+    try:
+        from arvg_jax import atomic
+
+        atomic.output_dir(args.out_dir)  # with the .arvg marker, as `run` writes it
+    except FileExistsError as e:
+        print(f"arvg bench: {e}", file=sys.stderr)
+        return 2
     report.write_json(os.path.join(args.out_dir, "bench.json"), doc)
     with open(os.path.join(args.out_dir, "bench.md"), "w") as f:
         f.write(report.markdown(doc))
