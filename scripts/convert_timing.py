@@ -117,8 +117,9 @@ print(json.dumps({"seconds": seconds, "peak": peak * 1024, "base": base * 1024})
 """
 
 
-def _isolated(op: str, repeat: int, **args) -> dict:
-    """Best wall time and largest peak RSS of `op` over `repeat` fresh processes."""
+def _isolated(op: str, repeat: int, **args) -> dict | None:
+    """Best wall time and largest peak RSS of `op` over `repeat` fresh processes (None: failed,
+    e.g. killed for memory)."""
     import subprocess
 
     runs = []
@@ -130,7 +131,8 @@ def _isolated(op: str, repeat: int, **args) -> dict:
             check=False,
         )
         if res.returncode != 0:
-            raise SystemExit(f"{op} failed (rc {res.returncode}):\n{res.stderr[-3000:]}")
+            print(f"{op} failed (rc {res.returncode}): {res.stderr[-1000:]}", file=sys.stderr)
+            return None
         runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return {
         "seconds": min(r["seconds"] for r in runs),
@@ -144,22 +146,28 @@ def _main_isolated(model, files, config, tmp: pathlib.Path, what: str, repeat: i
     size = sum(f.stat().st_size for f in files)
     common = {"model": model, "files": [str(f) for f in files], "config": config}
     d, st = str(tmp / "var"), str(tmp / "var.safetensors")
-    rows = {
-        "convert the torch files (load_float)": _isolated("load_float", repeat, **common),
-        "arvg convert -> orbax directory": _isolated(
-            "convert", repeat, **common, out=d, fmt="orbax"
+    steps = {
+        "convert the torch files (load_float)": ("load_float", common),
+        "arvg convert -> safetensors file": (
+            "convert",
+            {**common, "out": st, "fmt": "safetensors"},
         ),
-        "arvg convert -> safetensors file": _isolated(
-            "convert", repeat, **common, out=st, fmt="safetensors"
-        ),
-        "load the converted orbax directory": _isolated("load", repeat, out=d),
-        "load the converted safetensors file": _isolated("load", repeat, out=st),
+        "load the converted safetensors file": ("load", {"out": st}),
+        "arvg convert -> orbax directory": ("convert", {**common, "out": d, "fmt": "orbax"}),
+        "load the converted orbax directory": ("load", {"out": d}),
     }
     print(f"{what}: torch files {size / 1e9:.2f} GB; best of {repeat}, one process per run")
     print(f"  {'':<40} {'wall s':>8} {'peak RSS GB':>12} {'(peak-imports)/file':>20}")
-    for name, r in rows.items():
+    for name, (op, args) in steps.items():
+        r = _isolated(op, repeat, **args)
+        if r is None:
+            print(f"  {name:<40} failed", flush=True)
+            continue
         ratio = (r["peak"] - r["base"]) / size
-        print(f"  {name:<40} {r['seconds']:8.1f} {r['peak'] / 1e9:12.2f} {ratio:19.2f}x")
+        print(
+            f"  {name:<40} {r['seconds']:8.1f} {r['peak'] / 1e9:12.2f} {ratio:19.2f}x",
+            flush=True,
+        )
 
 
 def main() -> None:
