@@ -16,7 +16,8 @@ loading cost depends on sizes and layout, not on the values.
 
 `--isolated` runs each step (convert on the fly, `arvg convert` to orbax and to safetensors, load
 each) in its own process and reports its peak RSS next to the file size: what a 24 GB machine
-needs. Run it with `PYTHONPATH` at another checkout to measure that checkout's code.
+needs. Run it with `PYTHONPATH` at another checkout to measure that checkout's code (the steps
+run with `python -P`, so the working directory does not shadow it).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _isolated(op: str, repeat: int, **args) -> dict | None:
     runs = []
     for _ in range(repeat):
         res = subprocess.run(
-            [sys.executable, "-c", _CHILD, op, json.dumps(args)],
+            [sys.executable, "-P", "-c", _CHILD, op, json.dumps(args)],
             capture_output=True,
             text=True,
             check=False,

@@ -141,9 +141,14 @@ print(json.dumps({"params": param_bytes, "load_float": load_peak, "convert": con
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
 def test_converting_peaks_under_one_and_a_half_copies_of_the_params(reference):
     ref = reference("var")
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "JAX_PLATFORMS": "cpu"}
+    from conftest import REPO
+
+    # The checkout under test, whatever the working directory (-P: not shadowed by it).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    env["JAX_PLATFORMS"] = "cpu"
     res = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(ref)],
+        [sys.executable, "-P", "-c", _CHILD, str(ref)],
         capture_output=True,
         text=True,
         env=env,
