@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pathlib
 import time
@@ -117,12 +118,42 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _store_dtype(a: np.ndarray, dtype: str) -> np.ndarray:
-    """Floating leaves in the storage dtype; integer and bool leaves keep theirs."""
-    a = np.asarray(a)
-    if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16":
-        return a.astype(np.dtype(dtype) if dtype == "float32" else _bf16())
-    return a
+def _stored_dtype(dtype: np.dtype, storage: str) -> np.dtype:
+    """The dtype a leaf is stored in: floating leaves in `storage`; integer and bool keep theirs."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16":
+        return np.dtype(storage) if storage == "float32" else _bf16()
+    return dtype
+
+
+class _Stored:
+    """A leaf as it will be stored: shape and dtype now, the array (cast) only on `np.asarray`.
+
+    Writers take the leaves one at a time, so a bfloat16 copy of the tree never exists at once and
+    a float32 leaf is not copied at all (`astype(copy=False)` of the zero-copy host view)."""
+
+    __slots__ = ("_value", "dtype", "shape")
+
+    def __init__(self, value, storage: str):
+        self._value = value
+        self.shape = tuple(value.shape)
+        self.dtype = _stored_dtype(value.dtype, storage)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        del copy
+        a = np.asarray(self._value).astype(self.dtype, copy=False)
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def for_orbax(self):
+        """The leaf as a jax array: orbax stages a host copy of a numpy leaf on top of the one it
+        makes for a jax array (measured: 2.0x against 0.9x the tree's bytes), so the converted
+        jax arrays go as they are and a bfloat16 cast is made on the jax side."""
+        import jax
+        import jax.numpy as jnp
+
+        if isinstance(self._value, jax.Array) and self._value.dtype == self.dtype:
+            return self._value
+        return jnp.asarray(np.asarray(self))
 
 
 def _dir_bytes(path: pathlib.Path) -> int:
@@ -148,37 +179,48 @@ def write_safetensors(
     """Writes `arrays` as one `.safetensors` file, atomically; returns its size in bytes.
 
     The header (8-byte little-endian length, JSON, space-padded to a multiple of 8) lists the
-    tensors in the given order, contiguous and gap-free; `metadata` must map str to str.
+    tensors in the given order, contiguous and gap-free; `metadata` must map str to str. The
+    header is made from each value's `shape` and `dtype`; the values (arrays, or array-likes that
+    make their array on `np.asarray`, as `save`'s cast leaves) are then written one at a time
+    from their own buffers, so writing holds no copy of the tree.
     """
     from converters.safetensors_reader import DTYPES as ST_DTYPES
 
     names = {dt: name for name, dt in ST_DTYPES.items()}
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     offset = 0
-    prepared = []
     for key, value in arrays.items():
-        a = np.ascontiguousarray(value)
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
-        tag = names.get(a.dtype)
+        dtype = np.dtype(value.dtype)
+        dtype = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+        tag = names.get(dtype)
         if tag is None:
-            raise TypeError(f"{key}: dtype {a.dtype} has no safetensors name")
+            raise TypeError(f"{key}: dtype {value.dtype} has no safetensors name")
+        nbytes = math.prod(value.shape) * dtype.itemsize
         header[key] = {
             "dtype": tag,
-            "shape": list(a.shape),
-            "data_offsets": [offset, offset + a.nbytes],
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + nbytes],
         }
-        offset += a.nbytes
-        prepared.append(a)
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
 
     def writer(tmp):
+        # One leaf at a time, written from its own buffer: no copy of the tree, no bytes copy.
         with open(tmp, "wb") as f:
             f.write(len(raw).to_bytes(8, "little"))
             f.write(raw)
-            for a in prepared:
-                f.write(a.tobytes())
+            for key, value in arrays.items():
+                a = np.ascontiguousarray(value)
+                if a.dtype.byteorder == ">":
+                    a = a.astype(a.dtype.newbyteorder("<"))
+                if [a.nbytes, list(a.shape)] != [
+                    header[key]["data_offsets"][1] - header[key]["data_offsets"][0],
+                    header[key]["shape"],
+                ]:
+                    raise ValueError(f"{key}: changed while being written")
+                f.write(a.reshape(-1).view(np.uint8).data)
+                del a
 
     atomic.write(path, writer)
     return 8 + len(raw) + offset
@@ -225,7 +267,7 @@ def save(
     atomic.check_replaceable(out, overwrite, ours=written_by_arvg)
     trees = {"params": model.params, "tokenizer": model.vae_params}
     stored = {
-        part: {k: _store_dtype(v, dtype) for k, v in _flatten(tree).items()}
+        part: {k: _Stored(v, dtype) for k, v in _flatten(tree).items()}
         for part, tree in trees.items()
         if tree is not None
     }
@@ -252,7 +294,7 @@ def save(
 
     def writer(tmp: pathlib.Path) -> None:
         for part, flat in stored.items():
-            _save_orbax(tmp / part, _unflatten(flat))
+            _save_orbax(tmp / part, _unflatten({k: a.for_orbax() for k, a in flat.items()}))
             if progress is not None:
                 progress.update(postfix=part)
         # Every file orbax wrote, with its size: a truncated copy is named before orbax reads it.
@@ -377,37 +419,29 @@ def convert(
 def _from_files(model, ckpt, vae, config, ckpt_key, allow_nonfinite, bar):
     """Reads and converts the official files, one progress step each (read, convert, hash)."""
     from arvg_jax import models
-    from converters import check_finite
 
     if vae is None:
         raise ValueError(f"--model {model} needs --vae (the official tokenizer checkpoint)")
     fam, cfg, tok_cfg = models.resolve_configs(model, config)
     keys: dict[str, int | None] = {}
-    sd = models.read_state_dict(ckpt, ckpt_key, fam.checkpoint_keys)
-    check_finite(sd, ckpt, allow_nonfinite=allow_nonfinite)
-    keys["params"] = len(sd)
-    bar.update(postfix="read ckpt")
-    params = models._convert(fam.convert, ckpt, sd, cfg, "transformer (--ckpt)", model)
-    del sd
-    bar.update(postfix="convert ckpt")
+    # Streamed: each torch tensor is read, checked finite and freed as its leaf is made, so the
+    # peak is about one copy of the params (`models.convert_file`).
+    params, keys["params"] = models.convert_transformer(
+        fam, ckpt, cfg, model, ckpt_key, allow_nonfinite
+    )
+    bar.update(2, postfix="convert ckpt")
     if is_converted(vae):
         tok = load(vae)
         if tok.vae_params is None:
             raise ConvertedCheckpointError(f"{vae}: holds no tokenizer params")
         vae_params, keys["tokenizer"] = tok.vae_params, None
         vae_source = tok.source.get("vae")
-        bar.update(2, postfix="tokenizer")
     else:
-        vae_sd = models.read_state_dict(vae, None, fam.tokenizer_checkpoint_keys)
-        check_finite(vae_sd, vae, allow_nonfinite=allow_nonfinite)
-        keys["tokenizer"] = len(vae_sd)
-        bar.update(postfix="read vae")
-        vae_params = models._convert(
-            fam.convert_tokenizer, vae, vae_sd, tok_cfg, "tokenizer (--vae)", model
+        vae_params, keys["tokenizer"] = models.convert_tokenizer(
+            fam, vae, tok_cfg, model, allow_nonfinite
         )
-        del vae_sd
         vae_source = _source(vae)
-        bar.update(postfix="convert vae")
+    bar.update(2, postfix="tokenizer")
     sources = {"ckpt": _source(ckpt, ckpt_key), "vae": vae_source}
     bar.update(postfix="sha256")
     m = models.Model(fam.name, cfg, params, tok_cfg, vae_params, name=model, source=sources)

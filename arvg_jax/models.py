@@ -190,29 +190,90 @@ def _convert(convert, path, state_dict, cfg, what: str, model: str):
         ) from None
 
 
-def read_state_dict(path, key: str | None, default_keys: tuple[str, ...]):
+def read_state_dict(path, key: str | None, default_keys: tuple[str, ...], *, stream: bool = False):
     """The state dict of `path`: entry `key`, or for a wrapped file without one the first of the
-    family's official entries that it holds (e.g. MAR's "model_ema")."""
+    family's official entries that it holds (e.g. MAR's "model_ema").
+
+    `stream=True` reads no tensor yet: a `converters.StreamedStateDict` (shapes only; each tensor
+    is read, checked finite and released as a converter takes it; see `convert_file`)."""
     import sys
 
-    from converters import CheckpointError, load_state_dict
+    from converters import CheckpointError, load_state_dict, open_state_dict
 
+    read = open_state_dict if stream else load_state_dict
     if key is not None or not default_keys:
-        return load_state_dict(path, key=key)
+        return read(path, key=key)
     try:
-        return load_state_dict(path)
+        return read(path)
     except CheckpointError as e:
         if "wrapped checkpoint" not in str(e):
             raise
         for k in default_keys:
             try:
-                sd = load_state_dict(path, key=k)
+                sd = read(path, key=k)
             except CheckpointError:
                 continue
-            print(f"{path}: reading entry {k!r} (the official choice; --ckpt-key picks another)",
-                  file=sys.stderr)
+            print(
+                f"{path}: reading entry {k!r} (the official choice; --ckpt-key picks another)",
+                file=sys.stderr,
+            )
             return sd
         raise
+
+
+def convert_file(
+    convert,
+    path,
+    cfg,
+    *,
+    key: str | None,
+    default_keys: tuple[str, ...],
+    what: str,
+    model: str,
+    allow_nonfinite: bool = False,
+) -> tuple[dict, int]:
+    """Converts one official checkpoint file tensor by tensor; returns (params, keys in the file).
+
+    Peak host memory is the converted params plus about one tensor: the file is opened lazily
+    (`converters.StreamedStateDict`), each tensor read, checked for NaN / Inf (unless
+    `allow_nonfinite`) and freed as its leaf is made. Refusals are those of reading the whole file
+    first: `CheckpointError` (unreadable, non-finite) or `ConversionError` (does not fit).
+    """
+    from converters import StreamedStateDict
+
+    lazy = read_state_dict(path, key, default_keys, stream=True)
+    sd = StreamedStateDict(lazy, path, allow_nonfinite=allow_nonfinite)
+    params = _convert(convert, path, sd, cfg, what, model)
+    sd.finish()
+    return params, len(sd)
+
+
+def convert_transformer(fam: Family, ckpt, cfg, model: str, key=None, allow_nonfinite=False):
+    """(params, keys in the file) of an official transformer checkpoint (`convert_file`)."""
+    return convert_file(
+        fam.convert,
+        ckpt,
+        cfg,
+        key=key,
+        default_keys=fam.checkpoint_keys,
+        what="transformer (--ckpt)",
+        model=model,
+        allow_nonfinite=allow_nonfinite,
+    )
+
+
+def convert_tokenizer(fam: Family, vae, tok_cfg, model: str, allow_nonfinite=False):
+    """(params, keys in the file) of an official tokenizer checkpoint (`convert_file`)."""
+    return convert_file(
+        fam.convert_tokenizer,
+        vae,
+        tok_cfg,
+        key=None,
+        default_keys=fam.tokenizer_checkpoint_keys,
+        what="tokenizer (--vae)",
+        model=model,
+        allow_nonfinite=allow_nonfinite,
+    )
 
 
 def load_float(
@@ -236,7 +297,6 @@ def load_float(
       ConvertedCheckpointError: a foreign, truncated or mismatched converted checkpoint.
     """
     from arvg_jax import conversion
-    from converters import check_finite
 
     if conversion.is_converted(ckpt):
         return _load_converted(model, ckpt, vae, config_path, key, allow_nonfinite)
@@ -245,10 +305,7 @@ def load_float(
     if model is None:
         raise ValueError(f"{ckpt}: an official checkpoint needs --model (a preset or a family)")
     fam, cfg, tok_cfg = resolve_configs(model, config_path)
-    sd = read_state_dict(ckpt, key, fam.checkpoint_keys)
-    check_finite(sd, ckpt, allow_nonfinite=allow_nonfinite)
-    params = _convert(fam.convert, ckpt, sd, cfg, "transformer (--ckpt)", model)
-    del sd
+    params, _ = convert_transformer(fam, ckpt, cfg, model, key, allow_nonfinite)
     if vae is None:
         raise ValueError(f"--model {model} needs --vae (the tokenizer checkpoint)")
     vae_params = _tokenizer(fam, tok_cfg, vae, model, allow_nonfinite)
@@ -266,7 +323,6 @@ def load_float(
 def _tokenizer(fam: Family, tok_cfg, vae, model: str, allow_nonfinite: bool) -> dict:
     """Tokenizer params of `vae`: an official checkpoint, or a converted one of the same config."""
     from arvg_jax import conversion
-    from converters import check_finite
 
     if conversion.is_converted(vae):
         tok = conversion.load(vae)
@@ -277,9 +333,7 @@ def _tokenizer(fam: Family, tok_cfg, vae, model: str, allow_nonfinite: bool) -> 
                 f"{vae}: its tokenizer ({tok.family}) does not fit --model {model}"
             )
         return tok.vae_params
-    vae_sd = read_state_dict(vae, None, fam.tokenizer_checkpoint_keys)
-    check_finite(vae_sd, vae, allow_nonfinite=allow_nonfinite)
-    return _convert(fam.convert_tokenizer, vae, vae_sd, tok_cfg, "tokenizer (--vae)", model)
+    return convert_tokenizer(fam, vae, tok_cfg, model, allow_nonfinite)[0]
 
 
 def _load_converted(model, ckpt, vae, config_path, key, allow_nonfinite) -> Model:

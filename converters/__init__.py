@@ -3,12 +3,14 @@
 from converters._errors import CheckpointError, ConversionError
 from converters._finite import NonFinite, check_finite, find_nonfinite
 from converters._identify import Identification, identify, mismatch_report
+from converters._stream import StreamedStateDict, StreamedTensor
 from converters.torch_reader import (
     LazyTensor,
     PickledNamespace,
     load_state_dict,
     open_state_dict,
     read_checkpoint,
+    stream_state_dict,
 )
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "LazyTensor",
     "NonFinite",
     "PickledNamespace",
+    "StreamedStateDict",
+    "StreamedTensor",
     "check_finite",
     "find_nonfinite",
     "identify",
@@ -25,4 +29,5 @@ __all__ = [
     "mismatch_report",
     "open_state_dict",
     "read_checkpoint",
+    "stream_state_dict",
 ]

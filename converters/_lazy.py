@@ -236,3 +236,67 @@ class Loader:
         # Overlapping strides (e.g. a saved `expand()`) could describe far more elements than
         # the file holds; keep those as a read-only view instead of copying.
         return np.array(view, order="C") if _non_overlapping(shape, strides) else view
+
+
+# --------------------------------------------------------------------------- one tensor at a time
+
+_READ_STEP = 1 << 28  # bytes per read(2): Linux caps a single read near 2 GiB
+
+
+def _read_exact(fh: BinaryIO, offset: int, out: np.ndarray, key: str) -> None:
+    """Fills the C-contiguous `out` with the file's bytes at `offset`, in place (no copies)."""
+    raw = out.reshape(-1).view(np.uint8)
+    fh.seek(offset)
+    pos = 0
+    while pos < raw.size:
+        got = fh.readinto(raw[pos : pos + _READ_STEP])
+        if not got:
+            raise Invalid(f"file changed or truncated: storage {show(key)!r} is short")
+        pos += got
+
+
+def read_owned(tensor: LazyTensor, fh: BinaryIO) -> np.ndarray:
+    """Reads one tensor into an array of its own, reading only its bytes.
+
+    Unlike `Loader`, nothing is cached and nothing is shared with other tensors, so the array is
+    freed as soon as its user drops it: a converter can walk a state dict holding one tensor at a
+    time. A contiguous tensor of an uncompressed storage is read straight into the result (no
+    intermediate bytes); a strided one reads the span it covers and copies it to C order; a
+    compressed storage (never written by torch) is inflated whole, then the tensor copied out.
+    Overlapping strides (a saved `expand()`) stay a read-only view, as in `Loader`.
+    """
+    storage, source = tensor.storage, tensor.storage.source
+    shape, strides, offset, dtype = tensor.shape, tensor.strides, tensor.offset, tensor.dtype
+    if 0 in shape:
+        return np.zeros(shape, dtype)
+    needed = extent(offset, shape, strides)
+    itemsize = dtype.itemsize
+    if needed > storage.numel:  # re-checked: never read out of bounds
+        raise Invalid(f"tensor exceeds storage {show(storage.key)!r}")
+    contiguous = _is_contiguous(shape, strides)
+    if storage.key in source.spans:
+        file_offset, nbytes = source.spans[storage.key]
+        first = storage.start + offset * itemsize
+        if storage.start + storage.numel * itemsize > nbytes:
+            raise Invalid(f"storage {show(storage.key)!r} is shorter than its tensors")
+        if contiguous:
+            out = np.empty(shape, dtype)
+            _read_exact(fh, file_offset + first, out, storage.key)
+            return out.byteswap(inplace=True) if source.big_endian else out
+        flat = np.empty(needed - offset, dtype)
+        _read_exact(fh, file_offset + first, flat, storage.key)
+    else:
+        buf = source.read(storage.key, fh)
+        if storage.start + storage.numel * itemsize > len(buf):
+            raise Invalid(f"storage {show(storage.key)!r} is shorter than its tensors")
+        flat = np.frombuffer(buf, dtype, needed - offset, storage.start + offset * itemsize)
+        if contiguous:
+            out = flat.reshape(shape).copy()
+            return out.byteswap(inplace=True) if source.big_endian else out
+        flat = flat.copy()  # owned and writable; `buf` goes with this function
+    if source.big_endian:
+        flat.byteswap(inplace=True)
+    view = np.lib.stride_tricks.as_strided(
+        flat, shape, [s * itemsize for s in strides], writeable=False
+    )
+    return np.array(view, order="C") if _non_overlapping(shape, strides) else view

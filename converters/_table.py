@@ -142,7 +142,7 @@ def convert(
     unexpected = sorted(
         k for k in sources if k not in used and not any(re.fullmatch(p, k) for p in ignored)
     )
-    misshaped, out = [], {}
+    misshaped, fitting = [], []
     for path, keys, hook_name, target in plan:
         hook = hooks[hook_name]
         src_shapes = ", ".join(f"{k} {tuple(sources[k].shape)}" for k in keys)
@@ -156,11 +156,7 @@ def convert(
                 f"{src_shapes} -> {path}: got {tuple(got.shape)}, expected {tuple(target.shape)}"
             )
             continue
-        if convert:
-            # numpy in, numpy out (see the hooks); one device_put per leaf, nothing compiled.
-            out[path] = jnp.asarray(hook(*(np.asarray(sources[k]) for k in keys)))
-        else:
-            out[path] = got
+        fitting.append((path, keys, hook, got))
     if missing or unexpected or misshaped:
         parts = []
         if missing:
@@ -170,4 +166,10 @@ def convert(
         if misshaped:
             parts.append(f"mis-shaped keys: {misshaped}")
         raise ConversionError(f"{what} does not fit: " + "; ".join(parts))
+    # Only a file that fits is read, one leaf at a time: a streamed state dict
+    # (`converters.stream_state_dict`) reads each torch tensor here and frees it with the leaf.
+    out = {}
+    for path, keys, hook, got in fitting:
+        # numpy in, numpy out (see the hooks); one device_put per leaf, nothing compiled.
+        out[path] = jnp.asarray(hook(*(np.asarray(sources[k]) for k in keys))) if convert else got
     return traverse_util.unflatten_dict(out, sep="/")

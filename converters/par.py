@@ -87,7 +87,7 @@ def _plan(sources: Mapping[str, Any], cfg: PARConfig):
 
 def _check(sources: Mapping[str, Any], cfg: PARConfig, *, convert: bool) -> dict:
     plan, missing, unexpected = _plan(sources, cfg)
-    misshaped, out = [], {}
+    misshaped, fitting = [], []
     for path, key, hook_name, target in plan:
         hook = HOOKS[hook_name]
         src = sources[key]
@@ -103,7 +103,7 @@ def _check(sources: Mapping[str, Any], cfg: PARConfig, *, convert: bool) -> dict
                 f"but {path} is {tuple(target.shape)}"
             )
             continue
-        out[path] = hook(np.asarray(src)) if convert else got
+        fitting.append((path, src, hook, got))
     if missing or unexpected or misshaped:
         lines = [f"PAR state dict does not fit {cfg}:"]
         for title, items in (
@@ -114,6 +114,8 @@ def _check(sources: Mapping[str, Any], cfg: PARConfig, *, convert: bool) -> dict
             if items:
                 lines.append(f"  {title} ({len(items)}): " + "; ".join(items))
         raise ConversionError("\n".join(lines))
+    # Only a file that fits is read, one leaf at a time (a streamed state dict frees each tensor).
+    out = {path: hook(np.asarray(src)) if convert else got for path, src, hook, got in fitting}
     return traverse_util.unflatten_dict(out, sep="/")
 
 

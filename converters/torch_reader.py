@@ -37,6 +37,7 @@ from converters._lazy import (
     refusals,
 )
 from converters._legacy import read_legacy
+from converters._stream import StreamedStateDict
 from converters._tree import convert, select
 from converters._unpickle import PickledNamespace
 from converters._zip import read_zip
@@ -47,6 +48,7 @@ __all__ = [
     "load_state_dict",
     "open_state_dict",
     "read_checkpoint",
+    "stream_state_dict",
 ]
 
 
@@ -152,3 +154,19 @@ def load_state_dict(path: str | os.PathLike, *, key: str | None = None) -> dict[
         state = select(convert(_read_lazy(path), lambda t: t, {}), key)
         with contextlib.closing(Loader()) as loader:
             return {k: loader(v) for k, v in state.items()}
+
+
+def stream_state_dict(
+    path: str | os.PathLike, *, key: str | None = None, allow_nonfinite: bool = False
+) -> StreamedStateDict:
+    """Like `load_state_dict`, but each tensor is read only when a converter asks for it.
+
+    `np.asarray(sd[name])` reads that one tensor into an array of its own and checks it for
+    NaN / Inf (unless `allow_nonfinite`); nothing is kept, so converting a file this way holds one
+    torch tensor at a time. Call `sd.finish()` after converting to check the tensors never read.
+
+    Raises:
+        CheckpointError: As `load_state_dict` (on opening); on a read, an unreadable file or
+            non-finite values (the message of `check_finite`).
+    """
+    return StreamedStateDict(open_state_dict(path, key=key), path, allow_nonfinite=allow_nonfinite)

@@ -24,18 +24,20 @@ from converters._errors import ConversionError
 
 
 # ---- hooks: torch tensor(s) -> Flax leaf -----------------------------------------------------
+# Array methods only (as `converters._table`): numpy in, numpy out when converting (no jax dispatch
+# per leaf), tracers in when `jax.eval_shape` validates shapes.
 def _copy(w):
-    return jnp.asarray(w, jnp.float32)
+    return w.astype(np.float32)
 
 
 def _linear_kernel(w):
     """nn.Linear.weight [out, in] -> Dense kernel [in, out]."""
-    return jnp.asarray(w, jnp.float32).T
+    return w.astype(np.float32).T
 
 
 def _squeeze_leading(w):
     """pos_start / pos_1LC (1, l, C) -> [l, C]; ada_gss (1, 1, 6, C) -> [6, C]."""
-    w = jnp.asarray(w, jnp.float32)
+    w = w.astype(np.float32)
     while w.ndim > 2 and w.shape[0] == 1:
         w = w[0]
     return w
@@ -43,12 +45,12 @@ def _squeeze_leading(w):
 
 def _scale_mul(w):
     """scale_mul_1H11 (1, H, 1, 1) -> [H]."""
-    return jnp.asarray(w, jnp.float32).reshape(-1)
+    return w.astype(np.float32).reshape(-1)
 
 
 def _qkv_bias(q_bias, zero_k_bias, v_bias):
     """models/basic_var.py SelfAttention.forward: torch.cat((q_bias, zero_k_bias, v_bias))."""
-    return jnp.concatenate([jnp.asarray(b, jnp.float32) for b in (q_bias, zero_k_bias, v_bias)])
+    return jnp.concatenate([b.astype(np.float32) for b in (q_bias, zero_k_bias, v_bias)])
 
 
 HOOKS: dict[str, Callable[..., Any]] = {
@@ -139,7 +141,7 @@ def _struct(x) -> jax.ShapeDtypeStruct:
 
 def _check(sources: Mapping[str, Any], cfg: VARConfig, *, convert: bool) -> dict:
     plan, missing, unexpected = _plan(sources, cfg)
-    misshaped, out = [], {}
+    misshaped, fitting = [], []
     for path, keys, hook_name, target in plan:
         hook = HOOKS[hook_name]
         src_shapes = ", ".join(f"{k} {tuple(sources[k].shape)}" for k in keys)
@@ -153,7 +155,7 @@ def _check(sources: Mapping[str, Any], cfg: VARConfig, *, convert: bool) -> dict
                 f"{src_shapes} -> {path}: got {tuple(got.shape)}, expected {tuple(target.shape)}"
             )
             continue
-        out[path] = hook(*(sources[k] for k in keys)) if convert else got
+        fitting.append((path, keys, hook, got))
     if missing or unexpected or misshaped:
         parts = []
         if missing:
@@ -163,6 +165,11 @@ def _check(sources: Mapping[str, Any], cfg: VARConfig, *, convert: bool) -> dict
         if misshaped:
             parts.append(f"mis-shaped keys: {misshaped}")
         raise ConversionError(f"VAR state dict does not fit {cfg}: " + "; ".join(parts))
+    # Only a file that fits is read, one leaf at a time: a streamed state dict
+    # (`converters.stream_state_dict`) reads each torch tensor here and frees it with the leaf.
+    out = {}
+    for path, keys, hook, got in fitting:
+        out[path] = jnp.asarray(hook(*(np.asarray(sources[k]) for k in keys))) if convert else got
     return traverse_util.unflatten_dict(out, sep="/")
 
 
