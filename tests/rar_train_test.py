@@ -71,6 +71,21 @@ def test_rar_loss_is_family_teacher_forced_ce_and_decreases():
     assert np.any(np.asarray(state["params"]["blocks_0"]["adaLN_modulation"]["kernel"]))
 
 
+def test_rar_tiny_preset_is_the_recipe_and_packaged():
+    from arvg_jax.families.rar.train import RARTinyRecipe
+
+    preset = FAMILY.presets()["rar-tiny"]
+    recipe = RARTinyRecipe.default()
+    assert preset.packaged and preset.config() == recipe.model
+    assert preset.tokenizer_config() == recipe.tokenizer
+    assert recipe.tokenizer.image_size == 32 and recipe.tokenizer.num_tokens == 64
+    # The demo (and compare) sample the tiny model with its own settings, which are also the
+    # CLI defaults for its config.
+    demo = FAMILY.demo_sampling()
+    assert demo == {**FAMILY.sampling_defaults(recipe.model), "greedy": False}
+    assert demo["guidance_scale"] == recipe.gen_settings[0][1]
+
+
 def _blocky_images(n, seed=0):
     """Images in [-1, 1] with one colour per 2x2 cell (a few codes can represent them)."""
     rng = np.random.default_rng(seed)
