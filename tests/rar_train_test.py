@@ -51,7 +51,7 @@ def test_rar_loss_is_family_teacher_forced_ce_and_decreases():
     # The training loss is the cross-entropy of the family's own teacher-forced logits.
     params0 = jax.tree.map(np.asarray, state["params"])
     cond = CFG.condition_id(jnp.asarray(labels[:8]))
-    loss, _ = rar_loss(params0, CFG, jnp.asarray(tokens[:8]), cond)
+    loss, _ = jax.jit(rar_loss, static_argnums=1)(params0, CFG, jnp.asarray(tokens[:8]), cond)
     logits = FAMILY.teacher_forced_logits(
         params0, None, CFG, None, labels[:8], tokens[:8], options=ExecOptions()
     )
