@@ -185,3 +185,27 @@ def test_quick_recipe_assets_demo_and_compare(tmp_path, monkeypatch):
     model, scorer, _ = C.tiny_setup(settings, "par-tiny")
     result = C.compare(model, scorer, settings)
     assert [r.name for r in result.rows] == [C.FLOAT, "PTQ4ARVG W8A8"]
+
+
+def test_packaged_par_tiny_assets_match_their_configs():
+    from flax import traverse_util
+
+    from arvg_jax import assets
+    from arvg_jax.families.par.family import PARFamily
+    from arvg_jax.families.par.model import abstract_params
+    from arvg_jax.tokenizers import llamagen_vq16
+
+    try:
+        cfg, params, tok_cfg, tok_params, meta = assets.load_family_tiny(PARFamily())
+    except assets.AssetsMissingError as e:
+        pytest.skip(str(e))
+    assert meta["status"] == "complete"
+    assert (cfg, tok_cfg) == (TinyPARRecipe.default().model, TinyPARRecipe.default().tokenizer)
+    tok_abstract = jax.eval_shape(
+        lambda k: llamagen_vq16.init_train_params(tok_cfg, k), jax.random.key(0)
+    )
+    for tree, want in ((params, abstract_params(cfg)), (tok_params, tok_abstract)):
+        got = {k: v.shape for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+        assert got == {k: v.shape for k, v in traverse_util.flatten_dict(want, sep="/").items()}
+    root = assets.family_dir("par")
+    assert sum((root / f).stat().st_size for f in assets.FAMILY_FILES) <= 20 * 2**20

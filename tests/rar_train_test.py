@@ -51,7 +51,7 @@ def test_rar_loss_is_family_teacher_forced_ce_and_decreases():
     # The training loss is the cross-entropy of the family's own teacher-forced logits.
     params0 = jax.tree.map(np.asarray, state["params"])
     cond = CFG.condition_id(jnp.asarray(labels[:8]))
-    loss, _ = rar_loss(params0, CFG, jnp.asarray(tokens[:8]), cond)
+    loss, _ = jax.jit(rar_loss, static_argnums=1)(params0, CFG, jnp.asarray(tokens[:8]), cond)
     logits = FAMILY.teacher_forced_logits(
         params0, None, CFG, None, labels[:8], tokens[:8], options=ExecOptions()
     )
@@ -71,38 +71,64 @@ def test_rar_loss_is_family_teacher_forced_ce_and_decreases():
     assert np.any(np.asarray(state["params"]["blocks_0"]["adaLN_modulation"]["kernel"]))
 
 
-def test_tokenizer_training_matches_inference_and_decreases():
-    rng = np.random.default_rng(0)
-    side = TOK_CFG.resolution
-    # Blocky images in [-1, 1] (one colour per 2x2 cell), so a few codes can represent them.
-    cells = rng.uniform(-1, 1, (48, side // 2, side // 2, 3)).astype(np.float32)
-    images = np.repeat(np.repeat(cells, 2, 1), 2, 2)
+def test_rar_tiny_preset_is_the_recipe_and_packaged():
+    from arvg_jax.families.rar.train import RARTinyRecipe
+
+    preset = FAMILY.presets()["rar-tiny"]
+    recipe = RARTinyRecipe.default()
+    assert preset.packaged and preset.config() == recipe.model
+    assert preset.tokenizer_config() == recipe.tokenizer
+    assert recipe.tokenizer.image_size == 32 and recipe.tokenizer.num_tokens == 64
+    # The demo (and compare) sample the tiny model with its own settings, which are also the
+    # CLI defaults for its config.
+    demo = FAMILY.demo_sampling()
+    assert demo == {**FAMILY.sampling_defaults(recipe.model), "greedy": False}
+    assert demo["guidance_scale"] == recipe.gen_settings[0][1]
+
+
+def _blocky_images(n, seed=0):
+    """Images in [-1, 1] with one colour per 2x2 cell (a few codes can represent them)."""
+    rng = np.random.default_rng(seed)
+    cells = rng.uniform(-1, 1, (n, TOK_CFG.resolution // 2, TOK_CFG.resolution // 2, 3))
+    return np.repeat(np.repeat(cells.astype(np.float32), 2, 1), 2, 2)
+
+
+@jax.jit
+def _train_and_inference_paths(params, x):
+    _, aux = tokenizer_loss(params, TOK_CFG, x, VQLossConfig())
+    tok = tokenize(params, TOK_CFG, x)
+    dec = maskgit_vqgan.decode_tokens(decode_params(params), TOK_CFG, tok) * 2 - 1
+    return aux["idx"], tok, reconstruct(params, TOK_CFG, x), dec
+
+
+def test_tokenizer_training_quantizer_matches_inference():
+    params = init_tokenizer_state(
+        TOK_CFG, StageHParams(steps=1, batch=1, lr=1e-3), VQLossConfig(), jax.random.key(0)
+    )["params"]
+    # A codebook at the latent's scale, so that many codes are hit.
+    params["quantize"]["embedding"] = jax.random.normal(jax.random.key(1), (11, 7))
+    idx, tok, recon, dec = _train_and_inference_paths(params, jnp.asarray(_blocky_images(5)))
+    tok = np.asarray(tok)
+    assert tok.shape == (5, TOK_CFG.num_tokens) and len(np.unique(tok)) > 3
+    np.testing.assert_array_equal(np.asarray(idx).reshape(5, -1), tok)
+    # The shipped tokenizer (no encoder) decodes the tokens as the training round trip does.
+    np.testing.assert_allclose(np.asarray(recon), np.asarray(dec), atol=1e-6)
+    assert set(decode_params(params)) == {"quantize", "decoder"}
+
+
+@pytest.mark.slow
+def test_tokenizer_loss_decreases():
+    images = _blocky_images(48)
     hp = StageHParams(steps=15, batch=16, lr=3e-3, warmup=0)
     lcfg = VQLossConfig(restart_every=5)
     state = init_tokenizer_state(TOK_CFG, hp, lcfg, jax.random.key(0))
-    key = jax.random.key(2)
     losses = []
     for _ in range(hp.steps):
         state, m = tokenizer_train_step(
-            state, jnp.asarray(images), key, cfg=TOK_CFG, hp=hp, loss_cfg=lcfg
+            state, jnp.asarray(images), jax.random.key(2), cfg=TOK_CFG, hp=hp, loss_cfg=lcfg
         )
         losses.append(float(m["loss"]))
     assert losses[-1] < losses[0], losses
-    params = state["params"]
-    x = jnp.asarray(images[:5])
-    _, aux = tokenizer_loss(params, TOK_CFG, x, lcfg)
-    tok = np.asarray(tokenize(params, TOK_CFG, x))
-    assert tok.shape == (5, TOK_CFG.num_tokens)
-    np.testing.assert_array_equal(np.asarray(aux["idx"]).reshape(5, -1), tok)
-    # The shipped tokenizer (no encoder) decodes those tokens exactly as the training round trip.
-    # (Both jitted: eager vs jit float32 rounding differs by a few ulps.)
-    decode = jax.jit(lambda p, t: maskgit_vqgan.decode_tokens(p, TOK_CFG, t) * 2 - 1)
-    np.testing.assert_allclose(
-        np.asarray(reconstruct(params, TOK_CFG, x)),
-        np.asarray(decode(decode_params(params), tok)),
-        atol=1e-5,
-    )
-    assert set(decode_params(params)) == {"quantize", "decoder"}
 
 
 @pytest.mark.slow

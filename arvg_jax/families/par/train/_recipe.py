@@ -22,7 +22,7 @@ class TinyPARRecipe:
 
     image_size: int = 32
     data_seed: int = 0  # training set: shapes.make_dataset(num_train, seed=data_seed)
-    num_train: int = 40_000
+    num_train: int = 50_000
     eval_seed: int = 1  # held-out set (the VAR recipe's): make_dataset(num_eval, seed=eval_seed)
     num_eval: int = 6_000
     seed: int = 0  # parameter init and training draws

@@ -2,8 +2,12 @@
 
     # CPU smoke test (a couple of minutes):
     python scripts/train_tiny.py --family rar --quick --out /tmp/rar_quick
-    # The shipped model (one H100, about 4 minutes):
-    PYTHONPATH=. python scripts/train_tiny.py --family rar --tok-max-s 60 --rar-max-s 120
+    # The shipped model (one H100, about 4 minutes), into arvg_jax/assets/tiny/rar:
+    PYTHONPATH=. python scripts/train_tiny.py --family rar --tok-max-s 60 --rar-max-s 110 \
+        --log-every 500
+    # Re-evaluate saved assets with other sampling settings (name:guidance:pow:temperature):
+    PYTHONPATH=. python scripts/train_tiny.py --family rar --eval-only --gen g3:3:0:1 \
+        --gen g5:5:0:1
 
 Stages: tokenizer (MaskGIT-VQGAN with an encoder, `_tokenizer`), rar (teacher-forced raster
 cross-entropy, `_rar`), eval (generation scored by the shared shapes classifier, `_evaluate`).
@@ -23,7 +27,12 @@ from arvg_jax.families.rar.train._rar import (
     rar_loss,
     rar_train_step,
 )
-from arvg_jax.families.rar.train._recipe import STAGES, RARTinyRecipe, train_rar_tiny
+from arvg_jax.families.rar.train._recipe import (
+    STAGES,
+    RARTinyRecipe,
+    reevaluate_rar_tiny,
+    train_rar_tiny,
+)
 from arvg_jax.families.rar.train._tokenizer import (
     Encoder,
     decode_params,
@@ -48,6 +57,7 @@ __all__ = [
     "rar_loss",
     "rar_train_step",
     "reconstruct",
+    "reevaluate_rar_tiny",
     "tokenize",
     "tokenizer_loss",
     "tokenizer_train_step",
@@ -69,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=pathlib.Path, default=assets.family_dir("rar"))
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke-test recipe")
+    p.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="no training: re-run the generation evaluation of the assets in --out",
+    )
     p.add_argument("--steps", type=int, help="steps of every stage (overrides the recipe)")
     p.add_argument("--tok-steps", type=int, help="tokenizer steps")
     p.add_argument("--rar-steps", type=int, help="RAR steps")
@@ -101,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         "gen_settings": tuple(args.gen) if args.gen else None,
     }
     recipe = dataclasses.replace(recipe, **{k: v for k, v in over.items() if v is not None})
+    if args.eval_only:
+        reevaluate_rar_tiny(
+            args.out,
+            settings=recipe.gen_settings,
+            num_gen=recipe.num_gen,
+            gen_batch=recipe.gen_batch,
+            seed=recipe.seed,
+        )
+        return 0
     limits = {k: v for k, v in (("tokenizer", args.tok_max_s), ("rar", args.rar_max_s)) if v}
     train_rar_tiny(recipe, args.out, time_limits=limits, stages=stages)
     return 0

@@ -319,15 +319,11 @@ def train_rar_tiny(
 
     # ---- generation eval ------------------------------------------------------------------------
     t = time.perf_counter()
-    metrics["generation"] = evaluate_generation(
-        FAMILY,
+    metrics["generation"] = _evaluate(
         (mcfg, params, tcfg, tok_params),
         (cls_params, ccfg),
         eval_feats[n_half:],
-        settings=tuple(
-            (name, {"guidance_scale": g, "guidance_scale_pow": g_pow, "randomize_temperature": t})
-            for name, g, g_pow, t in recipe.gen_settings
-        ),
+        recipe.gen_settings,
         num_gen=recipe.num_gen,
         gen_batch=recipe.gen_batch,
         key=jax.random.fold_in(root_key, 4),
@@ -337,3 +333,56 @@ def train_rar_tiny(
     metrics["fid_reference"] = fid_reference(ccfg.feature_dim, recipe.num_eval - n_half)
     meta["stages"]["eval"] = {"wall_s": round(time.perf_counter() - t, 1)}
     return run.finish()
+
+
+def _evaluate(model, classifier, real_feats, gen_settings, **kw) -> dict[str, Any]:
+    """`train.evaluation.evaluate_generation` with (name, guidance, pow, temperature) settings."""
+    settings = tuple(
+        (name, {"guidance_scale": g, "guidance_scale_pow": g_pow, "randomize_temperature": t})
+        for name, g, g_pow, t in gen_settings
+    )
+    return evaluate_generation(FAMILY, model, classifier, real_feats, settings=settings, **kw)
+
+
+def reevaluate_rar_tiny(
+    asset_dir,
+    *,
+    settings: tuple[tuple[str, float, float, float], ...],
+    num_gen: int,
+    gen_batch: int = 600,
+    seed: int = 0,
+    classifier_dir=None,
+) -> dict[str, Any]:
+    """Re-runs the generation evaluation of saved rar-tiny assets (no training): results merge
+    into recipe.json's metrics["generation"] by setting name; samples.png is rewritten."""
+    asset_dir = pathlib.Path(asset_dir)
+    cfg, params, tok_cfg, tok_params, meta = assets.load_family_tiny(FAMILY, asset_dir)
+    cls_params, ccfg = assets.load_classifier(classifier_dir)
+    ds = meta["dataset"]
+    n_eval, n_half = ds["eval"]["n"], ds["eval"]["n"] // 2
+    eval_x, _ = shapes.make_dataset(n_eval, seed=ds["eval"]["seed"], size=ds["image_size"])
+    _, feats = classify(cls_params, ccfg, eval_x[n_half:])
+    t = time.perf_counter()
+    results = _evaluate(
+        (cfg, params, tok_cfg, tok_params),
+        (cls_params, ccfg),
+        feats,
+        settings,
+        num_gen=num_gen,
+        gen_batch=gen_batch,
+        key=jax.random.fold_in(jax.random.key(seed), 4),
+        grid_path=asset_dir / "samples.png",
+    )
+    metrics = meta.setdefault("metrics", {})
+    metrics["generation"] = {**metrics.get("generation", {}), **results}
+    metrics["num_gen"] = num_gen
+    metrics["fid_reference"] = fid_reference(ccfg.feature_dim, n_eval - n_half)
+    meta.setdefault("reevaluations", []).append(
+        {
+            **run_stamp(),
+            "settings": [list(x) for x in settings],
+            "wall_s": round(time.perf_counter() - t, 1),
+        }
+    )
+    assets.write_json(asset_dir / "recipe.json", meta)
+    return meta
