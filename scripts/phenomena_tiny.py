@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # The tiny model on its calibration set (as scripts/compare_tiny.py builds it).
-    settings = C.CompareSettings(calib=args.calib, cfg=args.cfg)
-    var_cfg, var_params, vae_cfg, vae_params, _, _ = assets.load_tiny()
+    settings = C.CompareSettings(calib=args.calib)
+    _, var_params, _, _, _, _ = assets.load_tiny()
     model = packaged_model("var-tiny")
     adapter = quant_adapter(model)
     batch, info = prepare_calibration(
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         adapter,
         settings.recipe("ptq4arvg", "w8a8"),
         progress=False,
-        cfg=settings.cfg,
-        top_k=settings.top_k,
-        top_p=settings.top_p,
+        cfg=args.cfg,
+        top_k=0,
+        top_p=0.0,
         gen_batch=min(args.calib, settings.batch),
     )
     results = {"tiny": P.analyse(adapter, var_params, batch, name="tiny shapes VAR (trained)")}

@@ -31,10 +31,10 @@ def _random_like(abstract, seed: int) -> dict:
 def _tiny_random_model():
     """VARConfig.tiny with 4 classes (8 images = 2 per class = the 8 calibration images, so the
     compared and the calibration generations share one compiled batch shape)."""
+    from arvg_jax.families.var.model import VAR, VARConfig
     from arvg_jax.models import Model
     from arvg_jax.tokenizers import var_vqvae
     from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
-    from arvg_jax.families.var.model import VAR, VARConfig
 
     cfg = VARConfig.tiny(num_classes=4)
     vae_cfg = VQVAEConfig(
@@ -137,6 +137,19 @@ def test_settings_refuse_unknown():
         C.CompareSettings(methods=("gptq",))
     with pytest.raises(ValueError, match="bits"):
         C.CompareSettings(bits=("w8",))
+
+
+def test_sampling_is_the_family_demo_setting_with_overrides_in_its_own_names():
+    from arvg_jax import families
+
+    var, par = families.get("var"), families.get("par")
+    assert C.CompareSettings().sampling_for(var) == var.demo_sampling()
+    got = C.CompareSettings(sampling=(("cfg", 3.0),)).sampling_for(var)
+    assert got == {**var.demo_sampling(), "cfg": 3.0}
+    # PAR's top_p keeps that much probability mass (1 = off): VAR's names never leak into it.
+    assert C.CompareSettings().sampling_for(par)["top_p"] == par.demo_sampling()["top_p"]
+    with pytest.raises(ValueError, match="guidance_scale"):
+        C.CompareSettings(sampling=(("guidance_scale", 2.0),)).sampling_for(var)
 
 
 # ---- phenomena ----------------------------------------------------------------------------------

@@ -172,7 +172,6 @@ def test_quick_recipe_assets_demo_and_compare(tmp_path, monkeypatch):
     )
     assert (demo / "float_vs_quantized.png").is_file() and (demo / "report.md").is_file()
 
-    # compare's top_p default 0.0 means "off" for VAR; PAR's filter keeps top-p mass (1 = off).
     settings = C.CompareSettings(
         methods=("ptq4arvg",),
         bits=("w8a8",),
@@ -180,7 +179,6 @@ def test_quick_recipe_assets_demo_and_compare(tmp_path, monkeypatch):
         calib=8,
         num_real=100,
         noise_seed=None,
-        sampling=(("top_p", 1.0),),
     )
     model, scorer, _ = C.tiny_setup(settings, "par-tiny")
     result = C.compare(model, scorer, settings)

@@ -48,12 +48,9 @@ class CompareSettings:
     calib: int = 128  # calibration sequences, one set shared by every quantized model
     dgc: str = "shrinkage"  # calibration selection (quant.recipes.Recipe.dgc)
     calib_seed: int = 42  # labels and keys of the calibration generations (official 42)
-    calib_cfg: float | None = None  # guidance of the calibration generations (None: `cfg`)
-    # Sampling: the family's `demo_sampling()`, then these three where the family has a setting of
-    # that name (VAR's), then `sampling` (name, value) overrides (any family's setting names).
-    cfg: float = 3.0  # guidance scale of every generation
-    top_k: int = 0  # 0: off
-    top_p: float = 0.0  # 0: off
+    calib_cfg: float | None = None  # VAR/MAR's "cfg" of the calibration generations (None: same)
+    # Sampling: the family's `demo_sampling()`, then `sampling` (name, value) overrides in the
+    # family's own setting names (e.g. ("cfg", 3.0) for VAR, ("guidance_scale", 3.0) for RAR).
     sampling: tuple[tuple[str, Any], ...] = ()
     seed: int = 0  # PRNG seed of the compared generations (same keys for every model)
     noise_seed: int | None = 1  # float model again with this seed (None: skip the noise row)
@@ -85,7 +82,9 @@ class CompareSettings:
         """The generation settings for a model of family `fam` (see the field comments)."""
         out = dict(fam.demo_sampling())
         names = {a.name for a in fam.sampling_arguments(cfg)}
-        out.update({n: getattr(self, n) for n in ("cfg", "top_k", "top_p") if n in names})
+        unknown = sorted(set(dict(self.sampling)) - names)
+        if unknown:
+            raise ValueError(f"sampling settings {unknown}: {fam.name} has {sorted(names)}")
         out.update(dict(self.sampling))
         return out
 
