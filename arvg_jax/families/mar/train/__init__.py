@@ -7,6 +7,10 @@
     PYTHONPATH=. python scripts/train_tiny.py --family mar --vae-max-s 40 --mar-max-s 110 \
         --log-every 250
 
+    # Other sampling settings on saved assets (merged into recipe.json, samples.png rewritten):
+    PYTHONPATH=. python scripts/train_tiny.py --family mar --eval-only \
+        --gen cfg3:cfg=3 --gen cfg2_t0.9:cfg=2,temperature=0.9
+
 Writes model.npz, tokenizer.npz, recipe.json and samples.png into --out (default
 `arvg_jax/assets/tiny/mar`, what `--model mar-tiny` loads).
 """
@@ -27,7 +31,7 @@ from arvg_jax.families.mar.train._mar import (
     random_mask,
 )
 from arvg_jax.families.mar.train._recipe import DEMO_SAMPLING, MARTinyRecipe
-from arvg_jax.families.mar.train._tiny import STAGES, train_tiny
+from arvg_jax.families.mar.train._tiny import STAGES, reevaluate, train_tiny
 from arvg_jax.families.mar.train._vae import (
     Encoder,
     VAELossConfig,
@@ -57,10 +61,27 @@ __all__ = [
     "mar_train_step",
     "random_mask",
     "reconstruct",
+    "reevaluate",
     "train_tiny",
     "vae_loss",
     "vae_train_step",
 ]
+
+
+def _parse_gen(text: str) -> tuple[str, dict]:
+    """`NAME:cfg=2,temperature=0.9` -> (NAME, DEMO_SAMPLING with those values), typed as the
+    family's sampling arguments."""
+    from arvg_jax import families
+
+    name, _, rest = text.partition(":")
+    types = {a.name: a.type for a in families.get("mar").sampling_arguments()}
+    out = dict(DEMO_SAMPLING)
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise SystemExit(f"--gen {text}: unknown setting {key!r}; known: {sorted(types)}")
+        out[key] = types[key](value)
+    return name, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,12 +104,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-every", type=int)
     p.add_argument("--stages", default=",".join(STAGES), help="a prefix of vae,mar,eval")
     p.add_argument("--classifier-dir", type=pathlib.Path, help="shared classifier's assets dir")
+    p.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="no training: re-run the generation evaluation of the assets in --out",
+    )
+    p.add_argument(
+        "--gen",
+        action="append",
+        metavar="NAME:KEY=VALUE,...",
+        help="a sampling setting to evaluate over the demo one (repeatable; the first makes "
+        "samples.png), e.g. cfg2_t0.9:cfg=2,temperature=0.9",
+    )
     args = p.parse_args(argv)
     stages = tuple(args.stages.split(","))
     if stages != STAGES[: len(stages)]:
         p.error(f"--stages must be a prefix of {','.join(STAGES)}")
 
     recipe = MARTinyRecipe.quick() if args.quick else MARTinyRecipe.default()
+    if args.gen:
+        recipe = dataclasses.replace(recipe, gen_settings=tuple(_parse_gen(g) for g in args.gen))
+    if args.eval_only:
+        reevaluate(
+            args.out,
+            recipe.gen_settings,
+            num_gen=args.num_gen or recipe.num_gen,
+            gen_batch=recipe.gen_batch,
+            classifier_dir=args.classifier_dir,
+        )
+        return 0
     recipe = recipe.with_steps(args.steps, args.steps)
     recipe = recipe.with_steps(args.vae_steps, args.mar_steps)
     over = {

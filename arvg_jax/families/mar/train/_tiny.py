@@ -226,6 +226,52 @@ def train_tiny(
     return _finish(run)
 
 
+def reevaluate(
+    asset_dir,
+    settings: tuple[tuple[str, dict], ...],
+    *,
+    num_gen: int,
+    gen_batch: int = 400,
+    seed: int = 0,
+    classifier_dir=None,
+) -> dict[str, Any]:
+    """Re-runs the generation evaluation of saved assets with other sampling settings, merging
+    the results into recipe.json's `metrics.generation` (the first setting rewrites samples.png).
+    """
+    asset_dir = pathlib.Path(asset_dir)
+    fam = families.get("mar")
+    cfg, params, tok_cfg, tok_params, meta = assets.load_family_tiny(fam, asset_dir)
+    ds = meta["dataset"]
+    eval_x, _ = shapes.make_dataset(ds["eval"]["n"], seed=ds["eval"]["seed"], size=ds["image_size"])
+    n_half = ds["eval"]["n"] // 2
+    cls_params, ccfg = assets.load_classifier(classifier_dir)
+    _, feats = classify(cls_params, ccfg, eval_x[n_half:])
+    t = time.perf_counter()
+    results = evaluate_generation(
+        fam,
+        (cfg, params, tok_cfg, tok_params),
+        (cls_params, ccfg),
+        feats,
+        settings=settings,
+        num_gen=num_gen,
+        gen_batch=gen_batch,
+        key=jax.random.fold_in(jax.random.key(seed), 4),
+        grid_path=asset_dir / "samples.png",
+    )
+    metrics = meta.setdefault("metrics", {})
+    metrics["generation"] = {**metrics.get("generation", {}), **results}
+    meta.setdefault("reevaluations", []).append(
+        {
+            **run_stamp(),
+            "settings": [list(x) for x in settings],
+            "num_gen": num_gen,
+            "wall_s": round(time.perf_counter() - t, 1),
+        }
+    )
+    assets.write_json(asset_dir / "recipe.json", meta)
+    return meta
+
+
 def _finish(run: _Run) -> dict[str, Any]:
     run.save_meta("complete")
     log(f"done in {time.perf_counter() - run.t0:.0f}s")
