@@ -171,7 +171,11 @@ class MARFamily(Family):
             name="mar-tiny",
             config=_tiny_config,
             tokenizer_config=_tiny_tokenizer_config,
-            description="tiny MAR trained on the built-in shapes dataset",
+            # Weights not shipped yet: the first H100 run (2026-12-07) trained to a low loss but its
+            # samples failed the shapes classifier (16 % accuracy); without the files, `arvg demo
+            # --model mar-tiny` says so and runs seeded random weights.
+            description="tiny MAR recipe for the built-in shapes dataset (weights not shipped "
+            "yet: train them with scripts/train_tiny.py --family mar)",
             packaged=True,
         )
         out["mar-test"] = Preset(
