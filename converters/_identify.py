@@ -219,7 +219,7 @@ def _summarise(keys: list[str], side: Iterable[str]) -> list[str]:
 
 
 def _quote(items: list[str], shown: int) -> str:
-    """" (a, b, ...)" naming the first `shown` items; "" when none is shown."""
+    """ " (a, b, ...)" naming the first `shown` items; "" when none is shown."""
     if not shown:
         return ""
     more = ", ..." if len(items) > shown else ""

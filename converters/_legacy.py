@@ -78,4 +78,3 @@ def read_legacy(fh: BinaryIO, file_size: int, path: str) -> Any:
     if missing := roots.keys() - source.spans.keys():
         raise Invalid(f"storages {sorted(map(show, missing))[:5]} have no data in the file")
     return obj
-

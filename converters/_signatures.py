@@ -47,15 +47,19 @@ _VAE = "pass it as --vae"
 
 SIGNATURES: tuple[Signature, ...] = (
     Signature(  # VAR models/var.py; width = 64 * depth (build_vae_var)
-        "var", "transformer", "a VAR transformer", _CKPT,
+        "var",
+        "transformer",
+        "a VAR transformer",
+        _CKPT,
         keys=("pos_start", "lvl_embed.weight", "word_embed.weight"),
         facts=(("depth", "blocks"), ("width", "pos_start", 2)),
-        presets={
-            f"var-d{d}": {"depth": d, "width": 64 * d} for d in (16, 20, 24, 30, 36)
-        },
+        presets={f"var-d{d}": {"depth": d, "width": 64 * d} for d in (16, 20, 24, 30, 36)},
     ),
     Signature(  # RAR modeling/rar.py (hidden_size, num_hidden_layers of configs/training)
-        "rar", "transformer", "a RAR transformer", _CKPT,
+        "rar",
+        "transformer",
+        "a RAR transformer",
+        _CKPT,
         keys=("target_aware_pos_embed", "timesteps_embeddings", "lm_head.weight"),
         facts=(("depth", "blocks"), ("width", "pos_embed", 2)),
         presets={
@@ -66,7 +70,10 @@ SIGNATURES: tuple[Signature, ...] = (
         },
     ),
     Signature(  # PAR autoregressive/models/gpt.py: GPT_XL/XXL/3B; spe_token_num 3 (4x), 15 (16x)
-        "par", "transformer", "a PAR transformer", _CKPT,
+        "par",
+        "transformer",
+        "a PAR transformer",
+        _CKPT,
         keys=("spe_tok_embeddings.special_embeddings.weight", "tok_embeddings.weight"),
         facts=(
             ("depth", "layers"),
@@ -81,14 +88,19 @@ SIGNATURES: tuple[Signature, ...] = (
         },
     ),
     Signature(  # LlamaGen's own c2i GPT: PAR's backbone without the special tokens
-        "llamagen", "transformer", "a LlamaGen GPT",
+        "llamagen",
+        "transformer",
+        "a LlamaGen GPT",
         "it is not PAR (no spe_tok_embeddings); arvg runs PAR, LlamaGen's GPT with special tokens",
         keys=("tok_embeddings.weight", "cls_embedding.embedding_table.weight"),
         absent=("spe_tok_embeddings.special_embeddings.weight",),
         facts=(("depth", "layers"), ("width", "tok_embeddings.weight", 1)),
     ),
     Signature(  # MAR models/mar.py: mar_base/large/huge
-        "mar", "transformer", "a MAR transformer", _CKPT,
+        "mar",
+        "transformer",
+        "a MAR transformer",
+        _CKPT,
         keys=("fake_latent", "z_proj.weight", "diffusion_pos_embed_learned"),
         facts=(("depth", "encoder_blocks"), ("width", "fake_latent", 1)),
         presets={
@@ -98,7 +110,10 @@ SIGNATURES: tuple[Signature, ...] = (
         },
     ),
     Signature(  # VAR models/vqvae.py + quant.py (VectorQuantizer2 with quant_resi)
-        "var", "tokenizer", "a VAR VQVAE tokenizer", _VAE,
+        "var",
+        "tokenizer",
+        "a VAR VQVAE tokenizer",
+        _VAE,
         keys=("quantize.ema_vocab_hit_SV", "quantize.embedding.weight", "encoder.conv_in.weight"),
         facts=(
             ("ch", "encoder.conv_in.weight", 0),
@@ -108,7 +123,10 @@ SIGNATURES: tuple[Signature, ...] = (
         presets={"vae_ch160v4096z32": {"ch": 160, "vocab": 4096, "z": 32}},
     ),
     Signature(  # RAR's tokenizer (modeling/maskgit.py, from MaskGIT's VQGAN)
-        "rar", "tokenizer", "a MaskGIT-VQGAN tokenizer", _VAE,
+        "rar",
+        "tokenizer",
+        "a MaskGIT-VQGAN tokenizer",
+        _VAE,
         keys=("decoder.up.*.upsample_conv.weight", "quantize.embedding.weight"),
         facts=(
             ("ch", "encoder.conv_in.weight", 0),
@@ -118,7 +136,10 @@ SIGNATURES: tuple[Signature, ...] = (
         presets={"maskgit-vqgan": {"ch": 128, "vocab": 1024, "z": 256}},
     ),
     Signature(  # LlamaGen tokenizer/tokenizer_image/vq_model.py: VQ-16 = 5 levels (ch_mult)
-        "par", "tokenizer", "a LlamaGen VQ tokenizer", _VAE,
+        "par",
+        "tokenizer",
+        "a LlamaGen VQ tokenizer",
+        _VAE,
         keys=("encoder.conv_blocks.*.res.*.conv1.weight", "quantize.embedding.weight"),
         facts=(
             ("levels", "encoder.conv_blocks"),
@@ -131,21 +152,28 @@ SIGNATURES: tuple[Signature, ...] = (
         },
     ),
     Signature(  # MAR models/vae.py AutoencoderKL (LDM layout, separate q/k/v attention)
-        "mar", "tokenizer", "a KL-16 VAE tokenizer", _VAE,
+        "mar",
+        "tokenizer",
+        "a KL-16 VAE tokenizer",
+        _VAE,
         keys=("encoder.mid.attn_1.q.weight", "post_quant_conv.weight", "quant_conv.weight"),
         absent=("quantize.embedding.weight",),
         facts=(("ch", "encoder.conv_in.weight", 0), ("z", "post_quant_conv.weight", 0)),
         presets={"kl16": {"ch": 128, "z": 16}},
     ),
     Signature(  # Inception-v3 with the 2015-12-05 TF graph's 1008-way softmax
-        "eval", "inception", "the FID/IS Inception-v3 network",
+        "eval",
+        "inception",
+        "the FID/IS Inception-v3 network",
         "it is the evaluator's network, not a generator or tokenizer",
         keys=("Mixed_7c.branch_pool.conv.weight", "Conv2d_1a_3x3.conv.weight", "fc.weight"),
         facts=(("classes", "fc.weight", 0),),
         presets={"inception-2015-12-05": {"classes": 1008}},
     ),
     Signature(  # pytorch-fid's InceptionV3 module itself: blocks of Sequentials, no fc
-        "eval", "inception", "pytorch-fid's InceptionV3 module state (blocks.*, no fc)",
+        "eval",
+        "inception",
+        "pytorch-fid's InceptionV3 module state (blocks.*, no fc)",
         "it is the evaluator's network in pytorch-fid's module layout; save the underlying "
         "Inception3 (pt_inception-2015-12-05) instead",
         keys=("blocks.*.*.conv.weight", "blocks.*.*.branch_pool.conv.weight"),

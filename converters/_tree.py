@@ -107,4 +107,3 @@ def select(tree: Any, key: str | None) -> dict[str, LazyTensor]:
         if not isinstance(v, LazyTensor):
             raise Invalid(f"state dict entry {where + show(k)!r} is not a tensor ({_kind(v)})")
     return state
-

@@ -127,7 +127,6 @@ def _int_tuple(value: object, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-
 def _make_tensor(storage: object, offset: object, size: object, stride: object) -> LazyTensor:
     if not isinstance(storage, _Storage):
         raise Invalid(f"tensor storage is a {type(storage).__name__}, not a storage")
@@ -326,4 +325,3 @@ def parse_pid(pid: Any, length: int) -> tuple[_StorageType, str, int, Any]:
     if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
         raise Invalid(f"storage {show(key)!r} size {show(repr(numel))} is not a count")
     return storage_type, key, numel, pid[5] if length == 6 else None
-

@@ -164,5 +164,3 @@ def read_zip(fh: BinaryIO, file_size: int, path: str) -> Any:
 
     data = _read_member(zf, pkl, file_size, MAX_PICKLE_BYTES, "a pickle")
     return load_pickle(io.BytesIO(data), len(data), f"{prefix}/data.pkl", persistent_load)
-
-

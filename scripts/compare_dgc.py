@@ -31,11 +31,11 @@ def main() -> int:
     from arvg_jax import assets
     from arvg_jax.commands.evaluate import evaluate
     from arvg_jax.evaluate import TABLE_HEADER
-    from arvg_jax.models import Model
+    from arvg_jax.families.var.calibration import calibration_batch, generate_candidates
     from arvg_jax.families.var.quant_adapter import VARAdapter
+    from arvg_jax.models import Model
     from quant import api
     from quant.algorithms import dgc
-    from arvg_jax.families.var.calibration import calibration_batch, generate_candidates
     from quant.recipes import Recipe
 
     t0 = time.perf_counter()

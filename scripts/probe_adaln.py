@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arvg_jax.kernels import adaln_pallas as ap
 from arvg_jax.families.var.bench import report
+from arvg_jax.kernels import adaln_pallas as ap
 
 C = 1920  # VAR-d30 width
 

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arvg_jax.kernels import attn_prologue_pallas as ap
 from arvg_jax.families.var.bench import report
+from arvg_jax.kernels import attn_prologue_pallas as ap
 
 D, H, K, LP = 30, 30, 64, 704  # VAR-d30: 30 blocks of 30 heads of 64; cache 680 -> 704
 

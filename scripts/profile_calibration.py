@@ -50,11 +50,11 @@ def main() -> int:
 
     from arvg_jax.families.var.bench.build import random_params
     from arvg_jax.families.var.bench.profile import summarize_trace
-    from arvg_jax.models import resolve_configs
     from arvg_jax.families.var.model import VAR
+    from arvg_jax.families.var.quant_adapter import VARAdapter
+    from arvg_jax.models import resolve_configs
     from quant._fit import _sortable, search_rows
     from quant.algorithms import ptq4arvg as P
-    from arvg_jax.families.var.quant_adapter import VARAdapter
     from quant.recipes import Recipe
 
     out = {"jax": jax.__version__, "device": jax.devices()[0].device_kind, "pieces": {}}

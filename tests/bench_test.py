@@ -142,6 +142,7 @@ def test_variant_parsing():
             build.Variant.parse(bad)
 
 
+@pytest.mark.slow  # compiles every sampler variant
 def test_variant_sampler_options_reach_the_config():
     from arvg_jax.models import random_model
 
@@ -192,14 +193,13 @@ def test_profile_categories_and_hlo_summary():
         'kind=kCustom, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}'
     )
     assert cat(tri, "gemm_fusion_dot_1") == "GEMM float (Triton)"
-    text = "\n".join(
-        [
-            cub,
-            tri,
-            "  %transpose.3 = s8[5760,1920]{1,0} transpose(s8[1920,5760] %w)",
-            "  %opt-barrier.1 = (s8[2]) opt-barrier((s8[2]) %t)",
-        ]
-    )
+    lines = [
+        cub,
+        tri,
+        "  %transpose.3 = s8[5760,1920]{1,0} transpose(s8[1920,5760] %w)",
+        "  %opt-barrier.1 = (s8[2]) opt-barrier((s8[2]) %t)",
+    ]
+    text = "\n".join(lines)
     s = profile.hlo_summary(text)
     assert s["cublas_calls_with_s8"] == 1 and s["triton_gemm_fusions"] == 1
     assert s["s8_transposes"] == 1 and s["opt_barriers"] == 1

@@ -101,6 +101,7 @@ def test_generate_rejects_bad_classes(quantized_dir, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow  # default coverage: `arvg demo` (CI command 1) and evaluate_samples_test
 def test_evaluate_table(quantized_dir, tmp_path, capsys, reference):
     from arvg_jax.metrics import adm_npz
     from arvg_jax.metrics.evaluator import EvalSettings, evaluate

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from _var_calibration import NUM_IMAGES, candidate_batch, candidates, reference_model
 
-from arvg_jax.families.var.model import VAR
-from quant.algorithms import dgc
 from arvg_jax.families.var.calibration import calibration_batch
-from arvg_jax.models import prepare_calibration
-from quant.algorithms.dgc_core import mahalanobis_distances_ledoit_wolf
+from arvg_jax.families.var.model import VAR
 from arvg_jax.families.var.quant_adapter import VARAdapter
+from arvg_jax.models import prepare_calibration
+from quant.algorithms import dgc
+from quant.algorithms.dgc_core import mahalanobis_distances_ledoit_wolf
 from quant.recipes import Recipe
 
 
@@ -28,6 +28,7 @@ def _features(var_dir: str) -> np.ndarray:
     return VARAdapter(m.cfg).token0_features(m.params, candidate_batch(var_dir))
 
 
+@pytest.mark.slow  # generation-heavy; prepare_calibration test stays in the default run
 def test_candidates_are_both_cfg_halves_of_each_image(var_dir):
     m = reference_model(var_dir)
     c = candidates(var_dir)
@@ -128,8 +129,9 @@ def test_prepare_calibration_generates_and_selects(var_dir):
     m = reference_model(var_dir)
     c = candidates(var_dir)
     recipe = Recipe.parse("ptq4arvg", "w6a6", calib=NUM_IMAGES)  # seed 42, dgc "shrinkage"
-    batch, info = prepare_calibration(m, VARAdapter(m.cfg), recipe, progress=False,
-                                      gen_batch=NUM_IMAGES)
+    batch, info = prepare_calibration(
+        m, VARAdapter(m.cfg), recipe, progress=False, gen_batch=NUM_IMAGES
+    )
     want = dgc.select(_features(var_dir), c)  # regenerated candidates are the same
     assert info["indices"] == [int(i) for i in want.indices]
     assert info["num_candidates"] == 2 * NUM_IMAGES and info["dgc"] == "shrinkage"

@@ -41,15 +41,16 @@ def test_image_keys_depend_on_the_index_only():
     k = families.image_keys(5, 0, 6)
     np.testing.assert_array_equal(families.image_keys(5, 2, 3), k[2:5])
     assert k.shape == (6, 2) and len({tuple(np.asarray(r)) for r in k}) == 6
-    np.testing.assert_array_equal(
-        k[3], jax.random.fold_in(jax.random.PRNGKey(5), 3)
-    )
+    np.testing.assert_array_equal(k[3], jax.random.fold_in(jax.random.PRNGKey(5), 3))
 
 
 def test_sampling_arguments_have_official_defaults():
     args = families.get("var").sampling_arguments()
     assert {a.name: a.default for a in args} == {
-        "cfg": 1.5, "top_k": 900, "top_p": 0.96, "greedy": False
+        "cfg": 1.5,
+        "top_k": 900,
+        "top_p": 0.96,
+        "greedy": False,
     }
     assert families.sampling_arguments()["top_k"].flag == "--top-k"
 

@@ -9,8 +9,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from converters import CheckpointError, NonFinite, check_finite, find_nonfinite, open_state_dict
-from converters import _finite
+from converters import (
+    CheckpointError,
+    NonFinite,
+    _finite,
+    check_finite,
+    find_nonfinite,
+    open_state_dict,
+)
 
 
 def test_finite_state_dict_passes(tmp_path):
@@ -44,8 +50,11 @@ def test_message_names_file_keys_and_counts(tmp_path):
 
 def test_message_stays_short_with_many_bad_tensors(tmp_path):
     sd = {f"t{i}": np.array([np.nan], np.float32) for i in range(50)}
-    with pytest.raises(CheckpointError, match=r"in 50 of 50 tensors: 't0' .*'t2' \(1 NaN of 1\) "
-                       r"and 47 more; pass") as e:
+    with pytest.raises(
+        CheckpointError,
+        match=r"in 50 of 50 tensors: 't0' .*'t2' \(1 NaN of 1\) "
+        r"and 47 more; pass",
+    ) as e:
         check_finite(sd, "x.pth")
     assert len(str(e.value)) < 200 and "\n" not in str(e.value)
 

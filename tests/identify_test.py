@@ -47,8 +47,10 @@ FIXTURES = {  # fixture checkpoint: (family, component, wrapper key)
 
 
 def manifest(reference, name):
-    path = reference("eval", "inception_manifest.json") if name == "inception" else reference(
-        "manifests", f"{name}.json"
+    path = (
+        reference("eval", "inception_manifest.json")
+        if name == "inception"
+        else reference("manifests", f"{name}.json")
     )
     return json.loads(path.read_text())
 
@@ -126,9 +128,14 @@ def test_fixture_sizes_come_from_config(reference):
 
 
 def test_prefix_and_unknown():
-    sd = {f"module.{k}": np.zeros(s) for k, s in [("pos_start", (1, 1, 1024)),
-                                                   ("lvl_embed.weight", (10, 1024)),
-                                                   ("word_embed.weight", (1024, 32))]}
+    sd = {
+        f"module.{k}": np.zeros(s)
+        for k, s in [
+            ("pos_start", (1, 1, 1024)),
+            ("lvl_embed.weight", (10, 1024)),
+            ("word_embed.weight", (1024, 32)),
+        ]
+    }
     got = identify(sd)
     assert (got.family, got.prefix) == ("var", "module.")
     assert "prefixed 'module.'" in got.hint
@@ -154,8 +161,10 @@ def test_mismatch_report_for_the_wrong_component(reference):
 
 def test_mismatch_report_for_the_wrong_size(reference):
     message = mismatch_report(manifest(reference, "var_d16"), manifest(reference, "var_d20"))
-    assert message.startswith("this looks like a VAR transformer (var-d20), not a VAR "
-                              "transformer (var-d16); pass it as --ckpt with --model var-d20; ")
+    assert message.startswith(
+        "this looks like a VAR transformer (var-d20), not a VAR "
+        "transformer (var-d16); pass it as --ckpt with --model var-d20; "
+    )
     assert "52 unexpected (blocks.16-19.*)" in message  # whole blocks fold into one item
     assert len(quoted(message)) <= 10
 
@@ -164,17 +173,23 @@ def test_mismatch_report_folds_missing_blocks(reference):
     depth = json.loads(reference("var", "config.json").read_text())["depth"]
     full = manifest(reference, "var_d16")
     message = mismatch_report(full, open_state_dict(reference("var", "var.pth")))
-    missing = sum(1 for k in full if re.match(r"blocks\.(\d+)\.", k)
-                  and int(k.split(".")[1]) >= depth)
+    missing = sum(
+        1 for k in full if re.match(r"blocks\.(\d+)\.", k) and int(k.split(".")[1]) >= depth
+    )
     assert f"{missing} of 220 expected keys missing (blocks.{depth}-15.*)" in message
 
 
 def test_mismatch_report_small_differences():
     want = {"a.weight": (3, 4), "b.bias": (4,), "c": (1,)}
-    assert mismatch_report(want, {"a.weight": np.zeros((3, 4)), "b.bias": np.zeros(4),
-                                  "c": np.zeros(1)}) == ""
-    message = mismatch_report(want, {"a.weight": np.zeros((4, 3)), "b.bias": np.zeros(4),
-                                     "d": np.zeros(2)})
+    assert (
+        mismatch_report(
+            want, {"a.weight": np.zeros((3, 4)), "b.bias": np.zeros(4), "c": np.zeros(1)}
+        )
+        == ""
+    )
+    message = mismatch_report(
+        want, {"a.weight": np.zeros((4, 3)), "b.bias": np.zeros(4), "d": np.zeros(2)}
+    )
     assert message == (
         "this does not look like any checkpoint arvg knows (VAR, RAR, PAR, MAR, their "
         "tokenizers, Inception); 1 of 3 expected keys missing ('c'); 1 unexpected ('d'); "

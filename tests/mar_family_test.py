@@ -69,6 +69,7 @@ def test_no_teacher_forced_logits():
         mar.teacher_forced_logits(None, None, MARConfig.tiny(), None, [0], None, options=None)
 
 
+@pytest.mark.slow  # keyed sampling stays in the default run for VAR and PAR
 def test_cli_images_do_not_depend_on_the_batch(tmp_path):
     from arvg_jax.cli import main
 

@@ -79,6 +79,7 @@ def test_mask_ratio_follows_the_official_truncated_normal():
     np.testing.assert_array_equal(counts[:, 0], counts[:, 1])
 
 
+@pytest.mark.slow  # compiles the MAR train step (minutes on 2 loaded cores)
 def test_mar_steps_reduce_loss():
     hp = StageHParams(steps=40, batch=8, lr=3e-3, warmup=2, b2=0.95)
     rng = np.random.default_rng(1)

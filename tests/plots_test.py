@@ -5,8 +5,8 @@ import sys
 
 import numpy as np
 
-from arvg_jax.plot import COLORS
 from arvg_jax.eval import plots as P
+from arvg_jax.plot import COLORS
 
 
 def _has(img, color, at_least=1):

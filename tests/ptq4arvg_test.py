@@ -11,11 +11,11 @@ import pytest
 from _var_calibration import reference_model, split_batches
 
 import quant
-from arvg_jax.nn.layers import Dense
 from arvg_jax.families.var.model import VAR, init_kv_caches
+from arvg_jax.families.var.quant_adapter import VARAdapter
+from arvg_jax.nn.layers import Dense
 from quant import _tree, api
 from quant.algorithms import ptq4arvg as P
-from arvg_jax.families.var.quant_adapter import VARAdapter
 from quant.recipes import Recipe
 
 GROUPS = {"qkv": 10, "fc1": 10, "proj": 2, "fc2": 2, "ada_lin": 1, "head": 1}
@@ -106,7 +106,9 @@ def test_probe_fake_quantizes_with_calib_quant_and_stored_tree_runs_float():
 # The pipeline on the reference VAR.
 
 
-@pytest.mark.parametrize("bits", ["w8a8", "w6a6"])
+@pytest.mark.parametrize(
+    "bits", ["w8a8", pytest.param("w6a6", marks=pytest.mark.slow)]
+)  # w6a6: same code, other bits
 def test_every_fold_preserves_float_logits(var_dir, bits):
     m = reference_model(var_dir)
     _, ev = split_batches(var_dir)
@@ -137,7 +139,7 @@ def test_every_fold_preserves_float_logits(var_dir, bits):
     assert P._calib_quantizers(stages["F"]) == {}
 
 
-@pytest.mark.parametrize("bits", ["w8a8", "w6a6"])
+@pytest.mark.parametrize("bits", ["w8a8", pytest.param("w6a6", marks=pytest.mark.slow)])
 def test_deployed_tree_and_int8_matches_oracle(var_dir, bits):
     m = reference_model(var_dir)
     _, ev = split_batches(var_dir)

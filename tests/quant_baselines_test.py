@@ -9,12 +9,12 @@ import pytest
 
 import quant
 from arvg_jax.families.var import sampler as var_sampler
-from arvg_jax.models import load_float
 from arvg_jax.families.var.model import VAR
+from arvg_jax.families.var.quant_adapter import VARAdapter
+from arvg_jax.models import load_float
 from quant import _tree, checkpoint
 from quant.algorithms.rtn import rtn
 from quant.algorithms.smoothquant import smooth, smoothquant
-from arvg_jax.families.var.quant_adapter import VARAdapter
 from quant.recipes import Recipe
 
 
@@ -50,7 +50,7 @@ def test_smoothquant_fold_preserves_float_logits(fixture):
 
 
 @pytest.mark.parametrize("method", ["rtn", "smoothquant"])
-@pytest.mark.parametrize("bits", ["w8a8", "w6a6"])
+@pytest.mark.parametrize("bits", ["w8a8", pytest.param("w6a6", marks=pytest.mark.slow)])
 def test_int8_path_matches_oracle_and_generates(fixture, method, bits):
     m, batch = fixture
     ad = VARAdapter(m.cfg)

@@ -1,6 +1,7 @@
 """RAR through the registry and the CLI: presets, per-image keys, official sampling defaults."""
 
 import numpy as np
+import pytest
 
 from arvg_jax import families, imageio
 from arvg_jax.cli import main
@@ -20,6 +21,7 @@ def test_presets_and_official_per_size_defaults():
     assert rar.sampling_defaults(families.preset("rar-b")[1].config())["guidance_scale"] == 16.0
 
 
+@pytest.mark.slow  # keyed sampling stays in the default run for VAR and PAR
 def test_generate_cli_images_do_not_depend_on_the_batch(tmp_path):
     base = ["generate", "--model", "rar-test", "--random-weights", "--classes", "1,2,5"]
     base += ["--seed", "3"]
@@ -27,7 +29,9 @@ def test_generate_cli_images_do_not_depend_on_the_batch(tmp_path):
     for batch in (1, 3):
         out = tmp_path / f"b{batch}.png"
         tok = tmp_path / f"b{batch}.npz"
-        assert main([*base, "--batch", str(batch), "--out", str(out), "--save-tokens", str(tok)]) == 0
+        assert (
+            main([*base, "--batch", str(batch), "--out", str(out), "--save-tokens", str(tok)]) == 0
+        )
         outs.append((imageio.decode_png(out.read_bytes()), np.load(tok)["tokens"]))
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
     np.testing.assert_array_equal(outs[0][0], outs[1][0])

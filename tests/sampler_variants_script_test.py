@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "sampler_variants.py"
 FLAG = "--xla_gpu_enable_dynamic_slice_fusion=true"  # a real XLA flag, inert on the CPU
@@ -25,6 +27,7 @@ def _run(tmp_path, *argv):
     return res, json.loads(out.read_text()) if out.exists() else None
 
 
+@pytest.mark.slow  # an A/B script smoke run
 def test_smoke_tiny_cpu(tmp_path):
     res, doc = _run(
         tmp_path,

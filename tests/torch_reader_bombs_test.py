@@ -17,8 +17,7 @@ import zlib
 import numpy as np
 import pytest
 
-from converters import _unpickle
-from converters import CheckpointError, load_state_dict, open_state_dict, read_checkpoint
+from converters import CheckpointError, _unpickle, load_state_dict, open_state_dict, read_checkpoint
 
 GiB, MiB = 1 << 30, 1 << 20
 

@@ -17,8 +17,7 @@ from arvg_jax.eval import (
     gaussian_stats,
     init_classifier,
 )
-from arvg_jax.tokenizers import var_vqvae
-from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
+from arvg_jax.families.var.model import VAR, VARConfig
 from arvg_jax.families.var.train import (
     StageHParams,
     VQLossConfig,
@@ -32,7 +31,8 @@ from arvg_jax.families.var.train import (
     vqvae_loss,
     vqvae_train_step,
 )
-from arvg_jax.families.var.model import VAR, VARConfig
+from arvg_jax.tokenizers import var_vqvae
+from arvg_jax.tokenizers.var_vqvae import VQVAEConfig
 
 # Distinct small dims: V 37, Cv 7, 4-px images -> 4x4 latent (one level, no downsampling),
 # scales (1, 2, 4), 12 classes. ch 32 is the least width the 32-group GroupNorm allows.

@@ -48,6 +48,7 @@ def _generate(model, params, fuse, batch=2, platform=None):
     )
 
 
+@pytest.mark.slow  # interpret-mode kernels on CPU; run on the GPU with the GPU modules
 def test_fused_ffn_path_is_taken_only_for_packed_pallas_layers(monkeypatch):
     model, qtree = _quantized()
     ffn = _packed.pack(qtree, impl="xla")["blocks_0"]["ffn"]
@@ -72,6 +73,7 @@ def test_fused_ffn_path_is_taken_only_for_packed_pallas_layers(monkeypatch):
     assert not calls
 
 
+@pytest.mark.slow  # interpret-mode kernels on CPU; run on the GPU with the GPU modules
 @pytest.mark.skipif(
     jax.default_backend() != "cpu",
     reason=(

@@ -1,27 +1,26 @@
 """Stacked-blocks sampling (one lax.scan over blocks per scale) computes what the unrolled
 sampler computes; the attention options of VARConfig."""
 
-
 import jax
 import numpy as np
-
-from arvg_jax.options import ExecOptions
 import pytest
 
 from arvg_jax.families.var import sampler as var_sampler
-from arvg_jax.models import random_model
 from arvg_jax.families.var.model import VARConfig, attention_impl
+from arvg_jax.models import random_model
+from arvg_jax.options import ExecOptions
 
 
 def _model():
     return random_model("var-test", seed=1)
 
 
+@pytest.mark.slow  # the default greedy-reference test runs the scan layout
 def test_scan_sampler_equals_unrolled_sampler():
     m = _model()
     labels = np.array([1, 3, 5], np.int32)
     key = jax.random.PRNGKey(7)
-    kw = dict(greedy=True, return_logits_margin=True)
+    kw = {"greedy": True, "return_logits_margin": True}
     a = var_sampler.generate(m.params, m.vae_params, m.cfg, m.vae_cfg, labels, key, **kw)
     stacked = var_sampler.stack_blocks(m.params)
     assert "blocks" in stacked and not any(k.startswith("blocks_") for k in stacked)

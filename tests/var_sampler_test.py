@@ -7,15 +7,14 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from arvg_jax.options import ExecOptions
 import pytest
 from flax import traverse_util
 
 from arvg_jax import sampling
 from arvg_jax.families.var import sampler as var_sampler
-from arvg_jax.tokenizers import var_vqvae
 from arvg_jax.families.var.model import VAR, VARConfig
+from arvg_jax.options import ExecOptions
+from arvg_jax.tokenizers import var_vqvae
 from converters.torch_reader import load_state_dict
 from converters.var import abstract_params, convert_var
 from converters.var_vae import convert_vae, vae_config_from_fixture

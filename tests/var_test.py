@@ -6,14 +6,13 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from arvg_jax.options import ExecOptions
 import pytest
 from flax import traverse_util
 
 import quant
-from arvg_jax.nn.layers import Dense
 from arvg_jax.families.var.model import VAR, VARBlock, VARConfig, attention_mask, init_kv_caches
+from arvg_jax.nn.layers import Dense
+from arvg_jax.options import ExecOptions
 from converters.torch_reader import load_state_dict
 from converters.var import abstract_params, convert_var
 
