@@ -60,6 +60,8 @@ class ExecOptions:
     Attributes:
       dtype: compute dtype of the transformer matmuls and KV cache (params stay float32; norms,
         embeddings, heads and logits run in float32). bfloat16 is the official autocast inference.
+      decode_dtype: compute dtype of the tokenizer's decoder (image decoding); float32 is the
+        official precision (the VQVAE/VAE decode outside autocast).
       attention: cached-sampling attention: "xla" (einsum + float32 softmax), "cudnn"
         (`jax.nn.dot_product_attention`; 16-bit dtypes and head dims cuDNN takes) or "auto" (cudnn
         on GPU in 16-bit where the head dim fits, else xla). Teacher forcing always uses xla.
@@ -88,6 +90,7 @@ class ExecOptions:
     """
 
     dtype: Dtype = "float32"
+    decode_dtype: Dtype = "float32"
     attention: Attention = "auto"
     sampling_filter: str = "auto"
     sampler_kv: SamplerKV = "stacked"  # 36 ms faster than "prefix" at VAR-d30 b64 (BENCHMARKS.md)
@@ -105,6 +108,7 @@ class ExecOptions:
         # Accept any dtype spelling (jnp.bfloat16, "bfloat16", np.dtype) and keep the name.
         object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
         _check("dtype", self.dtype, Dtype)
+        _check("decode_dtype", self.decode_dtype, Dtype)
         _check("attention", self.attention, Attention)
         _check("sampler_kv", self.sampler_kv, SamplerKV)
         _check("matmul_out", self.matmul_out, MatmulOut)
@@ -125,6 +129,11 @@ class ExecOptions:
     def compute_dtype(self) -> Any:
         """The jnp scalar type of `dtype` (jnp.float32, jnp.bfloat16, ...)."""
         return jnp.dtype(self.dtype).type
+
+    @property
+    def decode_compute_dtype(self) -> Any:
+        """The jnp scalar type of `decode_dtype`."""
+        return jnp.dtype(self.decode_dtype).type
 
     @property
     def half(self) -> bool:

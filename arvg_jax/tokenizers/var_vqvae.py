@@ -75,8 +75,6 @@ class VQVAEConfig:
     share_quant_resi: int = 4  # 0 non-shared, 1 shared, n > 1 partially shared (n φ)
     default_qresi_counts: int = 0  # φ count for share_quant_resi == 0 (0 = one per scale)
     patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # pn of each scale
-    dtype: Any = jnp.float32  # compute dtype of encoder, decoder and the two latent convs
-    param_dtype: Any = jnp.float32  # dtype of created params (init / abstract tree)
 
     def __post_init__(self):
         if len(self.patch_nums) < 2:
@@ -228,12 +226,13 @@ class Encoder(nn.Module):
     """
 
     cfg: VQVAEConfig
+    dtype: Any = jnp.float32  # compute dtype (an execution choice; params are float32)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps `[B, H, W, in_channels]` to `[B, H / downsample, W / downsample, Cv]`."""
         cfg = self.cfg
-        d, p = cfg.dtype, cfg.param_dtype
+        d, p = self.dtype, jnp.float32
         n = len(cfg.ch_mult)
         h = _conv(cfg.ch, 3, "conv_in", d, p)(x.astype(d))
         for lvl in range(n):
@@ -258,12 +257,13 @@ class Decoder(nn.Module):
     """
 
     cfg: VQVAEConfig
+    dtype: Any = jnp.float32  # compute dtype (an execution choice; params are float32)
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         """Maps `[B, h, w, Cv]` to `[B, h * downsample, w * downsample, in_channels]`."""
         cfg = self.cfg
-        d, p = cfg.dtype, cfg.param_dtype
+        d, p = self.dtype, jnp.float32
         n = len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
         h = _conv(block_in, 3, "conv_in", d, p)(z.astype(d))
@@ -281,15 +281,15 @@ class Decoder(nn.Module):
         return _conv(cfg.in_channels, 3, "conv_out", d, p)(h)
 
 
-def _latent_conv(cfg: VQVAEConfig) -> nn.Conv:
+def _latent_conv(cfg: VQVAEConfig, dtype: Any = jnp.float32) -> nn.Conv:
     """vqvae.py `quant_conv` / `post_quant_conv`: Cv -> Cv, kernel quant_conv_ks, same padding."""
-    return _conv(cfg.z_channels, cfg.quant_conv_ks, None, cfg.dtype, cfg.param_dtype)
+    return _conv(cfg.z_channels, cfg.quant_conv_ks, None, dtype, jnp.float32)
 
 
 class VectorQuantizer(nn.Module):
     """quant.py `VectorQuantizer2` params: the codebook and the φ convs (`phi_{k}`).
 
-    Runs in float32 whatever `cfg.dtype` is: the official f̂ accumulation is float32.
+    Runs in float32 whatever the decoder's compute dtype: the official f̂ accumulation is float32.
     """
 
     cfg: VQVAEConfig
@@ -300,11 +300,11 @@ class VectorQuantizer(nn.Module):
             "embedding",
             nn.initializers.normal(1.0),
             (cfg.vocab_size, cfg.z_channels),
-            cfg.param_dtype,
+            jnp.float32,
         )
         # quant.py `Phi` is a 3x3 conv Cv -> Cv with bias and padding 1.
         self.phi = [
-            _conv(cfg.z_channels, 3, None, jnp.float32, cfg.param_dtype) for _ in range(cfg.num_phi)
+            _conv(cfg.z_channels, 3, None, jnp.float32, jnp.float32) for _ in range(cfg.num_phi)
         ]
 
     def lookup(self, idx: jax.Array) -> jax.Array:
@@ -464,19 +464,22 @@ def idx_to_fhat(params: dict, cfg: VQVAEConfig, idx_list: Sequence[jax.Array]) -
     return f_hat
 
 
-def fhat_to_img(params: dict, cfg: VQVAEConfig, f_hat: jax.Array) -> jax.Array:
+def fhat_to_img(
+    params: dict, cfg: VQVAEConfig, f_hat: jax.Array, *, dtype: Any = jnp.float32
+) -> jax.Array:
     """vqvae.py `fhat_to_img`: `decoder(post_quant_conv(f̂)).clamp(-1, 1)`.
 
     Args:
         params: VQVAE params (`post_quant_conv` and `decoder` are read).
-        cfg: the VQVAE config; `cfg.dtype` is the compute dtype.
+        cfg: the VQVAE config.
         f_hat: `[B, h, w, Cv]`.
+        dtype: compute dtype of post_quant_conv and the decoder (`ExecOptions.decode_dtype`).
 
     Returns:
         `[B, h * downsample, w * downsample, in_channels]` float32 image in [-1, 1].
     """
-    z = _latent_conv(cfg).apply({"params": params["post_quant_conv"]}, f_hat.astype(cfg.dtype))
-    img = Decoder(cfg).apply({"params": params["decoder"]}, z)
+    z = _latent_conv(cfg, dtype).apply({"params": params["post_quant_conv"]}, f_hat.astype(dtype))
+    img = Decoder(cfg, dtype).apply({"params": params["decoder"]}, z)
     return jnp.clip(img.astype(jnp.float32), -1.0, 1.0)
 
 

@@ -110,7 +110,7 @@ def _generate_impl(
         if si < k_scales - 1:
             x = model.apply(variables, x_next, si=si + 1, method=VAR.scale_input)
             x = jnp.concatenate([x, x], axis=0)  # the uncond half gets the same input
-    img = var_vqvae.fhat_to_img(vae_params, vae_cfg, f_hat)
+    img = var_vqvae.fhat_to_img(vae_params, vae_cfg, f_hat, dtype=opts.decode_compute_dtype)
     # vqvae.fhat_to_img clamps to [-1, 1]; var.py then does .add_(1).mul_(0.5).
     out = {
         "tokens": jnp.concatenate(tokens, axis=1),

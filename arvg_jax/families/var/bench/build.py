@@ -381,10 +381,11 @@ def variant_params(model, variant: Variant, quantized: dict[tuple, dict]):
         "attn_prologue": variant.prologue or None,
         "adaln_kernel": variant.adaln or None,
         "nibble_unpack": variant.unpack or None,
+        "decode_dtype": jnp.dtype(variant.dtype).name,
     }
     opts = opts.replace(**{k: v for k, v in changes.items() if v is not None})
     var_cfg = model.cfg
-    vae_cfg = dataclasses.replace(model.vae_cfg, dtype=variant.dtype)
+    vae_cfg = model.vae_cfg
     if variant.precision == "float32":
         params = model.params
     elif variant.precision == "bfloat16":
