@@ -246,6 +246,7 @@ def test_quantized_variants_have_the_ptq4arvg_layout(fit):
     assert build.param_bytes(params) < build.param_bytes(build.to_bfloat16(model.params))
 
 
+@pytest.mark.slow  # builds every bench variant's tree (~50 s)
 def test_abstract_param_bytes_equal_the_built_trees():
     """The shapes-only byte count (how BENCHMARKS reports VAR-d30's W4A8 storage) equals
     `param_bytes` of the trees the bench builds; W4A8 stores two weight codes per byte."""

@@ -125,6 +125,7 @@ def test_facility_location_covers_clusters_before_duplicating():
         dgc.facility_location(pair, 19)
 
 
+@pytest.mark.slow  # regenerates the candidates (~85 s); the CLI quantize test runs this path end to end
 def test_prepare_calibration_generates_and_selects(var_dir):
     m = reference_model(var_dir)
     c = candidates(var_dir)

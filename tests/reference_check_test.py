@@ -43,6 +43,7 @@ def var_run(tmp_path_factory):
     return fixture, np.load(out)
 
 
+@pytest.mark.slow  # the script over the VAR fixture (~50 s); var_test / var_sampler_test check the same arrays
 def test_var_every_output_reproduced(var_run):
     fixture, ours = var_run
     ref = _outputs(fixture, "io.npz")

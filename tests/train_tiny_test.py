@@ -84,6 +84,7 @@ def test_training_quantizer_matches_inference_tokens():
     )
 
 
+@pytest.mark.slow  # training-recipe check (~30 s); the shipped assets are the real test
 def test_tokenizer_steps_reduce_loss():
     x, _ = _images(8)
     x = jnp.asarray(x)
@@ -102,6 +103,7 @@ def test_tokenizer_steps_reduce_loss():
     assert int(metrics["used"]) >= 1
 
 
+@pytest.mark.slow  # training-recipe check (~40 s)
 def test_var_steps_reduce_loss():
     vae_params = _random_vae_params(5)
     x, y = _images(12)

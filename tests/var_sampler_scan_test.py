@@ -34,6 +34,7 @@ def test_scan_sampler_equals_unrolled_sampler():
     np.testing.assert_array_equal(c["tokens"], d["tokens"])
 
 
+@pytest.mark.slow  # compiles the scan sampler twice over (~60 s)
 def test_scan_sampler_no_retrace_for_a_second_batch_of_the_same_shape():
     m = _model()
     stacked = var_sampler.stack_blocks(m.params)

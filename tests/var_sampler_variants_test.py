@@ -93,6 +93,7 @@ def test_kv_variants_in_bfloat16():
     )
 
 
+@pytest.mark.slow  # an A/B KV layout (~30 s)
 def test_kv_full_attends_only_to_the_written_prefix():
     """With sampler_kv="full" the unwritten cache tail is masked: garbage there changes nothing."""
     m = _model(2)
