@@ -214,6 +214,7 @@ def test_plot_draws_each_series():
 
 
 @pytest.mark.parametrize("fit", ("fast", "calibrated"))
+@pytest.mark.slow  # builds and calibrates bench variants (~45 s)
 def test_quantized_variants_have_the_ptq4arvg_layout(fit):
     from quant import QArray
     from quant._packed import PackedKernel

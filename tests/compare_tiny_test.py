@@ -77,6 +77,7 @@ def comparison():
     return result, logs
 
 
+@pytest.mark.slow  # generates and calibrates (~60 s, shared with the next test)
 def test_compare_rows_and_table(comparison):
     result, logs = comparison
     assert [r.name for r in result.rows] == [C.FLOAT, C.FLOAT_NOISE, "RTN W8A8"]
@@ -95,6 +96,7 @@ def test_compare_rows_and_table(comparison):
     assert noise.kl is None and noise.token_agreement < 1.0  # other keys, other tokens
 
 
+@pytest.mark.slow  # shares the comparison above
 def test_compare_outputs(comparison, tmp_path):
     from arvg_jax import imageio
 

@@ -122,6 +122,7 @@ def test_logits_and_greedy_tokens_are_bit_identical(ref, direct, converted):
     assert np.array_equal(np.asarray(a["images"]), np.asarray(b["images"]))
 
 
+@pytest.mark.slow  # a second calibration (~30 s)
 def test_quantizing_a_converted_directory_equals_quantizing_the_torch_file(
     ref, direct, converted, tmp_path
 ):

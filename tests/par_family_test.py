@@ -61,6 +61,7 @@ def test_sampling_defaults_are_the_official_ones(name):
     assert fam.sampling_defaults()["cfg_scale"] == 1.5  # no config: the script default
 
 
+@pytest.mark.slow  # ~30 s; var_sampler_test and sample_command_test check the same property
 def test_generate_images_do_not_depend_on_the_batch(tmp_path):
     """`arvg generate` with --batch 1 and --batch 2: image i draws with image_keys(seed, i)."""
     pngs, npzs = [], []

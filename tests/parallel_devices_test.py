@@ -18,7 +18,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(*args) -> dict:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags.strip()}  # keeps conftest's optimization level
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.pop("ARVG_PROCESS_INDEX", None), env.pop("ARVG_PROCESS_COUNT", None)
     proc = subprocess.run(

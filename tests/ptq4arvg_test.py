@@ -164,6 +164,7 @@ def test_deployed_tree_and_int8_matches_oracle(var_dir, bits):
     assert 1e-4 < _rel(int8, _float_logits(var_dir)) < 0.2
 
 
+@pytest.mark.slow  # a second calibration (~45 s); the RAR/PAR/MAR quant tests and the compare tables make the same comparison
 def test_ptq4arvg_beats_rtn_at_w6a6_on_calibration_logits(var_dir):
     """Teacher-forced logit error vs float on the calibration sequences, W6A6.
 

@@ -49,7 +49,7 @@ def test_smoothquant_fold_preserves_float_logits(fixture):
     assert np.max(np.abs(k0 - k1)) > 1e-3
 
 
-@pytest.mark.parametrize("method", ["rtn", "smoothquant"])
+@pytest.mark.parametrize("method", ["rtn", pytest.param("smoothquant", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("bits", ["w8a8", pytest.param("w6a6", marks=pytest.mark.slow)])
 def test_int8_path_matches_oracle_and_generates(fixture, method, bits):
     m, batch = fixture

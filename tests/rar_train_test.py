@@ -44,6 +44,7 @@ def _token_data(n=64, seed=0):
     return tokens.astype(np.int32), labels
 
 
+@pytest.mark.slow  # training recipe (~45 s)
 def test_rar_loss_is_family_teacher_forced_ce_and_decreases():
     tokens, labels = _token_data()
     hp = StageHParams(steps=12, batch=32, lr=1e-2, warmup=0)
@@ -101,6 +102,7 @@ def _train_and_inference_paths(params, x):
     return aux["idx"], tok, reconstruct(params, TOK_CFG, x), dec
 
 
+@pytest.mark.slow  # training recipe (~30 s)
 def test_tokenizer_training_quantizer_matches_inference():
     params = init_tokenizer_state(
         TOK_CFG, StageHParams(steps=1, batch=1, lr=1e-3), VQLossConfig(), jax.random.key(0)

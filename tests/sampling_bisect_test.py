@@ -101,7 +101,7 @@ def test_top_k_alone_is_exact_including_ties():
     [
         pytest.param("bisect:1", marks=pytest.mark.slow),  # ~20 s each; bisect:6 / bisect:4:0
         "bisect:3",  # cover the bits-per-pass and chunk paths
-        "bisect:6",
+        pytest.param("bisect:6", marks=pytest.mark.slow),
         "bisect:4:0",
         pytest.param("bisect:1:0", marks=pytest.mark.slow),
     ],

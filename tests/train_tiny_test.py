@@ -65,6 +65,7 @@ def _train_and_inference_paths(params, x):
     return train, idx_inf, f_hat, img_train, img_inf
 
 
+@pytest.mark.slow  # training recipe (~30 s)
 def test_training_quantizer_matches_inference_tokens():
     params = _random_vae_params(3)
     x, _ = _images(5)
