@@ -89,3 +89,32 @@ def test_cli_images_do_not_depend_on_the_batch(tmp_path):
     assert tokens.dtype == np.float32 and tokens.shape == (2, cfg.seq_len, cfg.token_embed_dim)
     np.testing.assert_array_equal(outs[1][1], tokens)
     assert not np.array_equal(tokens[0], tokens[1])
+
+
+def test_packaged_tiny_mar_is_the_recipe_and_loads():
+    # The shipped weights (arvg_jax/assets/tiny/mar) are the recipe's architecture, every leaf
+    # has the shape the model and the KL decoder expect, and the demo samples with the head
+    # steps the packaged config records.
+    import jax
+    from flax import traverse_util
+
+    from arvg_jax import assets
+    from arvg_jax.families.mar.model import abstract_params
+    from arvg_jax.families.mar.train import MARTinyRecipe
+    from arvg_jax.tokenizers import kl16_vae
+
+    mar = families.get("mar")
+    preset = mar.presets()["mar-tiny"]
+    recipe = MARTinyRecipe.default()
+    assert preset.config() == recipe.mar and preset.tokenizer_config() == recipe.vae
+    cfg, params, tok_cfg, tok_params, meta = assets.load_family_tiny(mar)
+    assert meta["status"] == "complete" and meta["weights"] == "ema"
+    assert cfg == recipe.mar and tok_cfg == recipe.vae
+    assert mar.demo_sampling()["num_sampling_steps"] == cfg.num_sampling_steps
+
+    def shapes(tree):
+        return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+
+    assert shapes(params) == shapes(abstract_params(cfg))
+    assert shapes(tok_params) == shapes(kl16_vae.abstract_params(tok_cfg))
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((params, tok_params)))
