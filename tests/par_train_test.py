@@ -55,6 +55,7 @@ def _toy_tokens(n: int, seed: int = 0):
     return tokens, labels  # raster order
 
 
+@pytest.mark.slow  # training recipe (~16 s)
 def test_gpt_training_lowers_the_loss_and_matches_teacher_forced_logits():
     from arvg_jax.families.par.family import PARFamily
     from arvg_jax.options import ExecOptions

@@ -238,6 +238,7 @@ def _per_token_rel(a, b):
     return np.asarray(jnp.linalg.norm(a - b, axis=-1) / jnp.linalg.norm(b, axis=-1))  # [B, L]
 
 
+@pytest.mark.slow  # ~85 s; par_quant_test checks cached steps' token groups by default
 def test_cached_sampling_uses_the_calibrated_token_groups(var_dir):
     """STWQ at inference: the sampler's per-scale positions pick the groups calibrated at T = L.
 

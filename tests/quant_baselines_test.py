@@ -50,6 +50,7 @@ def test_smoothquant_fold_preserves_float_logits(fixture):
 
 
 @pytest.mark.parametrize("method", ["rtn", pytest.param("smoothquant", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~75 s; ptq4arvg_test checks the deployed int8 path against its oracle
 @pytest.mark.parametrize("bits", ["w8a8", pytest.param("w6a6", marks=pytest.mark.slow)])
 def test_int8_path_matches_oracle_and_generates(fixture, method, bits):
     m, batch = fixture

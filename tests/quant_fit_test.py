@@ -123,6 +123,7 @@ def test_fit_input_groups_on_a_prefix_keep_the_whole_table():
     np.testing.assert_array_equal(np.asarray(got.zero_point), np.asarray(want.zero_point))
 
 
+@pytest.mark.slow  # ~25 s
 def test_fit_stages_equals_sequential_rerun(reference):
     """One forward per block with in-forward fits = re-running the block after every layer.
 

@@ -135,6 +135,7 @@ def test_zero_signs_negative_values_and_infinities(method):
             np.testing.assert_array_equal(out, ref, err_msg=f"top_k {top_k} top_p {top_p}")
 
 
+@pytest.mark.slow  # ~13 s
 def test_greedy_and_keyed_draws_are_those_of_the_sort_filter():
     draw = jax.jit(
         functools.partial(sampling.sample_tokens, top_k=900, top_p=0.96),

@@ -70,6 +70,7 @@ def test_bfloat16_logits_keep_their_dtype_and_values():
     np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)), np.asarray(ref))
 
 
+@pytest.mark.slow  # ~15 s in interpret mode on CPU
 def test_draws_are_those_of_the_bisect_filter():
     draw = jax.jit(
         functools.partial(sampling.sample_tokens, top_k=900, top_p=0.96, interpret=INTERPRET),

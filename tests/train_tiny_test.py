@@ -161,6 +161,7 @@ def test_frechet_distance_matches_direct_formula():
         frechet_distance(mu1, s1, mu2[:3], s2[:3, :3])
 
 
+@pytest.mark.slow  # ~40 s; the packaged-assets tests load every family's files
 def test_assets_round_trip(tmp_path):
     var_params = VAR(VAR_CFG).init(
         jax.random.key(0), jnp.zeros((1,), jnp.int32), jnp.zeros((1, 20, 7), jnp.float32)

@@ -107,6 +107,7 @@ def test_greedy_generation_matches_reference(reference, cfg_scale):
         assert np.abs(np.asarray(out["images"][b]) - ref_img[b]).max() <= 1e-4
 
 
+@pytest.mark.slow  # ~15 s; the greedy reference test pins the same tokens
 def test_greedy_tokens_are_the_teacher_forced_cfg_argmax():
     cfg, vae_cfg, params, vae_params = _tiny_models()
     labels, cfg_scale = np.array([3, 7, 10], np.int32), 2.0
@@ -162,6 +163,7 @@ def test_sampling_is_keyed_and_does_not_retrace(monkeypatch):
     assert "top2_margin" not in a
 
 
+@pytest.mark.slow  # ~35 s; sample_command_test checks batch-independent images
 def test_images_depend_on_their_key_only():
     """Image i draws with image_keys(seed, i): batch size and batch position change nothing."""
     from arvg_jax.families import image_keys
