@@ -4,420 +4,44 @@ A `Model` bundles everything generation needs (family, configs and params of the
 of its tokenizer) whatever its origin, so `arvg generate`, `quantize`, `evaluate` and `bench`
 treat every family, float or quantized, alike. The family comes from the registry
 (`arvg_jax.families`); nothing here names one.
+
+Layout: `_model` (the `Model` type and what commands do with one: quantization adapter,
+calibration, teacher-forced logits), `_model_configs` (presets and `--config` files -> configs),
+`_model_official` (official checkpoint files -> params), `_model_loaders` (every source of a
+`Model`: official or converted checkpoints, random or packaged weights, quantized directories);
+this module holds the shared command-line flags and the choice among the loaders, and re-exports
+the pieces' names, so `arvg_jax.models` stays the one import. `model_from_args` looks the loaders
+up here (`float_model_from_args`), so patching `arvg_jax.models.random_model` (tests do) still
+takes effect.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import pathlib
-from typing import Any
-
-from arvg_jax import assets, families
-from arvg_jax.families import Family
-
-
-@dataclasses.dataclass
-class Model:
-    """A generator and its tokenizer. `params` may hold QArray leaves (quantized)."""
-
-    family: str
-    cfg: Any
-    params: dict[str, Any]
-    vae_cfg: Any  # the tokenizer's config
-    vae_params: dict[str, Any]  # the tokenizer's params
-    name: str
-    recipe: dict[str, Any] | None = None  # set for quantized models
-    source: dict[str, Any] = dataclasses.field(default_factory=dict)  # where it came from
-
-    @property
-    def quantized(self) -> bool:
-        return self.recipe is not None
-
-    def __repr__(self) -> str:
-        # The default dataclass repr would print every weight (notebooks echo it).
-        import numpy as np
-
-        from quant import _tree
-
-        n = sum(int(np.prod(getattr(v, "shape", ()))) for v in _tree.flatten(self.params).values())
-        kind = (
-            f"{self.recipe['method']} w{self.recipe['w_bits']}a{self.recipe['a_bits']}"
-            if self.recipe
-            else "float"
-        )
-        return f"Model({self.name!r}, family={self.family!r}, {kind}, {n:,} parameters)"
-
-    @property
-    def fam(self) -> Family:
-        return families.get(self.family)
-
-    @property
-    def num_classes(self) -> int:
-        return self.fam.num_classes(self.cfg)
-
-    # ---- the public Python API (`arvg_jax.load` returns a Model) ------------------------------
-    def sampling_defaults(self) -> dict[str, Any]:
-        """The official sampler's settings for this model (what `generate` uses unless given)."""
-        return self.fam.sampling_defaults(self.cfg)
-
-    def generate(self, key_or_seed, labels, *, options=None, **sampling) -> dict[str, Any]:
-        """Images for class labels: ``{"tokens": int32 [B, ...], "images": float32 [B, H, W, 3]}``.
-
-        Image i draws with ``fold_in(key, i)`` (an int seed means ``PRNGKey(seed)``), as
-        ``arvg generate --seed``. Unset sampling settings take the official defaults
-        (`sampling_defaults`); `options` is an `ExecOptions` (default float32).
-
-        Example::
-
-            import arvg_jax
-            model = arvg_jax.load("var-test", random_weights=True)
-            out = model.generate(0, [1, 2], top_k=0, top_p=0.0)
-            out["images"].shape  # (2, 32, 32, 3)
-        """
-        import jax
-        import jax.numpy as jnp
-        import numpy as np
-
-        from arvg_jax.options import ExecOptions
-
-        labels = np.asarray(labels, np.int32).reshape(-1)
-        if isinstance(key_or_seed, (int, np.integer)):
-            key = jax.random.PRNGKey(int(key_or_seed))
-        else:
-            key = key_or_seed
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
-            jnp.arange(labels.shape[0], dtype=jnp.uint32)
-        )
-        unknown = set(sampling) - set(self.sampling_defaults())
-        if unknown:
-            raise TypeError(
-                f"{self.family} sampling takes {sorted(self.sampling_defaults())}; "
-                f"got unknown {sorted(unknown)}"
-            )
-        settings = {**self.sampling_defaults(), **sampling}
-        return self.fam.generate(
-            self.fam.inference_layout(self.params),
-            self.vae_params,
-            self.cfg,
-            self.vae_cfg,
-            labels,
-            keys,
-            options=options or ExecOptions(),
-            **settings,
-        )
-
-    def logits(self, labels, tokens, *, options=None, batch: int = 16):
-        """Teacher-forced float32 logits of the model on given token sequences.
-
-        Example::
-
-            import arvg_jax
-            model = arvg_jax.load("var-test", random_weights=True)
-            tokens = model.generate(0, [1, 2], greedy=True)["tokens"]
-            logits = model.logits([1, 2], tokens)  # [2, L, vocab]
-        """
-        return teacher_forced_logits(self, labels, tokens, options=options, batch=batch)
-
-    def quant_adapter(self, coverage: tuple[str, ...] = ()):
-        """The family's quantization adapter for this config (`quant.quantize`'s `adapter`);
-        `coverage`: options of `self.fam.coverage_options()` (e.g. MAR's "diffusion_head")."""
-        return self.fam.quant_adapter(self.cfg, coverage=tuple(coverage))
-
-    def calibration_batch(self, labels, tokens) -> dict[str, Any]:
-        """Calibration inputs for `quant.quantize` from class labels and their token sequences
-        (e.g. images generated by `generate`): each image gives a cond and an uncond row."""
-        import numpy as np
-
-        from quant.algorithms.calib_data import Candidates
-
-        labels = np.asarray(labels, np.int32).reshape(-1)
-        cands = Candidates.from_generations(
-            labels, np.asarray(tokens), null_label=self.num_classes, gen_batch=len(labels)
-        )
-        return self.fam.calibration_batch(self.vae_params, self.vae_cfg, cands)
-
-    def with_params(self, params: dict[str, Any], recipe: dict[str, Any] | None = None) -> Model:
-        """The same model with other params (e.g. `quant.quantize`'s output) and recipe."""
-        return dataclasses.replace(self, params=params, recipe=recipe)
-
-
-# One serialisation of configs for every file we write (quantized checkpoints, packaged tiny
-# models): architecture fields only. Execution choices (`arvg_jax.options.ExecOptions`) are never
-# pinned by a file, and older checkpoints that stored them still load.
-config_to_dict = assets.config_to_dict
-config_from_dict = assets.config_from_dict
-
-
-def model_choices() -> tuple[str, ...]:
-    return families.model_choices()
-
-
-def resolve_configs(model: str, config_path: str | os.PathLike | None) -> tuple[Family, Any, Any]:
-    """(family, config, tokenizer config) for `--model PRESET` or `--model FAMILY --config
-    config.json` (official constructor arguments)."""
-    registry = families.all_families()
-    if model in registry:
-        if config_path is None:
-            raise ValueError(
-                f"--model {model} needs --config config.json (official constructor args)"
-            )
-        fam = registry[model]
-        conf = json.loads(pathlib.Path(config_path).read_text())
-        cfg, tok_cfg = fam.configs_from_official(conf)
-        return fam, cfg, tok_cfg
-    fam, preset = families.preset(model)
-    if config_path is not None:
-        raise ValueError(f"--config is only for --model {fam.name} (got --model {model})")
-    return fam, preset.config(), preset.tokenizer_config()
-
-
-def _convert(convert, path, state_dict, cfg, what: str, model: str):
-    """`convert(state_dict, cfg)`, with a short, useful message when the file does not fit: what
-    the file looks like (`converters.identify`) and the start of the converter's key report."""
-    from converters import ConversionError, identify
-
-    try:
-        return convert(state_dict, cfg)
-    except ConversionError as e:
-        found = identify(state_dict)
-        detail = " ".join(str(e).split())
-        if len(detail) > 400:
-            detail = detail[:400] + " …"
-        raise ConversionError(
-            f"{path}: does not fit the {what} of --model {model}: {found.hint}; {detail}"
-        ) from None
-
-
-def read_state_dict(path, key: str | None, default_keys: tuple[str, ...], *, stream: bool = False):
-    """The state dict of `path`: entry `key`, or for a wrapped file without one the first of the
-    family's official entries that it holds (e.g. MAR's "model_ema").
-
-    `stream=True` reads no tensor yet: a `converters.StreamedStateDict` (shapes only; each tensor
-    is read, checked finite and released as a converter takes it; see `convert_file`)."""
-    import sys
-
-    from converters import CheckpointError, load_state_dict, open_state_dict
-
-    read = open_state_dict if stream else load_state_dict
-    if key is not None or not default_keys:
-        return read(path, key=key)
-    try:
-        return read(path)
-    except CheckpointError as e:
-        if "wrapped checkpoint" not in str(e):
-            raise
-        for k in default_keys:
-            try:
-                sd = read(path, key=k)
-            except CheckpointError:
-                continue
-            print(
-                f"{path}: reading entry {k!r} (the official choice; --ckpt-key picks another)",
-                file=sys.stderr,
-            )
-            return sd
-        raise
-
-
-def convert_file(
-    convert,
-    path,
-    cfg,
-    *,
-    key: str | None,
-    default_keys: tuple[str, ...],
-    what: str,
-    model: str,
-    allow_nonfinite: bool = False,
-) -> tuple[dict, int]:
-    """Converts one official checkpoint file tensor by tensor; returns (params, keys in the file).
-
-    Peak host memory is the converted params plus about one tensor: the file is opened lazily
-    (`converters.StreamedStateDict`), each tensor read, checked for NaN / Inf (unless
-    `allow_nonfinite`) and freed as its leaf is made. Refusals are those of reading the whole file
-    first: `CheckpointError` (unreadable, non-finite) or `ConversionError` (does not fit).
-    """
-    from converters import StreamedStateDict
-
-    lazy = read_state_dict(path, key, default_keys, stream=True)
-    sd = StreamedStateDict(lazy, path, allow_nonfinite=allow_nonfinite)
-    params = _convert(convert, path, sd, cfg, what, model)
-    sd.finish()
-    return params, len(sd)
-
-
-def convert_transformer(fam: Family, ckpt, cfg, model: str, key=None, allow_nonfinite=False):
-    """(params, keys in the file) of an official transformer checkpoint (`convert_file`)."""
-    return convert_file(
-        fam.convert,
-        ckpt,
-        cfg,
-        key=key,
-        default_keys=fam.checkpoint_keys,
-        what="transformer (--ckpt)",
-        model=model,
-        allow_nonfinite=allow_nonfinite,
-    )
-
-
-def convert_tokenizer(fam: Family, vae, tok_cfg, model: str, allow_nonfinite=False):
-    """(params, keys in the file) of an official tokenizer checkpoint (`convert_file`)."""
-    return convert_file(
-        fam.convert_tokenizer,
-        vae,
-        tok_cfg,
-        key=None,
-        default_keys=fam.tokenizer_checkpoint_keys,
-        what="tokenizer (--vae)",
-        model=model,
-        allow_nonfinite=allow_nonfinite,
-    )
-
-
-def load_float(
-    model: str | None,
-    ckpt: str | os.PathLike,
-    vae: str | os.PathLike | None,
-    config_path: str | os.PathLike | None = None,
-    *,
-    key: str | None = None,
-    allow_nonfinite: bool = False,
-) -> Model:
-    """Converts official checkpoints (no torch) into a float `Model`.
-
-    `ckpt` (and `vae`) may also be converted checkpoints (`arvg convert`: a directory or a
-    `.safetensors` file of ours): the configs then come from it, `model` may be None (else it must
-    name the same model) and `vae` is needed only when it holds no tokenizer.
-
-    Raises:
-      CheckpointError: an unreadable file, or NaN / Inf weights (unless `allow_nonfinite`).
-      ConversionError: a file that does not fit the model, with a guess of what it is.
-      ConvertedCheckpointError: a foreign, truncated or mismatched converted checkpoint.
-    """
-    from arvg_jax import conversion
-
-    if conversion.is_converted(ckpt):
-        return _load_converted(model, ckpt, vae, config_path, key, allow_nonfinite)
-    if not pathlib.Path(ckpt).exists():
-        raise FileNotFoundError(f"{ckpt}: no such file or directory")
-    if model is None:
-        raise ValueError(f"{ckpt}: an official checkpoint needs --model (a preset or a family)")
-    fam, cfg, tok_cfg = resolve_configs(model, config_path)
-    params, _ = convert_transformer(fam, ckpt, cfg, model, key, allow_nonfinite)
-    if vae is None:
-        raise ValueError(f"--model {model} needs --vae (the tokenizer checkpoint)")
-    vae_params = _tokenizer(fam, tok_cfg, vae, model, allow_nonfinite)
-    return Model(
-        fam.name,
-        cfg,
-        params,
-        tok_cfg,
-        vae_params,
-        name=model,
-        source={"ckpt": str(ckpt), "vae": str(vae), "config": config_path and str(config_path)},
-    )
-
-
-def _tokenizer(fam: Family, tok_cfg, vae, model: str, allow_nonfinite: bool) -> dict:
-    """Tokenizer params of `vae`: an official checkpoint, or a converted one of the same config."""
-    from arvg_jax import conversion
-
-    if conversion.is_converted(vae):
-        tok = conversion.load(vae)
-        if tok.vae_params is None:
-            raise conversion.ConvertedCheckpointError(f"{vae}: holds no tokenizer params")
-        if tok.family != fam.name or tok.vae_cfg != tok_cfg:
-            raise conversion.ConvertedCheckpointError(
-                f"{vae}: its tokenizer ({tok.family}) does not fit --model {model}"
-            )
-        return tok.vae_params
-    return convert_tokenizer(fam, vae, tok_cfg, model, allow_nonfinite)[0]
-
-
-def _load_converted(model, ckpt, vae, config_path, key, allow_nonfinite) -> Model:
-    """A converted checkpoint as --ckpt: configs from it; --model, if given, must agree."""
-    from arvg_jax import conversion
-
-    if config_path is not None:
-        raise ValueError(f"{ckpt}: a converted checkpoint holds its config; drop --config")
-    if key is not None:
-        raise ValueError(f"{ckpt}: --ckpt-key is for wrapped torch checkpoints, not converted ones")
-    m = conversion.load(ckpt)
-    if model is not None:
-        registry = families.all_families()
-        if model in registry:
-            if model != m.family:
-                raise conversion.ConvertedCheckpointError(
-                    f"{ckpt}: holds a {m.family} model, not --model {model}"
-                )
-        else:
-            fam, preset = families.preset(model)
-            if fam.name != m.family or preset.config() != m.cfg:
-                raise conversion.ConvertedCheckpointError(
-                    f"{ckpt}: holds {m.name} ({m.family}), whose config is not --model {model}'s"
-                )
-    if vae is not None:
-        m.vae_params = _tokenizer(m.fam, m.vae_cfg, vae, m.name, allow_nonfinite)
-        m.source = {**m.source, "vae": str(vae)}
-    elif m.vae_params is None:
-        raise conversion.ConvertedCheckpointError(
-            f"{ckpt}: holds no tokenizer; give --vae (official or converted)"
-        )
-    return m
-
-
-def random_model(model: str, seed: int = 0, config_path: str | None = None) -> Model:
-    """Seeded random weights at a preset's full size (benchmarks, demos without checkpoints)."""
-    fam, cfg, tok_cfg = resolve_configs(model, config_path)
-    params, vae_params = fam.init_params(cfg, tok_cfg, seed)
-    return Model(
-        fam.name,
-        cfg,
-        params,
-        tok_cfg,
-        vae_params,
-        name=f"{model} (random weights)",
-        source={"random_seed": seed},
-    )
-
-
-def packaged_model(model: str) -> Model:
-    """A preset whose trained weights ship with the package (e.g. the tiny shapes models)."""
-    fam, preset = families.preset(model)
-    if not preset.packaged:
-        raise ValueError(f"--model {model} has no packaged weights: give --ckpt and --vae")
-    cfg, params, tok_cfg, tok_params, _ = fam.load_packaged(model)
-    return Model(fam.name, cfg, params, tok_cfg, tok_params, name=model, source={"packaged": model})
-
-
-def load_quantized(directory: str | os.PathLike) -> Model:
-    """Restores a directory written by `arvg quantize` (self-contained: includes the tokenizer)."""
-    from quant import checkpoint
-
-    params, vae_params, meta = checkpoint.load(directory)
-    try:
-        fam = families.get(meta["family"])
-    except ValueError as e:
-        raise ValueError(f"{directory}: {e}") from None
-    try:
-        cfg = config_from_dict(fam.config_cls, meta["model_config"])
-        vae_cfg = config_from_dict(fam.tokenizer_config_cls, meta["vae_config"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{directory}: model_config / vae_config in its metadata: {e}") from e
-    if vae_params is None:
-        raise ValueError(f"{directory}: has no tokenizer params (vae/)")
-    return Model(
-        fam.name,
-        cfg,
-        params,
-        vae_cfg,
-        vae_params,
-        name=meta.get("name", str(directory)),
-        recipe=meta["recipe"],
-        source=meta.get("source", {}),
-    )
+from arvg_jax import families
+from arvg_jax._model import (  # noqa: F401  (re-exported)
+    Model,
+    prepare_calibration,
+    quant_adapter,
+    teacher_forced_logits,
+)
+from arvg_jax._model_configs import (  # noqa: F401  (re-exported)
+    config_from_dict,
+    config_to_dict,
+    model_choices,
+    resolve_configs,
+)
+from arvg_jax._model_loaders import (  # also re-exported
+    load_float,
+    load_quantized,
+    packaged_model,
+    random_model,
+)
+from arvg_jax._model_official import (  # noqa: F401  (re-exported)
+    convert_file,
+    convert_tokenizer,
+    convert_transformer,
+    read_state_dict,
+)
 
 
 def add_model_arguments(parser, *, quantized: bool = True) -> None:
@@ -498,43 +122,4 @@ def float_model_from_args(args) -> Model:
         args.config,
         key=args.ckpt_key,
         allow_nonfinite=getattr(args, "allow_nonfinite", False),
-    )
-
-
-# ---- what commands do with a Model (the family supplies the how) ------------------------------
-def quant_adapter(model: Model, coverage: tuple[str, ...] = ()):
-    """The quantization adapter of the model's family for its config (+ optional `coverage`)."""
-    return model.fam.quant_adapter(model.cfg, coverage=tuple(coverage))
-
-
-def prepare_calibration(model: Model, adapter, recipe, *, progress: bool = True, **generation):
-    """`quant.api.prepare_calibration` with the family's generator bound to this float model."""
-    from quant import api
-
-    fam = model.fam
-    gen = fam.calibration_generator(model.params, model.vae_params, model.cfg, model.vae_cfg)
-    return api.prepare_calibration(
-        adapter,
-        model.params,
-        gen,
-        lambda cands: fam.calibration_batch(model.vae_params, model.vae_cfg, cands),
-        recipe,
-        progress=progress,
-        **generation,
-    )
-
-
-def teacher_forced_logits(model: Model, labels, tokens, *, options=None, batch: int = 16):
-    """float32 logits of `model` on token sequences (the family's teacher-forced forward)."""
-    from arvg_jax.options import ExecOptions
-
-    return model.fam.teacher_forced_logits(
-        model.params,
-        model.vae_params,
-        model.cfg,
-        model.vae_cfg,
-        labels,
-        tokens,
-        options=options or ExecOptions(),
-        batch=batch,
     )

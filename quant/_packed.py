@@ -1,21 +1,9 @@
 """Inference layout of int8 Dense kernels: ``PackedKernel`` and its int8 x int8 -> int32 path.
 
-A ``QArray`` kernel is stored in Flax layout ``[I, O]`` (the checkpoint contract). cuBLASLt's int8
-GEMM wants both operands K-major ("TN": ``x [M, I]`` and ``w [O, I]``); with ``[I, O]`` XLA
-transposes the int8 weight on every call (a ``wrapped_transpose`` fusion before
-``__cublas$lt$matmul``), which costs a full read and write of the weight per layer and scale
-step. ``pack(params)`` converts every ``QArray`` kernel once, outside jit, into a ``PackedKernel``:
-
-  * ``qvalue_t`` int8 ``[O, I]`` (the torch Linear layout);
-  * ``col_sum`` int32 ``[1, O]`` = Σ_i q_w, the weight term of the zero-point correction, so it is
-    not recomputed (another pass over the weight) inside every generation step;
-  * ``scale`` / ``zero_point`` exactly as in the ``QArray``.
-
-Weights of at most 4 bits (W4A8) are stored two codes per byte (``nibbles=True``: ``qvalue_t``
-uint8 ``[O, I / 2]``, code ``2j`` in the low and ``2j + 1`` in the high four bits, each offset by
-8 into ``[0, 15]``), which halves their bytes. The int8 GEMMs take int8 operands, so
-``PackedKernel.codes()`` unpacks them to int8 ``[O, I]`` where they are used (an elementwise
-pass over the weight per call that XLA may fuse into the GEMM's operand).
+A ``QArray`` kernel is stored in Flax layout ``[I, O]`` (the checkpoint contract); cuBLASLt's int8
+GEMM wants both operands K-major, so ``pack(params)`` converts every ``QArray`` kernel once,
+outside jit, into a ``PackedKernel`` (int8 codes ``[O, I]`` plus their column sums, W4A8 weights
+two codes per byte; ``quant._packed_layout``'s module doc says why and how).
 
 ``quant.dense`` routes a ``PackedKernel`` to ``packed_dense``, which evaluates the same integer
 algebra as ``quant._dot_general._fast_dense`` (exact int32 zero-point corrections, one float32
@@ -49,6 +37,12 @@ from codes and their row sums). For a quantized FFN (VAR's fc1 -> GELU(tanh) -> 
 the kernel's quantizing epilogue, so fc1's bf16 activations never go through HBM (and XLA's
 separate GELU + quantize pass disappears); otherwise the same values through XLA. fc2 then runs
 ``packed_dense_codes`` on them.
+
+Layout: ``_packed_layout`` (``PackedKernel``, ``pack`` / ``unpack``, the nibble storage),
+``_packed_impls`` (the impl names, what "auto" stands for on each platform), ``_packed_pallas``
+(the Hopper kernel's calls and variant defaults); this module holds the Dense itself and the
+per-call routing (``_pallas_eligible``, ``PALLAS_MIN_ROWS``: set or patch those here), and
+re-exports the pieces' names, so ``quant._packed`` stays the one import for the rest of the code.
 """
 
 from __future__ import annotations
@@ -61,8 +55,32 @@ import numpy as np
 from flax import struct
 from jax import lax
 
-from quant import _tree
-from quant._qarray import ActQuant, QArray
+from quant._packed_impls import (  # also re-exported
+    GPU_IMPL,
+    PALLAS_IMPLS,
+    _resolve_impl,
+    default_impl,
+    resolve_impls,
+)
+from quant._packed_layout import (  # noqa: F401  (re-exported)
+    IMPLS,
+    PackedKernel,
+    pack,
+    pack_kernel,
+    pack_nibbles,
+    unpack,
+    unpack_nibble_storage,
+    unpack_nibbles,
+)
+from quant._packed_pallas import (  # noqa: F401  (re-exported)
+    PALLAS_ACT_APPROX_MATH,
+    PALLAS_ACT_QUANT_VARIANT,
+    PALLAS_VARIANT,
+    _pallas_dense,
+    _pallas_dense_act_quant,
+    _pallas_variant,
+)
+from quant._qarray import ActQuant
 
 __all__ = [
     "IMPLS",
@@ -78,213 +96,12 @@ __all__ = [
     "unpack_nibble_storage",
 ]
 
-IMPLS = ("xla", "barrier", "pallas", "pallas_ws", "pallas_pp")
-# The impls that run the Hopper kernel, and the `int8_dense_fused` variant each pins (None: the
-# defaults below).
-PALLAS_IMPLS = {"pallas": None, "pallas_ws": "ws", "pallas_pp": "pp"}
-# Impl "pallas"'s kernel variants, by H100 measurements (2026-11-27, VAR-d30 shapes,
-# BENCHMARKS.md): layers with a bf16 output run "ws" (fc1 32768x1920x7680: 829 us, "pp" 877;
-# fc2 699 against 937); fc1's GELU + quantizing epilogue runs "pp", whose other consumer keeps
-# the tensor cores busy during it (1128 -> 1011 us at the last scale, 745 -> 666 at 13x13).
-PALLAS_VARIANT = "ws"
-PALLAS_ACT_QUANT_VARIANT = "pp"
-# The GPU fallback when the Pallas kernel is unavailable; chosen by the H100 measurements.
-GPU_IMPL = "barrier"
 # Below this many rows the fused kernel's 256-row tiles are mostly padding (VAR's first scales,
 # the AdaLN linears on 2B rows); cuBLASLt handles those.
 PALLAS_MIN_ROWS = 1024
 # The kernel's quantizing epilogue (``packed_dense_act_quant``) needs the output features to be a
 # multiple of its column tile (``int8_dense_fused``'s default ``block_n``); VAR's fc1 (O = 4C) is.
 PALLAS_OUT_QUANT_COLUMNS = 128
-# Off: the epilogue's GELU uses libdevice's tanhf, the function the official PyTorch GELU calls,
-# and the fused codes equal an IEEE float32 reference on H100 (`quant._pallas_gpu.
-# epilogue_divides`). On, the hardware tanh (`tanh.approx.f32`) makes fc1 at VAR-d30's last
-# scale 991 us instead of 1125 us (H100, 2026-11-27; unfused bf16 kernel + XLA pass: 1287 us)
-# and moved 2e-6 of the codes by one there (its ~2^-11 relative error crosses a bf16 rounding
-# boundary). (With a true division in the epilogue, approximate math would also turn it into
-# `div.approx`; the default epilogue multiplies by the reciprocal.) Exactness wins.
-PALLAS_ACT_APPROX_MATH = False
-
-
-@struct.dataclass
-class PackedKernel:
-    """A quantized Dense kernel in inference layout (see module doc). ``shape`` is ``(I, O)``."""
-
-    qvalue_t: jax.Array  # int8 [O, I]; uint8 [O, I / 2] (two 4-bit codes per byte) if nibbles
-    scale: jax.Array  # float32 [1, O]
-    zero_point: jax.Array  # float32 [1, O], integer-valued, shifted (as QArray)
-    col_sum: jax.Array  # int32 [1, O]: sum over I of the stored codes
-    bits: int = struct.field(pytree_node=False, default=8)
-    # "auto" (default_impl() when traced) or one of IMPLS; static, so it is part of jit's key.
-    impl: str = struct.field(pytree_node=False, default="auto")
-    nibbles: bool = struct.field(pytree_node=False, default=False)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        per_byte = 2 if self.nibbles else 1
-        return (int(self.qvalue_t.shape[1]) * per_byte, int(self.qvalue_t.shape[0]))
-
-    def codes(self) -> jax.Array:
-        """The weight codes as int8 ``[O, I]`` (unpacked from nibbles where stored so)."""
-        return unpack_nibbles(self.qvalue_t) if self.nibbles else self.qvalue_t
-
-    @property
-    def ndim(self) -> int:
-        return 2
-
-    def to_qarray(self) -> QArray:
-        return QArray(
-            qvalue=self.codes().T, scale=self.scale, zero_point=self.zero_point, bits=self.bits
-        )
-
-    def dequantize(self, dtype=jnp.float32) -> jax.Array:
-        """Float ``[I, O]`` kernel, equal to ``to_qarray().dequantize(dtype)``."""
-        return self.to_qarray().dequantize(dtype)
-
-
-@jax.jit
-def _pack_arrays(qvalue):
-    """([O, I] codes, [1, O] int32 column sums) of [I, O] codes."""
-    return jnp.transpose(qvalue), jnp.sum(qvalue, axis=0, keepdims=True, dtype=jnp.int32)
-
-
-def pack_nibbles(codes: jax.Array) -> jax.Array:
-    """int8 ``[..., I]`` codes in ``[-8, 7]`` (I even) -> uint8 ``[..., I / 2]``, two per byte."""
-    u = (codes.astype(jnp.int16) + 8).astype(jnp.uint8)
-    return u[..., 0::2] | (u[..., 1::2] << 4)
-
-
-def unpack_nibbles(packed: jax.Array) -> jax.Array:
-    """Inverse of `pack_nibbles`: uint8 ``[..., I / 2]`` -> int8 ``[..., I]``."""
-    lo = (packed & 15).astype(jnp.int8) - 8
-    hi = (packed >> 4).astype(jnp.int8) - 8
-    return jnp.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
-
-
-def unpack_nibble_storage(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with every nibble-stored ``PackedKernel`` expanded to one int8 code per byte
-    (``nibbles=False``; the same codes, scales and column sums). Works on layer-stacked kernels
-    (leading block axis) too. Inside a jitted sampler this unpacks once per call what
-    ``PackedKernel.codes()`` would otherwise unpack at every layer call."""
-
-    def expand(v):
-        if isinstance(v, PackedKernel) and v.nibbles:
-            return v.replace(qvalue_t=unpack_nibbles(v.qvalue_t), nibbles=False)
-        return v
-
-    return jax.tree_util.tree_map(expand, params, is_leaf=lambda v: isinstance(v, PackedKernel))
-
-
-def pack_kernel(kernel: QArray, impl: str = "auto", nibbles: bool | None = None) -> PackedKernel:
-    """QArray ``[I, O]`` with per-output-channel ``[1, O]`` scale/zero point -> PackedKernel.
-
-    ``nibbles``: store two codes per byte (module doc); default: for kernels of at most 4 bits
-    with an even input size.
-    """
-    if impl != "auto" and impl not in IMPLS:
-        raise ValueError(f"pack_kernel: impl must be 'auto' or one of {IMPLS}, got {impl!r}")
-    if kernel.ndim != 2:
-        raise ValueError(f"pack_kernel: need a 2-D [in, out] kernel, got {kernel.shape}")
-    _, o = kernel.shape
-    for name in ("scale", "zero_point"):
-        shp = tuple(getattr(kernel, name).shape)
-        if shp not in ((1, o), (1, 1)):
-            raise ValueError(f"pack_kernel: {name} {shp} is not per output channel [1, {o}]")
-    scale = jnp.broadcast_to(kernel.scale, (1, o)).astype(jnp.float32)
-    zp = jnp.broadcast_to(kernel.zero_point, (1, o)).astype(jnp.float32)
-    i = kernel.shape[0]
-    if nibbles is None:
-        nibbles = kernel.bits <= 4 and i % 2 == 0
-    if nibbles and (kernel.bits > 4 or i % 2):
-        raise ValueError(
-            f"pack_kernel: nibble storage needs at most 4 bits and an even input size, got "
-            f"{kernel.bits} bits and kernel {kernel.shape}"
-        )
-    qt, col_sum = _pack_arrays(kernel.qvalue)
-    if nibbles:
-        qt = pack_nibbles(qt)
-    return PackedKernel(
-        qvalue_t=qt,
-        scale=scale,
-        zero_point=zp,
-        col_sum=col_sum,
-        bits=kernel.bits,
-        impl=impl,
-        nibbles=bool(nibbles),
-    )
-
-
-def pack(params: dict[str, Any], impl: str = "auto") -> dict[str, Any]:
-    """Returns params with every 2-D ``QArray`` leaf replaced by its ``PackedKernel``."""
-    return _tree.map_named(
-        lambda name, v: pack_kernel(v, impl) if isinstance(v, QArray) and v.ndim == 2 else v,
-        params,
-    )
-
-
-def unpack(params: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of ``pack`` (PackedKernel -> QArray)."""
-    return _tree.map_named(
-        lambda name, v: v.to_qarray() if isinstance(v, PackedKernel) else v, params
-    )
-
-
-def _runtime_platform() -> str:
-    backend = jax.default_backend()
-    return "gpu" if backend in ("gpu", "cuda", "rocm") else backend
-
-
-def default_impl(platform: str | None = None) -> str:
-    """What "auto" stands for on `platform` ("cpu", "gpu", "tpu"; default: the runtime backend):
-    "pallas" on Hopper GPUs (jax >= 0.11), "barrier" on other GPUs and for a GPU program built on a
-    host without one (no GPU to query), "xla" elsewhere (CPU, TPU)."""
-    runtime = _runtime_platform()
-    if (platform or runtime) != "gpu":
-        return "xla"
-    if runtime != "gpu":
-        return GPU_IMPL
-    from quant import _pallas_gpu
-
-    return "pallas" if _pallas_gpu.available() else GPU_IMPL
-
-
-def resolve_impls(params: dict[str, Any], platform: str) -> dict[str, Any]:
-    """``params`` with every ``PackedKernel``'s impl made concrete for the target ``platform``
-    (outside tracing, so a program is built for the target, not for the host): "auto" becomes
-    ``default_impl(platform)``; an explicit impl is checked.
-
-    Raises:
-      ValueError: a Pallas impl (the Mosaic GPU kernel) for a platform other than "gpu".
-    """
-    auto = default_impl(platform)
-
-    def concrete(v):
-        if not isinstance(v, PackedKernel):
-            return v
-        if v.impl == "auto":
-            return v.replace(impl=auto)
-        if v.impl in PALLAS_IMPLS:
-            _check_pallas_target(v.impl, platform)
-        return v
-
-    return jax.tree_util.tree_map(concrete, params, is_leaf=lambda v: isinstance(v, PackedKernel))
-
-
-def _check_pallas_target(impl: str, platform: str) -> None:
-    # On a GPU target the kernel itself refuses a jax without its API (`int8_dense_fused`), and
-    # only for calls that take it (`_pallas_eligible`); the other calls run the portable route.
-    if platform != "gpu":
-        raise ValueError(
-            f"int8 impl {impl!r} cannot run on platform {platform!r} (a Mosaic GPU kernel for"
-            " Hopper GPUs); use 'xla' or 'auto'"
-        )
-
-
-def _resolve_impl(kernel: PackedKernel, impl: str | None) -> str:
-    impl = impl or (kernel.impl if kernel.impl != "auto" else default_impl())
-    if impl not in IMPLS:
-        raise ValueError(f"packed_dense: impl must be one of {IMPLS}, got {impl!r}")
-    return impl
 
 
 def _check_input(x, kernel: PackedKernel) -> None:
@@ -487,72 +304,3 @@ def packed_dense_act_quant(
     )
     q = next_quant.quantize(_pallas_gpu._activation_input(y, activation), positions)
     return q, jnp.sum(q, axis=-1, keepdims=True, dtype=jnp.int32)
-
-
-def _rows(v, lead):
-    """A per-token [..., L, 1] or per-tensor [1, 1] vector as [prod(lead)] rows."""
-    return jnp.broadcast_to(v, lead + (1,)).reshape(-1)
-
-
-def _kernel_args(q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias):
-    """``int8_dense_fused``'s positional arguments for [..., L, I] codes, flattened to rows."""
-    lead = q_x.shape[:-1]
-    m = int(np.prod(lead))
-    return (
-        q_x.reshape(m, q_x.shape[-1]),
-        kernel.codes(),
-        _rows(s_x, lead),
-        _rows(z_x, lead),
-        sum_x.reshape(m),
-        kernel.scale,
-        kernel.zero_point,
-        kernel.col_sum,
-        bias,
-    )
-
-
-def _pallas_variant(impl: str, act_quant: bool = False) -> str:
-    """The ``int8_dense_fused`` variant a Pallas impl runs (``PALLAS_IMPLS``); ``act_quant``: for
-    the quantizing epilogue."""
-    if pinned := PALLAS_IMPLS[impl]:
-        return pinned
-    return PALLAS_ACT_QUANT_VARIANT if act_quant else PALLAS_VARIANT
-
-
-def _pallas_dense(q_x, sum_x, s_x, z_x, kernel: PackedKernel, bias, variant: str):
-    """The fused Hopper kernel on [..., L, I] codes; per-token (s_x, z_x) broadcast to rows."""
-    from quant import _pallas_gpu
-
-    y = _pallas_gpu.int8_dense_fused(
-        *_kernel_args(q_x, sum_x, s_x, z_x, kernel, bias), variant=variant
-    )
-    return y.reshape(q_x.shape[:-1] + (kernel.shape[1],))
-
-
-def _pallas_dense_act_quant(
-    q_x,
-    sum_x,
-    s_x,
-    z_x,
-    kernel: PackedKernel,
-    bias,
-    next_quant: ActQuant,
-    positions,
-    activation,
-    variant: str,
-):
-    """``packed_dense_act_quant`` through the kernel's quantizing epilogue."""
-    from quant import _pallas_gpu
-
-    lead = q_x.shape[:-1]
-    s_next, z_next = next_quant.for_positions(positions)
-    q, partial_sums = _pallas_gpu.int8_dense_fused(
-        *_kernel_args(q_x, sum_x, s_x, z_x, kernel, bias),
-        out_quant=(_rows(s_next, lead), _rows(z_next, lead), next_quant.bits),
-        activation=activation,
-        approx_math=PALLAS_ACT_APPROX_MATH and activation is not None,
-        variant=variant,
-    )
-    # partial_sums [O / 128, rows]: one row per output column tile (its TMA-friendly layout).
-    sums = jnp.sum(partial_sums, axis=0, dtype=jnp.int32)
-    return q.reshape(lead + (kernel.shape[1],)), sums.reshape(lead + (1,))
