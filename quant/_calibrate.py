@@ -116,22 +116,32 @@ def check_finite(stage: Stage | None, carry: Any, values: Mapping[str, Any] | No
         )
 
 
-def sown_by_layer(
-    state: Mapping[str, Any], prefix: str = "", rename: Callable[[str, str], str] | None = None
-) -> dict[str, Any]:
+# Sow-name prefix of a fitted attention-matmul quantizer (`arvg_jax.nn.attention.sow_matmul_fit`):
+# `<module>/attn_quant_<operand>` belongs to the params node `<module>/attn_quant/<operand>`.
+MATMUL_SOW_PREFIX = "attn_quant_"
+
+
+def _layer_path(module: str, sow_name: str) -> str:
+    if sow_name.startswith(MATMUL_SOW_PREFIX):
+        return f"{module}/attn_quant/{sow_name[len(MATMUL_SOW_PREFIX) :]}"
+    return module
+
+
+def sown_by_layer(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{layer path: value} from a stage's sown collection (`ModelAdapter.run_stage`'s result).
 
     Args:
       state: the collection as the stage's apply returned it, {".../<module>/<sow name>": (v,)}.
       prefix: prepended to every path (e.g. "blocks_3/" when the stage ran a block alone).
-      rename: (module path, sow name) -> layer path, for values not sown by a Dense as its
-        `input` / `input_quant` (default: the module path).
+
+    A value belongs to its module's path (a Dense's `input` / `input_quant`), or to
+    `<module>/attn_quant/<operand>` for an attention-matmul quantizer sown as
+    `attn_quant_<operand>`.
     """
     out = {}
     for k, v in _tree.flatten(dict(state)).items():
         module, _, leaf = k.rpartition("/")
-        name = module if rename is None else rename(module, leaf)
-        out[prefix + name] = v[0] if isinstance(v, tuple) else v
+        out[prefix + _layer_path(module, leaf)] = v[0] if isinstance(v, tuple) else v
     return out
 
 

@@ -1,6 +1,6 @@
 """`arvg_jax.nn.attention.dot_product_attention` with quantized matmul operands (PTQ4ARVG's
-`QuantMatMul`s): placeholders fitted in the forward, the int8 q·kᵀ and the log-√2 P·v against a
-float64 oracle of the fake-quantized operands.
+`QuantMatMul`s): placeholders fitted in the forward, the int8 q·kᵀ and P·v (PAR: log-√2 P, VAR /
+RAR: uniform P, an int8 matmul too) against a float64 oracle of the fake-quantized operands.
 
 Tiny prime-ish dims: B = 2, L = 5 queries, S = 7 keys, H = 6 heads over G = 3 kv heads, K = 4.
 """
@@ -8,8 +8,10 @@ Tiny prime-ish dims: B = 2, L = 5 queries, S = 7 keys, H = 6 heads over G = 3 kv
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import quant
+from arvg_jax import lowering
 from arvg_jax.nn.attention import dot_product_attention
 from quant._fit import FitInput
 
@@ -42,10 +44,16 @@ def _oracle(q, k, v, mask, qz):
     return np.einsum("bhls,bshk->blhk", pq, fq("v", vr))
 
 
-def test_fitted_quantizers_int8_and_log2_match_the_oracle():
+# PAR: post-softmax log-√2 (6 bits here, another width than the rest); RAR: uniform with the
+# range clamp that keeps 0 (`RAR/quant/quantizer.py:100-110`), so P·v is an int8 matmul too.
+P_FITS = {"log2": FitInput("log2", 6), "uniform": FitInput("tensor", 8, include_zero=True)}
+
+
+@pytest.mark.parametrize("p_kind", sorted(P_FITS))
+def test_fitted_quantizers_match_the_oracle(p_kind):
     q, k, v, mask = _inputs()
     fits = {"q": FitInput("tensor", 8), "k": FitInput("tensor", 8)}
-    fits |= {"p": FitInput("log2", 6), "v": FitInput("tensor", 8)}
+    fits |= {"p": P_FITS[p_kind], "v": FitInput("tensor", 8, include_zero=p_kind == "uniform")}
 
     def run(q, k, v):
         got = {}
@@ -56,10 +64,19 @@ def test_fitted_quantizers_int8_and_log2_match_the_oracle():
 
     fitted_out, got = jax.jit(run)(q, k, v)
     assert set(got) == set("qkpv")
-    assert isinstance(got["p"], quant.LogSqrt2Quant)
-    assert all(isinstance(got[n], quant.ActQuant) and got[n].per_tensor for n in "qkv")
+    uniform = "qkv" if p_kind == "log2" else "qkpv"
+    assert isinstance(got["p"], quant.LogSqrt2Quant) == (p_kind == "log2")
+    assert all(isinstance(got[n], quant.ActQuant) and got[n].per_tensor for n in uniform)
+    if p_kind == "uniform":  # probabilities lie in [0, 1]: 0 is the lowest (signed) code
+        assert float(np.asarray(got["p"].zero_point).reshape(())) == -(2**7)
     qz = jax.tree_util.tree_map(np.asarray, got)
-    out = dot_product_attention(q, k, v, mask=mask, quant=qz)  # int8 q·kᵀ, dequantized P·v
+    out = dot_product_attention(q, k, v, mask=mask, quant=qz)  # int8 q·kᵀ; P·v int8 or not
+    int8 = lowering.int8_dots(
+        jax.jit(lambda q, k, v: dot_product_attention(q, k, v, mask=mask, quant=qz))
+        .lower(q, k, v)
+        .as_text()
+    )
+    assert int8 == (1 if p_kind == "log2" else 2)
     np.testing.assert_allclose(np.asarray(out), np.asarray(fitted_out), rtol=1e-6, atol=1e-6)
     want = _oracle(q, k, v, mask, qz)
     assert np.linalg.norm(np.asarray(out) - want) <= 1e-5 * np.linalg.norm(want)

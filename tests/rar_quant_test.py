@@ -213,10 +213,12 @@ def test_every_fold_preserves_float_logits_and_int8_matches_oracle():
     calib_b = P._calib_quantizers(stages["B"])
     assert calib_b["blocks_0/attn/qkv"].sink_tokens == 2
     assert calib_b["lm_head"].sink_tokens == 0
-    # E leaves lm_head's D quantizer (no GPS) for F's shift; F drops every intermediate.
-    assert set(P._calib_quantizers(stages["E"])) == set(RARAdapter(CFG).quantized_layers()) - set(
-        RARAdapter(CFG).coverage.gps_scaled()
-    )
+    # E leaves lm_head's D quantizer (no GPS) for F's shift and the attention matmuls' B
+    # quantizers (unused by E's float forward); F drops every intermediate.
+    ad = RARAdapter(CFG)
+    assert set(P._calib_quantizers(stages["E"])) == (
+        set(ad.quantized_layers()) - set(ad.coverage.gps_scaled())
+    ) | set(ad.matmul_quantizers(6))
     assert P._calib_quantizers(stages["F"]) == {}
 
     q, ad = stages["G"], _adapter()
@@ -233,6 +235,42 @@ def test_every_fold_preserves_float_logits_and_int8_matches_oracle():
     fake = _logits(quant.oracle(q), HELD_OUT)
     assert _rel(int8, fake) <= 1e-5
     assert 1e-4 < _rel(int8, ref) < 0.2
+
+
+def _without_attention_quant(params):
+    """The tree with the attention-matmul quantizers removed (float q·kᵀ and softmax·v)."""
+    flat = _tree.flatten(params)
+    return _tree.unflatten({k: v for k, v in flat.items() if "/attn_quant/" not in k})
+
+
+def test_attention_matmuls_run_int8_with_per_tensor_quantizers():
+    """Official RAR wraps q·kᵀ and softmax·v in `QuantMatMul`s (`RAR/quant/quant_model.py:48-52`):
+    every block holds four per-tensor quantizers whose ranges keep 0 (the RAR clamp), fitted in
+    calibration; the teacher-forced program then has two more int8 x int8 -> int32 dots per block
+    than the quantized Dense layers give, and removing the quantizers changes the logits."""
+    from arvg_jax import lowering
+
+    q, ad = _stages("w6a6")["G"], _adapter()
+    flat = _tree.flatten(q)
+    assert set(ad.matmul_quantizers(6)) == {
+        f"blocks_{i}/attn/attn_quant/{op}" for i in range(CFG.num_hidden_layers) for op in "qkpv"
+    }
+    for name in ad.matmul_quantizers(6):
+        aq = flat[f"{name}/input_quant"]
+        assert isinstance(aq, quant.ActQuant) and aq.per_tensor and aq.bits == 6, name
+        aq.validate()
+        zp = float(np.asarray(aq.zero_point).reshape(()))  # signed codes [-32, 31]
+        assert -(2**5) <= zp <= 2**5 - 1, (name, zp)  # 0 lies inside the range
+    probs = flat["blocks_0/attn/attn_quant/p/input_quant"]  # softmax output: [0, 1]
+    assert float(np.asarray(probs.zero_point).reshape(())) == -(2**5)  # 0: the lowest code
+    cond = CFG.condition_id(jnp.asarray(HELD_OUT["labels"]))
+    text = _teacher_forced.lower(q, jnp.asarray(HELD_OUT["tokens"]), cond).as_text()
+    want = len(ad.quantized_layers()) + 2 * CFG.num_hidden_layers
+    assert lowering.int8_dots(text) == want, (lowering.int8_dots(text), want)
+    no_attn = _without_attention_quant(q)
+    text = _teacher_forced.lower(no_attn, jnp.asarray(HELD_OUT["tokens"]), cond).as_text()
+    assert lowering.int8_dots(text) == len(ad.quantized_layers())
+    assert _rel(_logits(q, HELD_OUT), _logits(no_attn, HELD_OUT)) > 1e-4
 
 
 def _cached_logits(params, labels, tokens):

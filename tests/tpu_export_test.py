@@ -27,6 +27,7 @@ from arvg_jax import families, lowering
 from arvg_jax.models import resolve_configs
 from arvg_jax.options import ExecOptions
 from quant import _packed, _tree
+from quant._fit import matmul_fits
 
 FAMILIES = sorted(families.all_families())
 BITS = {"w8a8": (8, 8), "w4a8": (4, 8)}
@@ -58,12 +59,17 @@ def _adapter(fam, cfg):
 
 @functools.cache
 def _quantized(name, w_bits, a_bits):
-    """(tree, quantized layer names): the RTN recipe's tree (`quant.algorithms.rtn`: the
+    """(tree, int8 matmul roles): the RTN recipe's tree (`quant.algorithms.rtn`: the
     per-output-channel weight quantizer, one per-tensor static input quantizer per covered
-    layer) with the activation ranges fitted on synthetic N(0, 1) inputs instead of a
-    calibration forward: the same leaf types, shapes and bits; values do not enter a lowering."""
+    layer, the attention-matmul quantizers the adapter declares) with the activation ranges
+    fitted on synthetic inputs instead of a calibration forward: the same leaf types, shapes
+    and bits; values do not enter a lowering.
+
+    The roles are the quantized layers plus each attention matmul whose two operands are
+    uniform (`quant.quantized_matmul` runs those as int8; PAR's log-√2 P·v is not)."""
     fam, cfg, _, params, _ = _model(name)
-    layers = _adapter(fam, cfg).quantized_layers()
+    adapter = _adapter(fam, cfg)
+    layers = adapter.quantized_layers()
     flat = _tree.flatten(params)
     rng = np.random.default_rng(0)
     for layer in layers:
@@ -72,7 +78,17 @@ def _quantized(name, w_bits, a_bits):
         x = rng.standard_normal((1, 8, fan_in)).astype(np.float32)
         flat[f"{layer}/kernel"] = quant.quantize_weight(w, w_bits)
         flat[f"{layer}/input_quant"] = quant.fit_act_quant(x, a_bits)
-    return _tree.unflatten(flat), layers
+    matmuls = matmul_fits(adapter, a_bits)
+    for path, fit in matmuls.items():
+        x = rng.uniform(0.0, 1.0, (1, 8, 8)).astype(np.float32)  # a probability-like operand
+        flat[f"{path}/input_quant"] = fit.fit_input(jnp.asarray(x))
+    int8_pairs = [
+        f"{node}/{a}{b}"
+        for node in {p.rpartition("/")[0] for p in matmuls}
+        for a, b in ("qk", "pv")
+        if matmuls[f"{node}/{a}"].kind == matmuls[f"{node}/{b}"].kind == "tensor"
+    ]
+    return _tree.unflatten(flat), (*layers, *int8_pairs)
 
 
 def _export(name, params=None, **options):
@@ -110,11 +126,19 @@ def test_tpu_export_float32(name):
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("name", FAMILIES)
 def test_tpu_export_quantized_float32(name, bits):
-    params, layers = _quantized(name, *BITS[bits])
+    params, roles = _quantized(name, *BITS[bits])
     _, text = _export(name, params)
-    # Every quantized layer the sampler runs is an int8 x int8 -> int32 dot (with more dots
-    # where a layer runs at several call sites, e.g. per VAR scale); none fell back to float.
-    assert lowering.int8_dots(text) >= len(_layer_roles(layers)), lowering.int8_dots(text)
+    # Every quantized layer and attention matmul the sampler runs is an int8 x int8 -> int32
+    # dot (with more dots where one runs at several call sites, e.g. per VAR scale); none fell
+    # back to float.
+    assert lowering.int8_dots(text) >= len(_layer_roles(roles)), lowering.int8_dots(text)
+    attention = [r for r in roles if "/attn_quant/" in r]
+    if attention:  # without their quantizers the attention matmuls run in float
+        flat = _tree.flatten(params)
+        no_attn = _tree.unflatten({k: v for k, v in flat.items() if "/attn_quant/" not in k})
+        _, float_attn = _export(name, no_attn)
+        more = lowering.int8_dots(text) - lowering.int8_dots(float_attn)
+        assert more >= len(attention), (more, attention)
 
 
 @pytest.mark.slow

@@ -1,5 +1,15 @@
 """Masked multi-head attention and a KV cache written at a (possibly traced) offset.
 
+Shared by the token-by-token decoders run inside `lax.fori_loop` / `lax.scan` (RAR, PAR): the
+cache has a fixed length S, new keys/values are written at an offset that may be traced, and the
+unwritten tail is masked instead of sliced (shapes stay static).
+
+Quantized attention matmuls (PTQ4ARVG's `QuantMatMul`s): a module keeps their quantizers in its
+params under `attn_quant/<operand>/input_quant` (operands "q", "k", "p", "v"); `matmul_quantizers`
+reads them and `sow_matmul_fit` reports calibration fits under the sow name
+`attn_quant_<operand>` of the `calibration` collection (`quant._calibrate.sown_by_layer` maps it
+back to the params path).
+
 Dims: B batch, L query tokens, S key tokens (cache length), H query heads, G key/value heads
 (H % G == 0; query head h reads kv head h // (H / G), torch `repeat_interleave`), K head dim.
 """
@@ -14,6 +24,8 @@ import jax.numpy as jnp
 from jax import lax
 
 Array = jax.Array
+
+MATMUL_QUANT = "attn_quant"  # params node of a module's attention-matmul quantizers
 
 
 def dot_product_attention(
@@ -102,6 +114,40 @@ def _quantized_attention(qg, k, v, mask, scale, quantizers, on_fit) -> Array:
     vt = jnp.transpose(v, (0, 2, 1, 3)).astype(jnp.float32)  # [B, G, S, K]
     out = quantized_matmul(probs, vt, fitted("p", probs), fitted("v", vt))  # [B, G, R·L, K]
     return jnp.transpose(out.reshape(b, g, r, l, kd), (0, 3, 1, 2, 4)).reshape(b, l, g * r, kd)
+
+
+def causal_mask(q_positions: Array, length: int) -> Array:
+    """bool [L, S]: key j visible to a query at absolute position p iff j <= p.
+
+    With k, v the whole cache this is cached decoding (the unwritten tail lies beyond every
+    query's position); with q_positions = arange(L) and S = L the usual causal mask.
+
+    Args:
+        q_positions: int [L] (traced allowed).
+        length: S.
+    """
+    return jnp.arange(length, dtype=jnp.int32)[None, :] <= q_positions[:, None]
+
+
+def matmul_quantizers(module) -> dict[str, Any] | None:
+    """The attention matmuls' quantizers {"q", "k", "p", "v"} of a linen module (any subset; params
+    `attn_quant/<operand>/input_quant`, written by quantization), or None: float attention."""
+    if not module.has_variable("params", MATMUL_QUANT):
+        return None
+    tree = module.get_variable("params", MATMUL_QUANT)
+    # Between PTQ4ARVG stages B and F a node may hold only its (ignored) `calib_quant`.
+    found = {n: leaf["input_quant"] for n, leaf in tree.items() if "input_quant" in leaf}
+    return found or None
+
+
+def sow_matmul_fit(module) -> Callable[[str, Any], None]:
+    """`on_fit` for `dot_product_attention` inside a linen module: sows each fitted quantizer as
+    `attn_quant_<operand>` in the `calibration` collection."""
+
+    def sow(name: str, quantizer: Any) -> None:
+        module.sow("calibration", f"{MATMUL_QUANT}_{name}", quantizer)
+
+    return sow
 
 
 def init_cache(batch: int, length: int, kv_heads: int, head_dim: int, dtype) -> dict[str, Array]:

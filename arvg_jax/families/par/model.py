@@ -41,7 +41,13 @@ from jax import lax
 
 from arvg_jax.families.par import layout
 from arvg_jax.families.par.config import PARConfig
-from arvg_jax.nn.attention import cache_write, dot_product_attention, init_cache
+from arvg_jax.nn.attention import (
+    cache_write,
+    dot_product_attention,
+    init_cache,
+    matmul_quantizers,
+    sow_matmul_fit,
+)
 from arvg_jax.nn.layers import Dense
 from arvg_jax.nn.rms_norm import RMSNorm
 from arvg_jax.nn.rope import apply_rope
@@ -88,27 +94,18 @@ class Attention(nn.Module):
         if cache is not None:
             cache = cache_write(cache, k, v, start)
             k, v = cache["k"], cache["v"]
-        out = dot_product_attention(  # [B, L, H, K]
-            q, k, v, mask=mask[None, None], quant=self._matmul_quantizers(), on_fit=self._sow_fit
+        out = dot_product_attention(  # [B, L, H, K]; quantized matmuls where params hold them
+            q,
+            k,
+            v,
+            mask=mask[None, None],
+            quant=matmul_quantizers(self),
+            on_fit=sow_matmul_fit(self),
         )
         out = Dense(c, use_bias=False, dtype=self.dtype, kernel_init=_INIT, name="wo")(
             out.reshape(b, l, h * k_dim), positions
         )
         return out if cache is None else (out, cache)
-
-    def _matmul_quantizers(self):
-        """The attention matmuls' quantizers {"q", "k", "p", "v"} (params
-        `attn_quant/<name>/input_quant`, written by quantization), or None: float attention."""
-        if not self.has_variable("params", "attn_quant"):
-            return None
-        tree = self.get_variable("params", "attn_quant")
-        # Between PTQ4ARVG stages B and F a node may hold only its (ignored) `calib_quant`.
-        found = {n: leaf["input_quant"] for n, leaf in tree.items() if "input_quant" in leaf}
-        return found or None
-
-    def _sow_fit(self, name, quantizer):
-        # Calibration: `attn_quant_<name>` in the `calibration` collection (quant_adapter).
-        self.sow("calibration", f"attn_quant_{name}", quantizer)
 
 
 class TransformerBlock(nn.Module):

@@ -63,7 +63,6 @@ BLOCK_LAYERS = (
     "feed_forward/w2",
 )  # forward order
 HEAD_LAYERS = ("output",)
-ATTN_SOW = "attn_quant_"  # calibration sow-name prefix of the attention matmul quantizers
 
 # PTQ4ARVG's PAR coverage as data (`PAR/autoregressive/sample/quant/quant_model.py:28-59`).
 RULES = (
@@ -114,14 +113,6 @@ def par_group_table(cfg: PARConfig) -> np.ndarray:
     a = cfg.ar_token_num
     pos = np.arange(cfg.seq_len)
     return np.where(pos < a, pos, np.where(pos < 2 * a, a, a + 1)).astype(np.int32)
-
-
-def _layer_of(module: str, sow_name: str) -> str:
-    """The params path of a sown value: the Dense itself, or an attention matmul quantizer
-    (`model.Attention._sow_fit`: `attn_quant_<operand>` -> `attn_quant/<operand>`)."""
-    if sow_name.startswith(ATTN_SOW):
-        return f"{module}/attn_quant/{sow_name[len(ATTN_SOW) :]}"
-    return module
 
 
 class PARAdapter(CoverageQueries):
@@ -207,7 +198,7 @@ class PARAdapter(CoverageQueries):
             else (params[stage.name])
         )
         out, state = self._stage_fn(head, collect)(sub, carry)
-        return out, sown_by_layer(state, "" if head else stage.name + "/", _layer_of)
+        return out, sown_by_layer(state, "" if head else stage.name + "/")
 
     def _stage_fn(self, head: bool, collect: str | None):
         key = (head, collect)

@@ -24,6 +24,8 @@ Param tree (plain dicts; `/`-joined paths; official key in brackets):
     blocks_{i}/adaLN_modulation/{kernel [C, 6C], bias}
     adaln_before_head/adaLN_modulation/{kernel [C, 2C], bias}
     lm_head/{kernel [C, V], bias}
+Quantized trees add `input_quant` leaves (Dense) and, for the attention matmuls (q·kᵀ, softmax·v),
+`blocks_{i}/attn/attn_quant/{q, k, p, v}/input_quant` (`arvg_jax.nn.attention`).
 
 Every linear layer PTQ4ARVG quantizes (qkv, proj, fc1, fc2, the adaLN linears, lm_head) is an
 `arvg_jax.nn.layers.Dense` and receives the absolute sequence positions of its tokens, so token-group
@@ -48,7 +50,7 @@ import numpy as np
 from flax import linen as nn
 
 from arvg_jax.families.rar.config import NUM_PREFIX, RARConfig
-from arvg_jax.nn import kv_attention
+from arvg_jax.nn import attention
 from arvg_jax.nn.layers import Dense, layer_norm
 
 Array = jax.Array
@@ -97,9 +99,19 @@ class Attention(nn.Module):
         v = qkv[:, :, 2]
         q, k, v = (t.astype(self.dtype) for t in (q, k, v))
         if cache is not None:
-            cache = kv_attention.write(cache, k, v, cache_offset)
+            cache = attention.cache_write(cache, k, v, cache_offset)
             k, v = cache["k"], cache["v"]
-        out = kv_attention.causal_attention(q, k, v, q_positions=positions, scale=k_dim**-0.5)
+        # Scores and softmax in float32; q·kᵀ and softmax·v quantized where the params hold
+        # their quantizers (PTQ4ARVG `RAR/modeling/rar.py:122-128`, `matmul1` / `matmul2`).
+        out = attention.dot_product_attention(  # [B, l, H, K]
+            q,
+            k,
+            v,
+            mask=attention.causal_mask(positions, k.shape[1])[None, None],
+            scale=k_dim**-0.5,
+            quant=attention.matmul_quantizers(self),
+            on_fit=attention.sow_matmul_fit(self),
+        )
         out = out.astype(self.dtype).reshape(b, l, c)  # [B, l, C]
         out = Dense(c, dtype=self.dtype, name="proj")(out, positions)
         return out if cache is None else (out, cache)
@@ -341,7 +353,7 @@ class RAR(nn.Module):
 def init_caches(cfg: RARConfig, batch: int, dtype=jnp.float32) -> tuple[dict, ...]:
     """Zero KV caches: per block {"k", "v"} [batch, L, H, K]."""
     return tuple(
-        kv_attention.init_cache(batch, cfg.seq_len, cfg.num_attention_heads, cfg.head_dim, dtype)
+        attention.init_cache(batch, cfg.seq_len, cfg.num_attention_heads, cfg.head_dim, dtype)
         for _ in range(cfg.num_hidden_layers)
     )
 

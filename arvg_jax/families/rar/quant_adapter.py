@@ -16,20 +16,27 @@ Matches PTQ4ARVG's RAR copy (BienLuky/PTQ4ARVG f249fe9, `docs/ptq4arvg.md` §1.4
     three groups (token 0, token 1, the rest); the adaLN linears one group per position (their
     input SiLU(class embedding + timestep embedding[p]) changes with p): T = n + 1 positions in the
     blocks, n in the final layer, which drops the cls token before the head; lm_head per tensor.
+  * the attention matmuls (`RAR/quant/quant_model.py:48-52` wraps `matmul1` / `matmul2` of
+    `RAR/modeling/rar.py:122-128` in `QuantMatMul`): q·kᵀ (q and k after their LayerNorms) and
+    softmax·v, all four operands uniform per tensor with the RAR range clamp (0 inside the
+    range), executed as int8 x int8 -> int32 matmuls; params
+    `blocks_i/attn/attn_quant/{q,k,p,v}/input_quant`. As the official calibration forward, the
+    quantizers are fitted on the full causal sequence (masked probabilities, 0, included); in
+    cached sampling they see the whole preallocated cache (unwritten keys masked, their
+    probabilities and values exactly 0, which the asymmetric quantizers keep at 0).
 
 Calibration runs the causal sequence [cls, cond, img_0 .. img_{n-2}] (T = n + 1 = 257 at release:
 the official calibration records the last sampling step's input, `RAR/modeling/rar.py:475-481`)
 in raster order with the causal mask, as the official `forward_fn` does, in one full-batch pass.
 
 Deviations:
-  * The attention matmuls (q·kᵀ, P·v) stay float, as in the VAR port (the official code quantizes
-    both operands per tensor); the Dense layers above are the quantized ops.
   * The final layer's per-position groups are looked up by absolute position, so the first
     sampling step's cond token (position 1) uses the parameters calibrated at position 1; the
     official quantizer indexes Δ[0:2] there, i.e. those of positions 1 and 2 (an off-by-one at that
     step only, `docs/ptq4arvg.md` §3.2). Position 0's head output is never used.
-  * Quantizer ranges do not apply the RAR `UniformQuantizer`'s clamp hi >= -1e-8, lo <= 1e-8
-    (0 kept inside the range; the token-aware quantizers have no such clamp).
+  * The Dense input quantizers do not apply the RAR `UniformQuantizer`'s clamp hi >= -1e-8,
+    lo <= 1e-8 (0 kept inside the range; the token-aware quantizers have no such clamp); the
+    attention-matmul quantizers, plain `UniformQuantizer`s, do.
 
 Dims: N calibration sequences, n image tokens, T = n + 1 calibration positions, C width.
 """
@@ -47,6 +54,7 @@ from arvg_jax.families.rar.config import NUM_PREFIX, RARConfig
 from arvg_jax.families.rar.model import RAR, Block
 from quant._adapter import CoverageAdapter
 from quant._calibrate import CALIBRATION_COMPILER_OPTIONS, Stage
+from quant._fit import FitInput
 from quant.coverage import Coverage, FoldRule, QuantRule
 
 BLOCK_LAYERS = ("adaLN_modulation", "attn/qkv", "attn/proj", "mlp/fc1", "mlp/fc2")  # forward order
@@ -122,6 +130,15 @@ class RARAdapter(CoverageAdapter):
             for i in range(self.cfg.num_hidden_layers)
         )
         return blocks + (Stage("head", HEAD_LAYERS),)
+
+    def matmul_quantizers(self, bits: int) -> dict[str, FitInput]:
+        """The attention matmuls' static quantizers (`quant._fit.matmul_fits`): both operands of
+        q·kᵀ and of softmax·v uniform per tensor, 0 kept in range (module doc)."""
+        return {
+            f"blocks_{i}/attn/attn_quant/{op}": FitInput("tensor", bits, include_zero=True)
+            for i in range(self.cfg.num_hidden_layers)
+            for op in "qkpv"
+        }
 
     # ---- token groups (STWQ) ------------------------------------------------------------------
     def group_table(self, granularity: str) -> np.ndarray:
