@@ -1,45 +1,15 @@
 """Sharded sampling, calibration and checkpoints on 8 fake CPU devices (docs/scale_out.md).
 
-XLA_FLAGS=--xla_force_host_platform_device_count=8 must be set before jax starts, so every case
-runs `tests/_parallel_cases.py` in a fresh interpreter. The default suite runs var-test's data=8
-sampling and the checkpoint round trip; the other families, tensor parallelism and calibration
-are marked slow (each compiles the samplers or the calibration stages twice).
+Every case runs `tests/_parallel_cases.py` in a fresh interpreter (`_parallel_run`). The default
+suite runs var-test's data=8 sampling, RTN's sharded calibration and the checkpoint round trip
+here, and every family's data=4,model=2 sampling in `parallel_families_test.py`; pure data=8 runs
+of the other families, VAR's tensor parallelism and PTQ4ARVG's sharded calibration are marked
+slow (each compiles the samplers or the calibration stages twice).
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _run(*args) -> dict:
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
-    env = {**os.environ, "XLA_FLAGS": flags.strip()}  # keeps conftest's optimization level
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env.pop("ARVG_PROCESS_INDEX", None), env.pop("ARVG_PROCESS_COUNT", None)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "_parallel_cases.py"), *map(str, args)],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT ") :])
-
-
-def _check_sampling(result):
-    for spec, r in result.items():
-        assert r["tokens_equal"], (spec, r)
-        assert r["output_sharding"]["tokens"] == ["data"], (spec, r)  # split over data
-        assert r["distinct_images"] > 1, (spec, r)
+from _parallel_run import check_sampling as _check_sampling
+from _parallel_run import run_case as _run
 
 
 def test_var_data_parallel_equals_one_device():
@@ -67,27 +37,30 @@ def test_mar_data_parallel_equals_one_device_to_float_rounding():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["var-test", "rar-test", "par-test"])
-def test_tensor_parallel_gives_the_same_tokens(name):
-    # model=2 splits the MLP hidden columns: fc2's partial sums are joined by an all-reduce, so
-    # logits (and images) equal the one-device run to float rounding, not bit for bit; the
-    # discrete tokens of these runs are identical (a near-tie could flip one in general).
-    result = _run("sampling", name, "data=4,model=2")
+def test_var_tensor_parallel_gives_the_same_tokens():
+    # model=2 splits the FFN hidden columns: fc2's partial sums are joined by an all-reduce, so
+    # logits and images equal the one-device run to float rounding; the tokens are identical.
+    result = _run("sampling", "var-test", "data=4,model=2")
     _check_sampling(result)
-    if name != "par-test":  # PAR's images are uint8 levels / 255: a level may flip
-        assert result["data=4,model=2"]["images_max_abs_diff"] < 1e-5
+    assert result["data=4,model=2"]["images_max_abs_diff"] < 1e-5
+
+
+def test_sharded_calibration_gives_the_same_quantized_tree():
+    # Row sums round differently with 2 rows per device than with 16 (see the MAR test in
+    # parallel_families_test.py), so the calibration activations move by an ulp: RTN's activation
+    # scales move by at most an ulp and every integer leaf (weight codes) is equal.
+    r = _run("calibration", "rtn")["rtn"]
+    assert r["same_structure"] and r["integer_leaves_equal"], r
+    assert r["float_leaves_max_rel_diff"] <= 1e-6, r
 
 
 @pytest.mark.slow
-def test_sharded_calibration_gives_the_same_quantized_tree():
-    result = _run("calibration", "rtn,ptq4arvg")
-    for method, r in result.items():
-        assert r["same_structure"] and r["integer_leaves_equal"], (method, r)
-    # Row sums round differently with 2 rows per device than with 16 (see the MAR test), so the
-    # calibration activations move by an ulp: RTN's activation scales move by at most an ulp.
-    # PTQ4ARVG's searches amplify it (a neighbouring percentile candidate wins in the last block:
-    # about 1 % on a few activation scales, measured), so only its integer codes are compared.
-    assert result["rtn"]["float_leaves_max_rel_diff"] <= 1e-6, result["rtn"]
+def test_sharded_ptq4arvg_calibration_gives_the_same_integer_codes():
+    # PTQ4ARVG's percentile searches amplify the ulp moves (a neighbouring candidate wins in the
+    # last block: about 1 % on a few activation scales, measured), so only its integer codes and
+    # the tree structure are compared.
+    r = _run("calibration", "ptq4arvg")["ptq4arvg"]
+    assert r["same_structure"] and r["integer_leaves_equal"], r
 
 
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
