@@ -239,7 +239,10 @@ def quantized_matmul(a, b, a_quant=None, b_quant=None):
     _check_int32_bound(contract, a_quant.bits, za, b_quant.bits, zb, "quantized_matmul")
     qa = a_quant.quantize(a)  # int8 [..., M, K]
     qb = b_quant.quantize(b)  # int8 [..., K, N]
-    acc = lax.dot_general(qa, qb, dims, preferred_element_type=jnp.int32)  # [..., M, N]
+    # K is RAR's sequence length for softmax·v (65 at rar-tiny calibration): padded to a multiple
+    # of 32 on GPU as the Dense path does (`pad_contracted`); the corrections keep the true K.
+    pa, pb = pad_contracted(qa, -1, qb, -2)
+    acc = lax.dot_general(pa, pb, dims, preferred_element_type=jnp.int32)  # [..., M, N]
     sum_a = jnp.sum(qa, axis=-1, keepdims=True, dtype=jnp.int32)  # [..., M, 1]
     sum_b = jnp.sum(qb, axis=-2, keepdims=True, dtype=jnp.int32)  # [..., 1, N]
     y_int = _zero_point_corrected(acc, sum_a, sum_b, za, zb, contract)

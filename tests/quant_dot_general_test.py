@@ -195,3 +195,19 @@ def test_gpu_contracted_size_padding_keeps_the_exact_accumulator(monkeypatch):
     monkeypatch.undo()
     ref = jax.jit(lambda x: _packed.packed_dense(x, pk, None, aq, POS, impl="xla"))(x)
     np.testing.assert_array_equal(got, ref)
+
+
+def test_gpu_padding_of_the_attention_matmuls_keeps_the_result(monkeypatch):
+    """`quantized_matmul` pads its contracted size the same way on GPU backends (softmax·v
+    contracts over the sequence: 65 at rar-tiny calibration). Forced here on the CPU: the padded
+    int8 operands reach the dot and the result equals the unpadded one exactly."""
+    _, _, p, v = _attention_operands(8)
+    pq, vq = quant.fit_act_quant(p, 8), quant.fit_act_quant(v, 8)
+    ref = jax.jit(quant.quantized_matmul)(jnp.asarray(p), jnp.asarray(v), pq, vq)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    k = p.shape[-1]
+    fn = jax.jit(lambda a, b: quant.quantized_matmul(a, b, pq, vq))  # a fresh trace
+    text = fn.lower(jnp.asarray(p), jnp.asarray(v)).as_text()
+    padded = k + (-k % _dot_general.GPU_CONTRACT_MULTIPLE)
+    assert padded > k and re.search(rf"x{padded}xi8>", text), "padded operand not in the dot"
+    np.testing.assert_array_equal(fn(jnp.asarray(p), jnp.asarray(v)), ref)
