@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a sampling setting of the family (repeatable; e.g. guidance_scale=2)",
     )
     p.add_argument("--methods", default=",".join(d.methods), help="comma-separated")
+    p.add_argument(
+        "--coverage",
+        action="append",
+        default=[],
+        help="a coverage option of the family for every quantized model (repeatable; e.g. "
+        "diffusion_head for mar-tiny: the diffusion MLP quantized too)",
+    )
     p.add_argument("--bits", default=",".join(d.bits), help="comma-separated")
     p.add_argument("--per-class", type=int, default=d.per_class)
     p.add_argument("--calib", type=int, default=d.calib, help="calibration sequences")
@@ -80,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         num_real=args.num_real,
         real_seed=args.real_seed,
         batch=args.batch,
+        coverage=tuple(args.coverage),
     )
     command = "PYTHONPATH=. python scripts/compare_tiny.py " + shlex.join(
         sys.argv[1:] if argv is None else argv

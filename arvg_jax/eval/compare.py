@@ -13,6 +13,7 @@ A second float run with other PRNG keys ("float, other keys") measures the sampl
 classifier metrics: differences smaller than float-vs-float are not evidence.
 
 `tiny_setup` builds the inputs for the packaged tiny shapes models (`arvg_jax.assets.load_tiny`).
+`write_outputs` and the markdown table live in `arvg_jax.eval._compare_report` (re-exported).
 
 Dims: N generated images per model, K classes, L tokens, V vocabulary, F classifier feature width.
 """
@@ -21,17 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
-import os
-import pathlib
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from arvg_jax.eval._compare_report import (  # noqa: F401  (re-exported)
+    COLUMNS,
+    code_version,
+    machine_description,
+    markdown_table,
+    write_outputs,
+)
 from quant.recipes import BITS, METHODS, Recipe
 
 METHOD_NAMES = {"rtn": "RTN", "smoothquant": "SmoothQuant", "ptq4arvg": "PTQ4ARVG"}
@@ -58,11 +62,15 @@ class CompareSettings:
     real_seed: int = 12345  # their `make_dataset` seed (held out: training used 0, eval 1)
     batch: int = 200  # cap on images per generate / teacher-forced call
     figure_per_class: int = 1  # samples per class in the side-by-side figure
+    # Coverage options of the family for every quantized model (`Family.coverage_options`, e.g.
+    # MAR's "diffusion_head"); empty = the official coverage.
+    coverage: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "bits", tuple(self.bits))
         object.__setattr__(self, "sampling", tuple(tuple(kv) for kv in self.sampling))
+        object.__setattr__(self, "coverage", tuple(sorted(set(self.coverage))))
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
@@ -72,7 +80,19 @@ class CompareSettings:
             raise ValueError(f"per_class ({self.per_class}) and calib ({self.calib}) must be >= 1")
 
     def recipe(self, method: str, bits: str) -> Recipe:
-        return Recipe.parse(method, bits, calib=self.calib, seed=self.calib_seed, dgc=self.dgc)
+        return Recipe.parse(
+            method,
+            bits,
+            calib=self.calib,
+            seed=self.calib_seed,
+            dgc=self.dgc,
+            coverage=self.coverage,
+        )
+
+    def row_name(self, method: str, bits: str) -> str:
+        """e.g. "PTQ4ARVG W6A6", or "PTQ4ARVG W6A6 + diffusion_head" with a coverage option."""
+        extra = "".join(f" + {c}" for c in self.coverage)
+        return f"{METHOD_NAMES[method]} {bits.upper()}{extra}"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -197,69 +217,6 @@ class Comparison:
         return label_rows(grid, [n.lower() for n in names], row_h, top=pad * zoom, margin=130)
 
 
-COLUMNS = (
-    "model",
-    "class accuracy ↑",
-    "FID (classifier features) ↓",
-    "logit KL (nats/token) ↓",
-    "top-1 agreement ↑",
-    "generated tokens equal ↑",
-    "PSNR vs float (dB) ↑",
-)
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.1f} %"
-
-
-def markdown_table(rows: list[Row]) -> str:
-    """The comparison as one markdown table (float rows first, then by bit width and method)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        cells = [
-            r.name,
-            f"{100 * r.accuracy:.1f} % ± {100 * r.accuracy_se:.1f}",
-            f"{r.fid:.2f}",
-            "—" if r.kl is None else f"{r.kl:.4f}",
-            _pct(r.top1),
-            _pct(r.token_agreement),
-            "—" if r.psnr is None else ("∞" if math.isinf(r.psnr) else f"{r.psnr:.2f}"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def machine_description() -> str:
-    import jax
-
-    d = jax.devices()[0]
-    kind = getattr(d, "device_kind", "?")
-    return (
-        f"{d.platform}:{kind} x{jax.device_count()}, {os.cpu_count()} host cores, "
-        f"{platform.machine()}, jax {jax.__version__}"
-    )
-
-
-def code_version() -> str:
-    """`git describe --always --dirty` of the checkout, else $ARVG_CODE_VERSION, else "unknown"."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            check=False,
-            cwd=pathlib.Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return os.environ.get("ARVG_CODE_VERSION", "unknown")
-
-
 def _batch_size(n: int, cap: int) -> int:
     """The largest divisor of n that is <= cap (one compiled batch shape, no padding)."""
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
@@ -346,14 +303,16 @@ def compare(
         t = time.perf_counter()
         n_img, n_tok, _ = generate_images(model, classes, seed=s.noise_seed, **gen_kw)
         gen_s = time.perf_counter() - t
+        # No logits compared; token agreement is None for continuous tokens (MAR).
+        noise = ev.compare(FLOAT_NOISE, None, None, (f_img, f_tok), (n_img, n_tok))
         add(
             Row(
                 FLOAT_NOISE,
                 "float",
                 None,
                 **scorer.score(n_img, labels),
-                token_agreement=float(np.mean(n_tok == f_tok)),
-                psnr=ev.psnr(f_img, n_img),
+                token_agreement=noise.token_agreement,
+                psnr=noise.psnr,
                 generate_s=round(gen_s, 1),
             ),
             n_img,
@@ -361,7 +320,7 @@ def compare(
         del n_img, n_tok
 
     # One calibration set for every method and bit width (DGC picks `calib` of 2 x calib).
-    adapter = quant_adapter(model)
+    adapter = quant_adapter(model, s.coverage)
     # The calibration generations use the same settings (guidance `calib_cfg` where set).
     calib_gen = {k: v for k, v in gen_kw["sampling"].items() if k != "greedy"}
     if s.calib_cfg is not None and "cfg" in calib_gen:
@@ -388,7 +347,7 @@ def compare(
     for bits in s.bits:
         for method in s.methods:
             recipe = s.recipe(method, bits)
-            name = f"{METHOD_NAMES[method]} {bits.upper()}"
+            name = s.row_name(method, bits)
             t = time.perf_counter()
             qparams, _ = api.quantize(adapter, model.params, batch, recipe, progress=progress)
             q_s = time.perf_counter() - t
@@ -437,62 +396,6 @@ def tiny_setup(settings: CompareSettings = CompareSettings(), model_name: str = 
     arch = ", ".join(f"{k} {v}" for k, v in assets.config_to_dict(model.cfg).items())
     desc = f"{model_name}: {model.fam.presets()[model_name].description} ({arch})"
     return model, scorer, desc
-
-
-def write_outputs(result: Comparison, out: str | os.PathLike, command: str = "") -> dict[str, str]:
-    """Writes compare.md, compare.json, side_by_side.png and figure_images.npz (the figure's
-    samples as uint8) into `out`; returns the paths of the first three."""
-    from arvg_jax import imageio
-
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    s, cal = result.settings, result.calibration
-    md = [
-        "# Float vs RTN / SmoothQuant / PTQ4ARVG\n",
-        (
-            f"Model: {result.meta['model']}. {result.meta['images_per_model']} images per model "
-            f"({s.per_class} per class, the same labels and PRNG keys for every model), "
-            f"sampling {result.meta.get('sampling')}, seed {s.seed}."
-        ),
-        (
-            f"Calibration: {len(cal.get('indices', []))} sequences selected by DGC "
-            f"{cal.get('dgc')} from {cal.get('num_candidates')} candidates (cond fraction "
-            f"{cal.get('cond_fraction', float('nan')):.3f}), generated by the float model "
-            f"({cal.get('generation')}), shared by every method and bit width."
-        ),
-        (
-            f"Classifier metrics against {result.meta['real_images']} real images "
-            f"(make_dataset seed {s.real_seed}).\n"
-        ),
-        result.markdown_table(),
-        "",
-        (
-            f"Machine: {result.meta['machine']}. Code: {result.meta.get('code')}. "
-            f"Date: {result.meta['date']}. "
-            f"Wall time {result.meta.get('wall_s', 0):.0f} s."
-        ),
-    ]
-    if command:
-        md.append(f"\nCommand: `{command}`")
-    paths = {
-        "markdown": out / "compare.md",
-        "json": out / "compare.json",
-        "png": out / "side_by_side.png",
-    }
-    paths["markdown"].write_text("\n".join(md) + "\n")
-    payload = result.to_json()
-    payload["command"] = command
-    paths["json"].write_text(json.dumps(payload, indent=1) + "\n")
-    if result.images:
-        imageio.write_png(paths["png"], result.figure())
-        # The figure's samples, so the PNG can be redrawn without regenerating.
-        names = list(result.images)
-        np.savez_compressed(
-            out / "figure_images.npz",
-            names=np.asarray(names),
-            **{f"images_{i}": imageio.to_uint8(result.images[n]) for i, n in enumerate(names)},
-        )
-    return {k: str(v) for k, v in paths.items()}
 
 
 __all__ = [
