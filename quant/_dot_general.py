@@ -185,6 +185,45 @@ def _require_per_tensor(q, name: str) -> None:
         )
 
 
+# XLA:GPU (jax 0.11.2 on H100, 2026-12-07) miscompiles the batched s8 x s8 -> s32 attention dots
+# inside RAR's calibration program: rar-tiny's q·kᵀ and softmax·v came out wrong by about the size
+# of the result (softmax·v off by 89 where the true values stay below 3.1), while the same shapes
+# compiled alone, the Dense int8 dots and every CPU run were exact; turning off XLA's Triton GEMM
+# emitter (`--xla_gpu_enable_triton_gemm=false`) or accumulating the same codes in float32 made the
+# calibration equal the CPU's. So on GPU the integer codes are accumulated in float32, exactly:
+# every product |q_a q_b| <= 2**14, hence a sum of at most `GPU_F32_CHUNK` of them is an integer
+# below 2**24, which float32 holds exactly whatever the summation order; longer contractions add
+# their chunks in int32. The operands, codes, zero-point corrections and result are unchanged; only
+# the MXU/tensor-core instruction differs (CPU and TPU keep the s8 dot).
+GPU_F32_CHUNK = 1024
+
+
+def _int_matmul(qa, qb, dims):
+    """``Σ_k qa[..., m, k] qb[..., k, n]`` in int32 for int8 codes qa [..., M, K], qb [..., K, N]:
+    the s8 dot, except in programs lowered for CUDA (`lax.platform_dependent` picks by the
+    lowering platform, so a TPU export made on a GPU host keeps the s8 dot)."""
+
+    def s8(a, b):
+        return lax.dot_general(a, b, dims, preferred_element_type=jnp.int32)
+
+    def f32_chunks(a, b):
+        k = a.shape[-1]
+        acc = None
+        for lo in range(0, k, GPU_F32_CHUNK):
+            hi = min(lo + GPU_F32_CHUNK, k)
+            part = lax.dot_general(
+                a[..., lo:hi].astype(jnp.float32),
+                b[..., lo:hi, :].astype(jnp.float32),
+                dims,
+                precision=_HIGHEST,
+                preferred_element_type=jnp.float32,
+            ).astype(jnp.int32)
+            acc = part if acc is None else acc + part
+        return acc
+
+    return lax.platform_dependent(qa, qb, cuda=f32_chunks, default=s8)
+
+
 def _matmul_dims(a, b):
     if a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
         raise ValueError(
@@ -214,7 +253,8 @@ def fake_quant_matmul(a, b, a_quant=None, b_quant=None):
 def quantized_matmul(a, b, a_quant=None, b_quant=None):
     """Attention matmul (q·kᵀ, P·v) with static per-tensor quantized operands.
 
-    Both operands ``ActQuant`` (per tensor): int8 x int8 -> int32 with zero-point corrections.
+    Both operands ``ActQuant`` (per tensor): int8 x int8 -> int32 with zero-point corrections
+    (on GPU the same integer sum in exact float32 chunks, see ``_int_matmul``).
     A ``LogSqrt2Quant`` operand (PAR's post-softmax P) has no integer kernel, and a missing
     quantizer means a float operand: these dequantize and run the float32 oracle.
 
@@ -239,10 +279,7 @@ def quantized_matmul(a, b, a_quant=None, b_quant=None):
     _check_int32_bound(contract, a_quant.bits, za, b_quant.bits, zb, "quantized_matmul")
     qa = a_quant.quantize(a)  # int8 [..., M, K]
     qb = b_quant.quantize(b)  # int8 [..., K, N]
-    # K is RAR's sequence length for softmax·v (65 at rar-tiny calibration): padded to a multiple
-    # of 32 on GPU as the Dense path does (`pad_contracted`); the corrections keep the true K.
-    pa, pb = pad_contracted(qa, -1, qb, -2)
-    acc = lax.dot_general(pa, pb, dims, preferred_element_type=jnp.int32)  # [..., M, N]
+    acc = _int_matmul(qa, qb, dims)  # [..., M, N] int32
     sum_a = jnp.sum(qa, axis=-1, keepdims=True, dtype=jnp.int32)  # [..., M, 1]
     sum_b = jnp.sum(qb, axis=-2, keepdims=True, dtype=jnp.int32)  # [..., 1, N]
     y_int = _zero_point_corrected(acc, sum_a, sum_b, za, zb, contract)

@@ -197,17 +197,63 @@ def test_gpu_contracted_size_padding_keeps_the_exact_accumulator(monkeypatch):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_gpu_padding_of_the_attention_matmuls_keeps_the_result(monkeypatch):
-    """`quantized_matmul` pads its contracted size the same way on GPU backends (softmax·v
-    contracts over the sequence: 65 at rar-tiny calibration). Forced here on the CPU: the padded
-    int8 operands reach the dot and the result equals the unpadded one exactly."""
+def _lowered_for(platform: str, fn, *args) -> str:
+    return jax.export.export(jax.jit(fn), platforms=(platform,))(*args).mlir_module()
+
+
+def _has_s8_dot(text: str) -> bool:
+    return any("xi8>" in d.split("->")[0] for d in re.findall(r"stablehlo.dot_general.*", text))
+
+
+def test_cuda_attention_matmuls_accumulate_the_int8_codes_exactly_in_float32():
+    """In programs lowered for CUDA `quantized_matmul` sums the same int8 codes in float32 chunks
+    of at most `GPU_F32_CHUNK` (XLA:GPU miscompiled the batched s8 dots in RAR's calibration; see
+    `_dot_general._int_matmul`); CPU and TPU programs keep the s8 dot. The CUDA branch, run here
+    on the CPU, equals the s8 path exactly."""
     _, _, p, v = _attention_operands(8)
     pq, vq = quant.fit_act_quant(p, 8), quant.fit_act_quant(v, 8)
-    ref = jax.jit(quant.quantized_matmul)(jnp.asarray(p), jnp.asarray(v), pq, vq)
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    k = p.shape[-1]
-    fn = jax.jit(lambda a, b: quant.quantized_matmul(a, b, pq, vq))  # a fresh trace
-    text = fn.lower(jnp.asarray(p), jnp.asarray(v)).as_text()
-    padded = k + (-k % _dot_general.GPU_CONTRACT_MULTIPLE)
-    assert padded > k and re.search(rf"x{padded}xi8>", text), "padded operand not in the dot"
-    np.testing.assert_array_equal(fn(jnp.asarray(p), jnp.asarray(v)), ref)
+    args = (jnp.asarray(p), jnp.asarray(v))
+
+    def fn(a, b):
+        return quant.quantized_matmul(a, b, pq, vq)
+
+    assert _has_s8_dot(_lowered_for("cpu", fn, *args))
+    assert _has_s8_dot(_lowered_for("tpu", fn, *args))
+    cuda = _lowered_for("cuda", fn, *args)
+    assert "dot_general" in cuda and not _has_s8_dot(cuda)
+    dims = _dot_general._matmul_dims(*args)
+    qa, qb = pq.quantize(args[0]), vq.quantize(args[1])
+    s8 = jax.lax.dot_general(qa, qb, dims, preferred_element_type=jnp.int32)
+    np.testing.assert_array_equal(_f32_branch(qa, qb, dims), s8)
+
+
+def _f32_branch(qa, qb, dims):
+    """`_int_matmul`'s CUDA branch, on this (CPU) backend."""
+    orig = jax.lax.platform_dependent
+    try:
+        jax.lax.platform_dependent = lambda *a, cuda, default: cuda(*a)
+        fn = jax.jit(lambda a, b: _dot_general._int_matmul(a, b, dims))
+        assert not _has_s8_dot(fn.lower(qa, qb).as_text())  # the branch really runs
+        return np.asarray(fn(qa, qb))
+    finally:
+        jax.lax.platform_dependent = orig
+
+
+def test_cuda_float32_accumulation_is_exact_past_one_chunk():
+    """Extreme codes over K = 2,501: entry [0, 0, 0] sums 2,501 * 127**2 = 40,338,629, an odd
+    integer above 2**24 that no float32 holds, so one float32 sum could not return it; the chunked
+    sum is the exact integer (numpy int64)."""
+    rng = np.random.default_rng(3)
+    k = 2501
+    qa = rng.choice(np.array([-128, 127], np.int8), size=(2, 3, k))
+    qb = rng.choice(np.array([-128, 127], np.int8), size=(2, k, 4))
+    qa[0, 0] = 127
+    qb[0, :, 0] = 127
+    want = np.einsum("bmk,bkn->bmn", qa.astype(np.int64), qb.astype(np.int64))
+    assert want[0, 0, 0] == k * 127**2 and int(np.float32(want[0, 0, 0])) != want[0, 0, 0]
+    dims = (((2,), (1,)), ((0,), (0,)))
+    got = _f32_branch(jnp.asarray(qa), jnp.asarray(qb), dims)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+    cuda = _lowered_for("cuda", lambda a, b: _dot_general._int_matmul(a, b, dims), qa, qb)
+    assert cuda.count("stablehlo.dot_general") == -(-k // _dot_general.GPU_F32_CHUNK)
