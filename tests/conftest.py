@@ -20,6 +20,30 @@ import pytest
 # Parity needs exact float32 matmuls: the default TF32/bf16 passes err by ~1e-3.
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# Many modules compile the same programs (the reference VAR's sampler, the tiny models' steps),
+# each module afresh after `_free_compiled_programs`, and the xdist workers once each. JAX's
+# persistent compilation cache lets them reuse one compile: a directory shared by the run's
+# processes (ARVG_TEST_JAX_CACHE, set once by the controlling process and inherited by the
+# workers; a fresh temporary directory unless given). ARVG_TEST_JAX_CACHE=off compiles everything.
+_cache = os.environ.get("ARVG_TEST_JAX_CACHE")
+_made_cache = None
+if _cache is None:
+    import tempfile
+
+    _cache = _made_cache = tempfile.mkdtemp(prefix="arvg-jax-cache-")
+    os.environ["ARVG_TEST_JAX_CACHE"] = _cache
+if _cache != "off":
+    jax.config.update("jax_compilation_cache_dir", _cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def pytest_unconfigure(config):
+    if _made_cache is not None:  # only the process that made the directory removes it
+        import shutil
+
+        shutil.rmtree(_made_cache, ignore_errors=True)
+
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
