@@ -2,7 +2,6 @@
 STWQ group lookup of the cached sampler, summary."""
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -186,10 +185,7 @@ def test_ptq4arvg_beats_rtn_at_w6a6_on_calibration_logits(var_dir):
     assert ptq < 0.9 * rtn
 
 
-@pytest.mark.skipif(
-    os.environ.get("ARVG_SLOW_TESTS") != "1",
-    reason="slow (~3 min on 2 CPU cores): set ARVG_SLOW_TESTS=1",
-)
+@pytest.mark.slow  # ~3 min on 2 CPU cores: 20 generated images, two calibrations per width
 @pytest.mark.parametrize("bits", ["w8a8", "w6a6"])
 def test_ptq4arvg_beats_rtn_held_out_32_sequences(var_dir, bits):
     """Held-out logit error vs float: calibrate on 16 generated images (32 sequences), evaluate on
