@@ -190,11 +190,11 @@ def _require_per_tensor(q, name: str) -> None:
 # of the result (softmax·v off by 89 where the true values stay below 3.1), while the same shapes
 # compiled alone, the Dense int8 dots and every CPU run were exact; turning off XLA's Triton GEMM
 # emitter (`--xla_gpu_enable_triton_gemm=false`) or accumulating the same codes in float32 made the
-# calibration equal the CPU's. So on GPU the integer codes are accumulated in float32, exactly:
+# calibration equal the CPU's. So CUDA programs accumulate the integer codes in float32, exactly:
 # every product |q_a q_b| <= 2**14, hence a sum of at most `GPU_F32_CHUNK` of them is an integer
 # below 2**24, which float32 holds exactly whatever the summation order; longer contractions add
 # their chunks in int32. The operands, codes, zero-point corrections and result are unchanged; only
-# the MXU/tensor-core instruction differs (CPU and TPU keep the s8 dot).
+# the dot's instruction differs (CPU and TPU programs keep the s8 dot).
 GPU_F32_CHUNK = 1024
 
 
