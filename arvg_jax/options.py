@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Literal["float32", "bfloat16", "float16"]
-Attention = Literal["auto", "xla", "cudnn"]
+Attention = Literal["auto", "xla", "cudnn", "pallas"]
 SamplerKV = Literal["prefix", "full", "stacked"]
 MatmulOut = Literal["float32", "dtype"]
 Kernel = Literal["auto", "xla", "pallas"]
@@ -63,8 +63,10 @@ class ExecOptions:
       decode_dtype: compute dtype of the tokenizer's decoder (image decoding); float32 is the
         official precision (the VQVAE/VAE decode outside autocast).
       attention: cached-sampling attention: "xla" (einsum + float32 softmax), "cudnn"
-        (`jax.nn.dot_product_attention`; 16-bit dtypes and head dims cuDNN takes) or "auto" (cudnn
-        on GPU in 16-bit where the head dim fits, else xla). Teacher forcing always uses xla.
+        (`jax.nn.dot_product_attention`; 16-bit dtypes and head dims cuDNN takes), "pallas"
+        (VAR's stacked cache read in place, `arvg_jax.kernels.stacked_attention_pallas`) or
+        "auto" (on GPU in 16-bit: pallas on the stacked cache, cudnn where the head dim fits;
+        else xla). Teacher forcing always uses xla.
       sampling_filter: the top-k / top-p filter (`arvg_jax.sampling.top_k_top_p_filter`): "sort"
         (the official two sorts), "bisect[:bits[:chunk]]" (sort-free, XLA), "pallas" (one GPU
         kernel) or "auto" (pallas on NVIDIA GPUs, else sort).
@@ -178,6 +180,7 @@ class ExecOptions:
                 raise _refuse("attention", "cudnn", target, "cuDNN runs on NVIDIA GPUs only")
             name = _filter_name(out.sampling_filter)
             for field, value in (
+                ("attention", out.attention),
                 ("sampling_filter", name),
                 ("attn_prologue", out.attn_prologue),
                 ("adaln_kernel", out.adaln_kernel),

@@ -82,14 +82,22 @@ VARIANTS = {
         "scan",
         {"sampler_kv": "stacked"},
         (
-            "write the new keys into the layer-stacked cache, attend to the block's pages in "
-            "place (cuDNN paged attention): no KV slice, no write-back"
+            "write the new keys into the layer-stacked cache, attend to the block's keys in "
+            "place (the Pallas kernel on GPU in 16-bit): no KV slice, no write-back"
+        ),
+    ),
+    "kv_stacked_cudnn": (
+        "scan",
+        {"sampler_kv": "stacked", "attention": "cudnn"},
+        (
+            "kv_stacked with cuDNN (jax.nn.dot_product_attention) on the block's prefix, which "
+            "XLA copies out of the stacked cache first"
         ),
     ),
     "kv_stacked_page128": (
         "scan",
         {"sampler_kv": "stacked", "kv_page": 128},
-        "kv_stacked with 128-position pages (one page per 128-key attention tile)",
+        "kv_stacked with the cache padded to 128-position pages",
     ),
     "unrolled": (
         "unrolled",
@@ -210,7 +218,7 @@ class Runner:
         params, var_cfg, vae_cfg, opts = self.layout(blocks)
         opts = opts.replace(**{**BASELINE_OPTIONS, **options})
         row = {"variant": name, "about": about, "blocks": blocks, "batch": batch}
-        row["options"] = {k: getattr(opts, k) for k in BASELINE_OPTIONS}
+        row["options"] = {k: getattr(opts, k) for k in (*BASELINE_OPTIONS, "attention")}
         prof_dir = tempfile.mkdtemp(prefix="variants-") if batch in self.args.profile_list else None
         try:
             res = e2e.time_generation(

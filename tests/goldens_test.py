@@ -42,3 +42,33 @@ def test_fast_goldens_hold(reference):
 @pytest.mark.slow
 def test_quantized_goldens_hold(reference):
     _check(reference, slow=True)
+
+
+def test_cross_machine_comparison_bounds_each_precision():
+    """Off the recording machine: integers exact, float32 goldens within 1e-6 of their largest
+    magnitude, bf16-model goldens within one bf16 unit roundoff (2^-8) of it."""
+    import json
+
+    ref = {
+        "tok": np.arange(6, dtype=np.int32),
+        "logits_f32": np.linspace(-2, 2, 6, dtype=np.float32),
+    }
+    ref["logits_bf16"] = ref["logits_f32"].copy()
+    stored = {f"s/{k}": v for k, v in ref.items()}
+    digest = _SCRIPT["digest"]
+    stored["_index"] = np.asarray(
+        json.dumps({k: [digest(v), list(v.shape), str(v.dtype)] for k, v in ref.items()})
+    )
+
+    def problems(**moved):
+        got = {k: v.copy() for k, v in ref.items()}
+        for k, (i, delta) in moved.items():
+            got[k][i] += delta
+        return _SCRIPT["compare"](stored, got, exact=False)
+
+    assert problems() == []
+    assert problems(logits_f32=(0, 1e-6)) == []  # 5e-7 of the largest magnitude (2)
+    assert problems(logits_bf16=(0, 5e-3)) == []  # 2.5e-3 < 2^-8 of 2
+    assert [p.split(":")[0] for p in problems(logits_f32=(0, 1e-5))] == ["logits_f32"]
+    assert [p.split(":")[0] for p in problems(logits_bf16=(0, 1e-2))] == ["logits_bf16"]
+    assert [p.split(":")[0] for p in problems(tok=(2, 1))] == ["tok"]

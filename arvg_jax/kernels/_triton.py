@@ -18,3 +18,11 @@ def triton():
         warnings.filterwarnings("ignore", message=r"The Pallas Triton backend is deprecated")
         from jax.experimental.pallas import triton as plt
     return plt
+
+
+def head_dim_reason(head_dim: int) -> str | None:
+    """Why a per-head Triton kernel cannot take heads of this size (None when it can): its tiles
+    are ``[rows, head_dim]`` blocks, whose shapes Triton wants to be powers of two ≥ 16."""
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        return f"head_dim {head_dim} is not a power of two ≥ 16 (Triton block shapes)"
+    return None

@@ -59,11 +59,7 @@ def available() -> bool:
     return sampling_pallas.available()
 
 
-def unsupported_reason(head_dim: int) -> str | None:
-    """Why the kernel cannot take heads of this size (None when it can)."""
-    if head_dim < 16 or head_dim & (head_dim - 1):
-        return f"head_dim {head_dim} is not a power of two ≥ 16 (Triton block shapes)"
-    return None
+unsupported_reason = _triton.head_dim_reason  # why heads of a size cannot be tiled (or None)
 
 
 def _attn_prologue(

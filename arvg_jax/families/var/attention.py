@@ -22,15 +22,39 @@ from arvg_jax.options import ExecOptions
 Array = jax.Array
 
 
-def attention_impl(cfg: VARConfig, opts: ExecOptions) -> str:
-    """The attention implementation of cached sampling: "xla" or "cudnn" (see VARConfig)."""
+def attention_impl(cfg: VARConfig, opts: ExecOptions, *, stacked: bool = False) -> str:
+    """The attention implementation of cached sampling (`ExecOptions.attention`): "xla",
+    "cudnn" or, on the stacked sampler's layer-stacked cache (`stacked`), "pallas".
+
+    "auto" on a GPU in 16-bit: the in-place Pallas kernel on the stacked cache (no prefix copies;
+    BENCHMARKS.md), cuDNN elsewhere; else xla.
+
+    Raises:
+      ValueError: "pallas" requested where it cannot run (a per-block cache, a head dim the
+        kernel does not take).
+    """
+    from arvg_jax.kernels import stacked_attention_pallas as sap
+
+    if opts.attention == "pallas":  # off GPU only with opts.interpret (`ExecOptions.resolve`)
+        if not stacked:
+            raise ValueError(
+                f"attention 'pallas' reads the layer-stacked KV cache: it needs sampler_kv "
+                f"'stacked', not {opts.sampler_kv!r}"
+            )
+        if (why := sap.unsupported_reason(cfg.head_dim)) is not None:
+            raise ValueError(f"attention 'pallas': {why}")
+        return "pallas"
     if opts.attention != "auto":
         return opts.attention
     half = jnp.dtype(opts.compute_dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if not (half and opts.gpu_here):
+        return "xla"
+    if stacked and sap.unsupported_reason(cfg.head_dim) is None and sap.available():
+        return "pallas"
     # cuDNN flash attention needs a head dim that is a multiple of 8, at most 256 (Hopper);
     # other widths (the tiny test models) run the XLA attention instead of failing to compile.
     fits = cfg.head_dim % 8 == 0 and cfg.head_dim <= 256
-    return "cudnn" if half and fits and opts.gpu_here else "xla"
+    return "cudnn" if fits else "xla"
 
 
 def attn_prologue_impl(cfg: VARConfig, opts: ExecOptions) -> str:
@@ -221,7 +245,6 @@ class SelfAttention(nn.Module):
         proj; returns (out [B, l, C], the "layer" cache)."""
         cfg, opts = self.cfg, self.opts
         b, l = q.shape[:2]
-        use_cudnn = attention_impl(cfg, opts) == "cudnn" and stacked_kv.available()
         out = stacked_kv.stacked_attention(
             q,
             kc,
@@ -230,7 +253,8 @@ class SelfAttention(nn.Module):
             kv_len,
             scale=self._softmax_scale(),
             page=opts.kv_page,
-            implementation="cudnn" if use_cudnn else "xla",
+            implementation=attention_impl(cfg, opts, stacked=True),
+            interpret=opts.pallas_interpret,
         )
         out = out.astype(opts.compute_dtype).reshape(b, l, cfg.embed_dim)
         out = Dense(

@@ -40,7 +40,7 @@ INT8_IMPLS = (
     "pallas_ws",
     "pallas_pp",
 )  # qarray: QArray [I, O], unpacked
-ATTENTIONS = ("auto", "xla", "cudnn")
+ATTENTIONS = ("auto", "xla", "cudnn", "pallas")  # ExecOptions.attention
 BLOCKS = ("scan", "unrolled")  # var_sampler.stack_blocks layout, or one unrolled copy per block
 KV_MODES = ("auto", "stacked", "prefix", "full")  # ExecOptions.sampler_kv ("auto": its default)
 FILTERS = ("auto", "sort", "bisect", "pallas")  # ExecOptions.sampling_filter

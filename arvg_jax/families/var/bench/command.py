@@ -11,7 +11,7 @@ only on shapes and dtypes, never on the calibration values. A variant is
 ``precision[+int8-IMPL][+attn-IMPL][+kv-MODE][+kvpage-N][+filter-METHOD][+prologue-IMPL]
 [+adaln-IMPL][+unpack-MODE][+gemm-bf16out][+ffn-unfused][+scan|+unrolled]``:
 precision float32 | bfloat16 | w8a8 | w6a6 | w4a8; int8 IMPL auto | qarray | xla | barrier | pallas
-| pallas_ws | pallas_pp (`quant._packed`); attention auto | xla | cudnn; KV cache mode auto | stacked | prefix | full
+| pallas_ws | pallas_pp (`quant._packed`); attention auto | xla | cudnn | pallas; KV cache mode auto | stacked | prefix | full
 (`ExecOptions.sampler_kv`); kvpage-N positions per page of the stacked cache (`ExecOptions.kv_page`,
 a multiple of 64); top-k / top-p filter auto | sort | bisect | pallas
 (`ExecOptions.sampling_filter`); attention prologue auto | xla | pallas
