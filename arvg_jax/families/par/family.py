@@ -228,6 +228,7 @@ class PARFamily(Family):
             top_p=float(settings["top_p"]),
             greedy=bool(settings["greedy"]),
             dtype=options.compute_dtype,
+            qkv_shards=options.qkv_shards,
         )
         images = _decode_fn(cfg, tok_cfg)(tok_params, out["tokens"])
         return {  # and "finite" bool [B]: the sampler's logits of the image were all finite

@@ -156,6 +156,7 @@ class RARFamily(Family):
             vq_params=tok_params,
             vq_cfg=tok_cfg,
             dtype=options.compute_dtype,
+            qkv_shards=options.qkv_shards,
         )
         return {"tokens": out["tokens"], "images": out["images"], "finite": out["finite"]}
 
