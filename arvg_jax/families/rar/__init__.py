@@ -171,7 +171,7 @@ class RARFamily(Family):
 
         from arvg_jax.families.rar.model import RAR
 
-        model = RAR(cfg, options.compute_dtype)
+        model = RAR(cfg, options.compute_dtype, options.qkv_shards)
         fn = jax.jit(lambda p, t, c: model.apply({"params": p}, t, c)[:, : cfg.image_seq_len])
         outs = []
         for i in range(0, len(labels), batch):
