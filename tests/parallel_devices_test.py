@@ -38,8 +38,10 @@ def test_mar_data_parallel_equals_one_device_to_float_rounding():
 
 @pytest.mark.slow
 def test_var_tensor_parallel_gives_the_same_tokens():
-    # model=2 splits the FFN hidden columns: fc2's partial sums are joined by an all-reduce, so
-    # logits and images equal the one-device run to float rounding; the tokens are identical.
+    # model=2 splits the attention heads and the FFN hidden columns: proj's and fc2's partial
+    # sums are joined by all-reduces, so logits and images equal the one-device run to float
+    # rounding; the tokens are identical, and the compiled program is head-parallel (the stacked
+    # inference layout's qkv [D, C, 3C] read as [C, 3C / 2] per device).
     result = _run("sampling", "var-test", "data=4,model=2")
     _check_sampling(result)
     assert result["data=4,model=2"]["images_max_abs_diff"] < 1e-5
