@@ -84,6 +84,13 @@ class ExecOptions:
       fuse_ffn_quant: packed int8 fc1 on the Hopper kernel emits fc2's int8 input codes.
       nibble_unpack: 4-bit weights stored two per byte are expanded once per generate call
         ("call") or at every layer call ("layer").
+      qkv_shards: M, the model shards the fused q|k|v columns are laid out over
+        (`arvg_jax.nn.attention.split_qkv`): 1 is the official layout; M > 1 reads the
+        model-shard-major layout that `arvg_jax.parallel.rules.place` gives a tree on a mesh with
+        model=M (head-parallel attention). Set by `arvg_jax.parallel.generate` from the params'
+        placement, not by hand; an attention whose heads M does not divide reads the official
+        layout. VAR's Pallas attention prologue reads the official layout only ("auto" then
+        takes XLA, an explicit "pallas" is refused).
       platform: the platform the program is built for ("cpu", "gpu", "tpu"); None until
         `resolve` sets it (the runtime backend unless asked otherwise).
       interpret: testing switch: Pallas GPU kernels requested explicitly ("pallas") on a non-GPU
@@ -103,6 +110,7 @@ class ExecOptions:
     scan_unroll: int = 1
     fuse_ffn_quant: bool = True
     nibble_unpack: NibbleUnpack = "call"
+    qkv_shards: int = 1
     platform: Platform | None = None
     interpret: bool = False
 
@@ -126,6 +134,8 @@ class ExecOptions:
             raise ValueError(f"kv_page must be a positive multiple of 64, got {self.kv_page!r}")
         if not (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1):
             raise ValueError(f"scan_unroll must be a positive int, got {self.scan_unroll!r}")
+        if not (isinstance(self.qkv_shards, int) and self.qkv_shards >= 1):
+            raise ValueError(f"qkv_shards must be a positive int, got {self.qkv_shards!r}")
 
     @property
     def compute_dtype(self) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import jax
@@ -41,17 +42,72 @@ def model(name: str, random_draws: bool = True):
     return fam, cfg, tok_cfg, params, tok
 
 
-def sampling_case(name: str, specs: str, reference: str = "full") -> dict:
+def rtn_tree(fam, cfg, tok_cfg, params, tok) -> dict:
+    """RTN W8A8 of `params` (weights per output column, activations and the attention matmuls
+    per tensor), calibrated on 4 images the float model generates."""
+    from quant import api
+    from quant.recipes import Recipe
+
+    generate = fam.calibration_generator(params, tok, cfg, tok_cfg)
+    cands = generate(4, seed=0, gen_batch=4, progress=False, **FAST.get(fam.name, {}))
+    batch = fam.calibration_batch(tok, tok_cfg, cands)
+    recipe = Recipe.parse("rtn", "w8a8", calib=4)
+    return api.quantize(fam.quant_adapter(cfg), params, batch, recipe, progress=False)[0]
+
+
+_INSTRUCTION = re.compile(r"%([\w.\-]+) = [a-z0-9]+\[([\d,]*)\]")
+_DOT = re.compile(r"\bdot\(%([\w.\-]+), %([\w.\-]+)\)")
+
+
+def dot_operand_shapes(hlo: str) -> set[tuple[int, ...]]:
+    """The shapes of every dot's operands in a compiled (per-device) HLO module's text."""
+    shapes = {
+        m.group(1): tuple(int(d) for d in m.group(2).split(",") if d)
+        for m in _INSTRUCTION.finditer(hlo)
+    }
+    return {shapes[n] for m in _DOT.finditer(hlo) for n in m.groups() if n in shapes}
+
+
+def head_facts(fam, cfg, hlo: str, model: int) -> dict:
+    """Per fused attention layer: which kernel shards the compiled program's dots read. A layer of
+    H heads (G kv heads, head dim K, width C = H K) split over M devices multiplies by its qkv
+    kernel [C, (H + 2G) K / M] (PackedKernel codes transposed) and its proj kernel [C / M, C];
+    "qkv_whole" says whether any dot still reads a whole qkv kernel."""
+    from arvg_jax.parallel import heads
+
+    shapes = dot_operand_shapes(hlo)
+
+    def has(a, b):
+        return (a, b) in shapes or (b, a) in shapes
+
+    out = {}
+    for layer in heads.split_rules(fam.sharding_rules(cfg))[1]:
+        c, m = layer.q_heads * layer.head_dim, layer.shards(model)
+        out[layer.qkv] = {
+            "shards": m,
+            "qkv_local": has(c, layer.columns // m),
+            "qkv_whole": has(c, layer.columns),
+            "proj_local": has(c // m, c),
+        }
+    return out
+
+
+def sampling_case(name: str, specs: str, reference: str = "full", tree: str = "float") -> dict:
     """Tokens and images of sharded runs on each mesh of `specs` (";"-separated) and of the
     one-device run they are compared with: `reference` "full" (one call on the whole batch) or
-    "shard" (one call per shard's batch)."""
+    "shard" (one call per shard's batch); `tree` "float" or "rtn" (`rtn_tree`). Params are placed
+    by the family's rules with its fused attention layers (`sharding_rules(cfg)`), so a model
+    axis splits attention heads and MLP columns; for such meshes the compiled program's dot
+    shapes are reported (`head_facts`)."""
     from arvg_jax import families
     from arvg_jax.options import ExecOptions
     from arvg_jax.parallel import generate as pgen
-    from arvg_jax.parallel import make_mesh, rules
+    from arvg_jax.parallel import heads, make_mesh, rules
 
     # MAR's random draws blow up its continuous tokens: its own init is cheap and tame.
     fam, cfg, tok_cfg, params, tok = model(name, random_draws=not name.startswith("mar"))
+    if tree == "rtn":
+        params = rtn_tree(fam, cfg, tok_cfg, params, tok)
     params = fam.inference_layout(params)
     sampling = {**fam.sampling_defaults(cfg), **FAST.get(fam.name, {})}
     n = 8
@@ -86,9 +142,15 @@ def sampling_case(name: str, specs: str, reference: str = "full") -> dict:
         # XLA:CPU rounds row reductions (LayerNorm) differently for another number of rows, so
         # float outputs of a shard equal the one-device run at the shard's batch bit for bit.
         ref = one_device(n if reference == "full" else n // mesh.shape["data"])
-        p = rules.place(params, fam.sharding_rules(), mesh)
+        rules_ = fam.sharding_rules(cfg)
+        p = rules.place(params, rules_, mesh)
         tp = rules.replicate(tok, mesh)
-        got = pgen.generate(fam, mesh, p, tp, cfg, tok_cfg, labels, keys, options=opts, **sampling)
+        args = (fam, mesh, p, tp, cfg, tok_cfg, labels, keys)
+        got = pgen.generate(*args, options=opts, **sampling)
+        facts = {}
+        if mesh.shape["model"] > 1:
+            hlo = pgen.lower(*args, options=opts, **sampling).compile().as_text()
+            facts = head_facts(fam, cfg, hlo, mesh.shape["model"])
         sharded = {k: p_specs(v) for k, v in got.items()}
         got = {k: np.asarray(v) for k, v in got.items()}
         out[spec] = {
@@ -100,6 +162,8 @@ def sampling_case(name: str, specs: str, reference: str = "full") -> dict:
             "images_max_abs_diff": float(np.max(np.abs(got["images"] - ref["images"]))),
             "distinct_images": len(np.unique(got["tokens"].reshape(n, -1), axis=0)),
             "output_sharding": sharded,
+            "qkv_shards": heads.tree_shards(p, heads.split_rules(rules_)[1]),
+            "heads": facts,
         }
     return out
 
@@ -160,12 +224,14 @@ def calibration_case(methods: str) -> dict:
 
 
 def checkpoint_case(tmp: str) -> dict:
-    """A float and a quantized var-test tree saved from model=2 or data=8, restored onto data=2
-    or one device: the same leaves, each with the sharding the new mesh gives it."""
-    from arvg_jax.parallel import checkpoint, make_mesh, rules
+    """A float and a quantized var-test tree saved from model=2 or data=8, restored onto data=2,
+    data=8, one device or model=2: the same leaves, each with the sharding the new mesh gives it.
+    Placed by the rules with the fused attention layers: on model=2 the qkv columns lie in the
+    head-parallel order, and the checkpoint must hold the official one."""
+    from arvg_jax.parallel import checkpoint, heads, make_mesh, rules
     from quant import _qarray
 
-    fam, _, _, params, _ = model("var-test")
+    fam, cfg, _, params, _ = model("var-test")
 
     # A quantized tree without calibration: each Dense kernel as an 8-bit QArray (per column).
     def quantize(path, x):
@@ -178,35 +244,44 @@ def checkpoint_case(tmp: str) -> dict:
         return _qarray.QArray.quantize(x, scale, zp, 8)
 
     qparams = jax.tree_util.tree_map_with_path(quantize, params)
-    rules_ = fam.sharding_rules()
+    rules_ = fam.sharding_rules(cfg)
+    fused = heads.split_rules(rules_)[1]
     out = {}
     cases = (
         ("float", params, "data=4,model=2", "data=2"),
         ("quantized", qparams, "data=4,model=2", "data=1,model=1"),
-        ("quantized", qparams, "data=8", "data=2"),
+        ("quantized", qparams, "data=4,model=2", "data=8"),
+        ("quantized", qparams, "data=8", "data=4,model=2"),
+        ("float", params, "data=8", "data=2"),
     )
     for what, tree, src, dst in cases:
-        path = os.path.join(tmp, f"{what}-{src}")
+        path = os.path.join(tmp, f"{what}-{src}-{dst}")
         placed = rules.place(tree, rules_, make_mesh(src))
-        checkpoint.save(path, placed)
-        devices = jax.local_devices()[: 2 if dst == "data=2" else 1]
-        mesh = make_mesh(dst, devices)
+        checkpoint.save(path, placed, rules_)
+        mesh = make_mesh(dst)
         back = checkpoint.restore(path, mesh, rules_)
         want = rules.param_shardings(tree, rules_, mesh)
+        official = heads.relayout(back, fused, 1)  # a model=2 restore is head-parallel again
         equal = all(
             np.array_equal(np.asarray(a), np.asarray(b))
-            for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(back), strict=True)
+            for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(official), strict=True)
         )
         placed_right = all(
             a.sharding == s
             for a, s in zip(jax.tree.leaves(back), jax.tree.leaves(want), strict=True)
         )
         model_sharded = sum("model" in str(a.sharding.spec) for a in jax.tree.leaves(placed))
+        reordered = sum(  # leaves of the placed tree not in the official order
+            not np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(placed), strict=True)
+        )
         out[f"{what} {src} -> {dst}"] = {
             "equal": equal,
             "same_structure": jax.tree.structure(tree) == jax.tree.structure(back),
             "placed_by_rules": placed_right,
             "saved_model_sharded_leaves": model_sharded,
+            "saved_reordered_leaves": reordered,
+            "restored_qkv_shards": heads.tree_shards(back, fused),
         }
     return out
 

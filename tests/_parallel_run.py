@@ -33,8 +33,25 @@ def run_case(*args) -> dict:
 
 
 def check_sampling(result: dict) -> None:
-    """Every mesh: the same tokens as one device, outputs split over "data", distinct images."""
+    """Every mesh: the same tokens as one device, outputs split over "data", distinct images,
+    and attention head-parallel where the mesh has a model axis (`check_heads`)."""
     for spec, r in result.items():
         assert r["tokens_equal"], (spec, r)
         assert r["output_sharding"]["tokens"] == ["data"], (spec, r)  # split over data
         assert r["distinct_images"] > 1, (spec, r)
+    check_heads(result)
+
+
+def check_heads(result: dict) -> None:
+    """On a mesh with model=M > 1 the sampler ran with qkv_shards=M and the compiled program's
+    dots read each device's share of every fused attention layer: qkv kernels of (H + 2G) K / M
+    columns, proj kernels of C / M rows, and no whole qkv kernel (not replicated attention)."""
+    for spec, r in result.items():
+        model = int(dict(a.split("=") for a in spec.split(",")).get("model", 1))
+        assert r["qkv_shards"] == model, (spec, r["qkv_shards"])
+        if model == 1:
+            continue
+        assert r["heads"], (spec, r)
+        for layer, f in r["heads"].items():
+            assert f["shards"] == model, (spec, layer, f)
+            assert f["qkv_local"] and f["proj_local"] and not f["qkv_whole"], (spec, layer, f)

@@ -38,8 +38,10 @@ def test_mar_data_parallel_equals_one_device_to_float_rounding():
 
 @pytest.mark.slow
 def test_var_tensor_parallel_gives_the_same_tokens():
-    # model=2 splits the FFN hidden columns: fc2's partial sums are joined by an all-reduce, so
-    # logits and images equal the one-device run to float rounding; the tokens are identical.
+    # model=2 splits the attention heads and the FFN hidden columns: proj's and fc2's partial
+    # sums are joined by all-reduces, so logits and images equal the one-device run to float
+    # rounding; the tokens are identical, and the compiled program is head-parallel (the stacked
+    # inference layout's qkv [D, C, 3C] read as [C, 3C / 2] per device).
     result = _run("sampling", "var-test", "data=4,model=2")
     _check_sampling(result)
     assert result["data=4,model=2"]["images_max_abs_diff"] < 1e-5
@@ -65,7 +67,16 @@ def test_sharded_ptq4arvg_calibration_gives_the_same_integer_codes():
 
 
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
+    # Trees saved from data=4,model=2 hold their qkv columns in the head-parallel order on the
+    # devices (reordered leaves); the checkpoint stores the official order, so restoring onto
+    # data=2, data=8 or one device gives the original leaves (hence the same outputs), and onto
+    # model=2 the head-parallel order again (compared once brought back to the official one).
     for case, r in _run("checkpoint", tmp_path).items():
         assert r["equal"] and r["same_structure"] and r["placed_by_rules"], (case, r)
-        if "model=2" in case:
+        src, dst = case.split(" ", 1)[1].split(" -> ")
+        if "model=2" in src:
             assert r["saved_model_sharded_leaves"] > 0, (case, r)
+            assert r["saved_reordered_leaves"] > 0, (case, r)  # qkv kernels (and biases)
+        else:
+            assert r["saved_reordered_leaves"] == 0, (case, r)
+        assert r["restored_qkv_shards"] == (2 if "model=2" in dst else 1), (case, r)

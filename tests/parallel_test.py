@@ -75,6 +75,7 @@ def test_rules_shard_float_and_quantized_leaves_alike():
 def test_every_family_rule_names_a_layer():
     import jax
 
+    from arvg_jax.parallel import heads
     from arvg_jax.parallel.rules import _path_name
 
     for fam in families.all_families().values():
@@ -82,7 +83,13 @@ def test_every_family_rule_names_a_layer():
         cfg, tok_cfg = preset.config(), preset.tokenizer_config()
         abstract, _ = jax.eval_shape(functools.partial(fam.init_params, cfg, tok_cfg, 0))
         names = [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]]
-        for pattern, _ in fam.sharding_rules():
+        plain, fused = heads.split_rules(fam.sharding_rules(cfg))
+        assert plain == fam.sharding_rules() and fused, fam.name  # every family splits heads
+        # The test presets' heads divide by 2, so their model=2 runs are head-parallel.
+        assert all(layer.shards(2) == 2 for layer in fused), (fam.name, fused)
+        kernels = [f"{path}/kernel" for f in fused for path in (f.qkv, f.proj)]
+        patterns = [r[0] for r in plain] + kernels
+        for pattern in patterns:
             assert any(re.fullmatch(pattern, n) for n in names), (fam.name, pattern)
 
 

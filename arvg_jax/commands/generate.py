@@ -153,7 +153,7 @@ def generate_images(
         from arvg_jax.parallel import rules
 
         b = parallel_generate.padded_batch(b, mesh)
-        params = rules.place(params, fam.sharding_rules(), mesh)
+        params = rules.place(params, fam.sharding_rules(model.cfg), mesh)
         vae_params = rules.replicate(vae_params, mesh)
         gen = functools.partial(parallel_generate.generate, fam, mesh)
     images, tokens = [], []

@@ -198,16 +198,20 @@ class Family:
     def calibration_batch(self, tok_params, tok_cfg, candidates) -> dict:
         raise NotImplementedError
 
-    def sharding_rules(self) -> tuple:
+    def sharding_rules(self, cfg=None) -> tuple:
         """Tensor-parallel rules: (path regex, `PartitionSpec`) pairs, `RULES` of the family's
-        `sharding.py` (`arvg_jax.parallel.rules` explains them); () replicates every leaf."""
+        `sharding.py` (`arvg_jax.parallel.rules` explains them); () replicates every leaf. With
+        `cfg`, also the fused attention layers its `heads(cfg)` declares
+        (`arvg_jax.parallel.heads.FusedHeads`): attention then runs head-parallel on a mesh
+        with a model axis; without, attention is replicated."""
         try:
             module = importlib.import_module(f"arvg_jax.families.{self.name}.sharding")
         except ModuleNotFoundError as e:
             if e.name != f"arvg_jax.families.{self.name}.sharding":
                 raise
             return ()
-        return tuple(module.RULES)
+        fused = module.heads(cfg) if cfg is not None and hasattr(module, "heads") else ()
+        return (*module.RULES, *fused)
 
     def bench_command(self):
         """A module with `add_arguments(parser)` and `run(args)` for `arvg bench`, or None."""

@@ -10,8 +10,14 @@ reads them and `sow_matmul_fit` reports calibration fits under the sow name
 `attn_quant_<operand>` of the `calibration` collection (`quant._calibrate.sown_by_layer` maps it
 back to the params path).
 
+Fused q|k|v layers (`split_qkv`): the official column order is [q heads | k heads | v heads],
+each head-major; on a tensor-parallel mesh with M model shards the columns may instead be laid out
+model-shard-major (`arvg_jax.parallel.heads`), so that a plain split of the columns gives each
+device the q, k and v of its own heads.
+
 Dims: B batch, L query tokens, S key tokens (cache length), H query heads, G key/value heads
-(H % G == 0; query head h reads kv head h // (H / G), torch `repeat_interleave`), K head dim.
+(H % G == 0; query head h reads kv head h // (H / G), torch `repeat_interleave`), K head dim,
+M model shards.
 """
 
 from __future__ import annotations
@@ -26,6 +32,33 @@ from jax import lax
 Array = jax.Array
 
 MATMUL_QUANT = "attn_quant"  # params node of a module's attention-matmul quantizers
+
+
+def head_shards(shards: int, q_heads: int, kv_heads: int) -> int:
+    """The model shards a fused q|k|v layer's columns are laid out over: `shards` where it divides
+    both head counts, else 1 (the official layout; that attention then stays replicated)."""
+    ok = shards > 1 and q_heads % shards == 0 and kv_heads % shards == 0
+    return shards if ok else 1
+
+
+def split_qkv(
+    qkv: Array, q_heads: int, kv_heads: int, head_dim: int, shards: int = 1
+) -> tuple[Array, Array, Array]:
+    """q [..., H, K], k [..., G, K], v [..., G, K] of a fused layer's output [..., (H + 2G) K].
+
+    With `head_shards(shards, H, G)` = 1 the columns are in the official order [q | k | v], each
+    head-major. With M > 1 they are model-shard-major, [M, (H/M q | G/M k | G/M v), K]: shard m
+    holds q heads [m H/M, (m + 1) H/M) and kv heads [m G/M, (m + 1) G/M), the kv heads its q heads
+    read (h // (H / G)). Either way the heads come back in their official order, so per-head
+    params, the KV caches and the output projection's input rows keep their layout; with the
+    columns split over a "model" axis, jit (GSPMD) keeps every head on the device holding it.
+    """
+    m = head_shards(shards, q_heads, kv_heads)
+    lead = qkv.shape[:-1]
+    hq, g = q_heads // m, kv_heads // m
+    x = qkv.reshape(*lead, m, hq + 2 * g, head_dim)
+    q, k, v = x[..., :hq, :], x[..., hq : hq + g, :], x[..., hq + g :, :]
+    return tuple(t.reshape(*lead, t.shape[-3] * t.shape[-2], head_dim) for t in (q, k, v))
 
 
 def dot_product_attention(

@@ -5,6 +5,11 @@ nothing is gathered on one host); `restore` reads the stored shapes and dtypes, 
 shardings on the new mesh from the family's rules (`arvg_jax.parallel.rules`) and lets orbax read
 each device's slice. A tree saved on data=8 restores onto model=2, data=2 or one device alike.
 
+Head-parallel trees (`arvg_jax.parallel.heads`: the fused qkv columns in model-shard-major order)
+are stored in the official q | k | v order: `save` undoes the order of the placement when given
+the rules the tree was placed with, and `restore` onto a mesh with a model axis places the fused
+layers again in that mesh's order, so a checkpoint never depends on the mesh it came from.
+
 Layout: the same as a quantized directory's ``params/`` (`quant.checkpoint`): `QArray` and
 `ActQuant` leaves stored as dicts of their arrays, their kinds in ``arvg_tree.json`` beside
 (a float tree has none).
@@ -24,14 +29,23 @@ def _identity(x):
     return x
 
 
-def save(path: str | os.PathLike, tree) -> pathlib.Path:
+def save(path: str | os.PathLike, tree, rules: Sequence = ()) -> pathlib.Path:
     """Writes `tree` (float, `QArray` / `ActQuant` leaves; sharded or not) to the new folder
-    `path`."""
+    `path`.
+
+    `rules`: the rules the tree was placed with (`Family.sharding_rules(cfg)`); its fused qkv
+    layers, if head-parallel, are written in the official column order. A tree placed
+    head-parallel and saved without them would store the placement's order.
+    """
     import orbax.checkpoint as ocp
 
+    from arvg_jax.parallel import heads
     from quant import checkpoint as qckpt
 
     path = pathlib.Path(path).absolute()
+    _, fused = heads.split_rules(rules)
+    if fused:
+        tree = heads.relayout(tree, fused, 1)  # the official q | k | v order
     storable, kinds = qckpt._to_storable(tree, array=_identity)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "tree", storable)
@@ -51,22 +65,28 @@ def abstract_tree(tree_dir: str | os.PathLike):
 
 def restore_tree(tree_dir, kinds: dict, mesh, rules: Sequence = ()):
     """Restores an orbax tree of quant leaves stored as dicts (`kinds` as `quant.checkpoint`
-    records them) onto `mesh`, each leaf with the sharding `rules` give it."""
+    records them) onto `mesh`, each leaf with the sharding `rules` give it (fused qkv layers of
+    `FusedHeads` rules in the mesh's head-parallel order, as `rules.place` gives)."""
     import jax
     import orbax.checkpoint as ocp
 
+    from arvg_jax.parallel import heads
     from arvg_jax.parallel import rules as sharding_rules
     from quant import checkpoint as qckpt
 
     abstract = abstract_tree(tree_dir)
     shaped = qckpt._from_storable(abstract, kinds, array=_identity)  # quant containers
-    shardings = sharding_rules.param_shardings(shaped, rules, mesh)
+    # Read in the stored (official) order, the fused layers replicated; `place` then reorders
+    # and splits them (orbax reads contiguous slices only).
+    plain, fused = heads.split_rules(rules)
+    shardings = sharding_rules.param_shardings(shaped, plain, mesh)
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shaped, shardings
     )
     storable, _ = qckpt._to_storable(target, array=_identity)
     restored = ocp.StandardCheckpointer().restore(pathlib.Path(tree_dir).absolute(), storable)
-    return qckpt._from_storable(restored, kinds, array=_identity)
+    tree = qckpt._from_storable(restored, kinds, array=_identity)
+    return sharding_rules.place(tree, rules, mesh) if fused else tree
 
 
 def restore(path: str | os.PathLike, mesh, rules: Sequence = ()):

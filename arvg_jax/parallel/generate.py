@@ -6,7 +6,8 @@ inside `jax.shard_map`: its CFG-doubled rows (cond and uncond of its own images)
 device, nothing crosses devices, and image i draws with its own key `fold_in(PRNGKey(seed), i)`
 wherever it runs, so the tokens equal a one-device run. On a mesh with a "model" axis the map is
 manual over "data" only; inside, jit partitions the model-sharded params (GSPMD) and inserts the
-reductions tensor parallelism needs.
+reductions tensor parallelism needs: one per attention (its heads split over "model", see
+`arvg_jax.parallel.heads`) and one per MLP.
 """
 
 from __future__ import annotations
@@ -65,17 +66,47 @@ def generate(fam, mesh, params, tok_params, cfg, tok_cfg, labels, keys, /, *, op
     """`fam.generate` over `mesh`: {"tokens", "images"} split over "data" (np.asarray gathers).
 
     `params` / `tok_params` should already be on the mesh (`rules.place`: once per run, not per
-    batch); labels int [B] and keys [B, 2] are split here. B must be a multiple of the data axis
-    (`padded_batch`). The leading arguments are positional-only: a sampling setting may be
-    called `cfg` (VAR's and MAR's guidance scale).
+    batch; with `fam.sharding_rules(cfg)` attention runs head-parallel, and the sampler is told
+    the qkv column order the placement chose, `ExecOptions.qkv_shards`); labels int [B] and keys
+    [B, 2] are split here. B must be a multiple of the data axis (`padded_batch`). The leading
+    arguments are positional-only: a sampling setting may be called `cfg` (VAR's and MAR's
+    guidance scale).
     """
+    fn, args = _program(
+        fam, mesh, params, tok_params, cfg, tok_cfg, labels, keys, options, sampling
+    )
+    with jax.threefry_partitionable(True):
+        return fn(*args)
+
+
+def lower(fam, mesh, params, tok_params, cfg, tok_cfg, labels, keys, /, *, options, **sampling):
+    """The program `generate` runs, lowered (`.compile().as_text()` shows each device's share:
+    how the tests check that attention is head-parallel)."""
+    fn, args = _program(
+        fam, mesh, params, tok_params, cfg, tok_cfg, labels, keys, options, sampling
+    )
+    with jax.threefry_partitionable(True):
+        return fn.lower(*args)
+
+
+def _program(fam, mesh, params, tok_params, cfg, tok_cfg, labels, keys, options, sampling):
+    """(the jitted sampler, its arguments) of `generate`."""
     import jax.numpy as jnp
+
+    from arvg_jax.parallel import heads
 
     labels = jnp.asarray(labels, jnp.int32)
     check_batch(labels.shape[0], mesh)
+    _, fused = heads.split_rules(fam.sharding_rules(cfg))
+    shards = heads.tree_shards(params, fused)
+    if shards not in (1, mesh.shape[MODEL]):
+        raise ValueError(
+            f"params placed head-parallel for model={shards}, but the mesh has "
+            f"model={mesh.shape[MODEL]}: place them on this mesh (rules.place)"
+        )
+    options = options.replace(qkv_shards=shards)
     fn = _compiled(fam, mesh, cfg, tok_cfg, options, tuple(sorted(sampling.items())))
-    with jax.threefry_partitionable(True):
-        return fn(params, tok_params, shard_batch(labels, mesh), shard_batch(keys, mesh))
+    return fn, (params, tok_params, shard_batch(labels, mesh), shard_batch(keys, mesh))
 
 
 def shard_rows(batch: dict, mesh) -> dict:

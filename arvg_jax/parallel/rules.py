@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 from jax.sharding import NamedSharding, PartitionSpec
 
+from arvg_jax.parallel.mesh import MODEL
+
 Rule = tuple[str, PartitionSpec]
 
 
@@ -76,15 +78,29 @@ def _quant_types():
     return QArray, PackedKernel, ActQuant
 
 
-def param_specs(tree, rules: Sequence[Rule], mesh):
-    """A tree of `PartitionSpec`s with `tree`'s structure (quantized containers keep their type,
-    their array fields hold specs)."""
+def map_named(fn, tree):
+    """`fn(name, leaf)` over `tree`, a quantized container (`QArray`, `PackedKernel`, `ActQuant`)
+    being one leaf; `name` is the "/"-joined path."""
     import jax
 
-    qarray, packed, actquant = _quant_types()
+    quant = _quant_types()
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: fn(_path_name(path), leaf),
+        tree,
+        is_leaf=lambda x: isinstance(x, quant),
+    )
 
-    def one(path, leaf):
-        name = _path_name(path)
+
+def param_specs(tree, rules: Sequence, mesh):
+    """A tree of `PartitionSpec`s with `tree`'s structure (quantized containers keep their type,
+    their array fields hold specs). `FusedHeads` entries of `rules` give their layers' rules on
+    this mesh (`arvg_jax.parallel.heads`)."""
+    from arvg_jax.parallel import heads
+
+    qarray, packed, actquant = _quant_types()
+    rules = heads.expand(rules, mesh.shape.get(MODEL, 1))
+
+    def one(name, leaf):
         if isinstance(leaf, actquant):
             return leaf.replace(**{f: PartitionSpec() for f in _array_fields(leaf)})
         if isinstance(leaf, qarray):
@@ -101,9 +117,7 @@ def param_specs(tree, rules: Sequence[Rule], mesh):
             return leaf.replace(qvalue_t=q, scale=col, zero_point=col, col_sum=col)
         return leaf_spec(name, getattr(leaf, "shape", ()), rules, mesh)
 
-    return jax.tree_util.tree_map_with_path(
-        one, tree, is_leaf=lambda x: isinstance(x, (qarray, packed, actquant))
-    )
+    return map_named(one, tree)
 
 
 def _array_fields(leaf) -> list[str]:
@@ -123,10 +137,22 @@ def param_shardings(tree, rules: Sequence[Rule], mesh):
     )
 
 
-def place(tree, rules: Sequence[Rule], mesh):
-    """`tree` on `mesh`: every leaf a `jax.Array` with the sharding its rule gives."""
+def place(tree, rules: Sequence, mesh):
+    """`tree` on `mesh`: every leaf a `jax.Array` with the sharding its rule gives.
+
+    Where `rules` hold `FusedHeads` (`Family.sharding_rules(cfg)`) and the mesh has a model axis
+    of size M > 1, the fused qkv layers whose heads M divides are first brought into the
+    model-shard-major column order (`arvg_jax.parallel.heads`): attention runs head-parallel, and
+    `arvg_jax.parallel.generate` tells the sampler so. Any earlier placement's order is undone
+    first, so placing a placed tree again (on this or another mesh) is safe.
+    """
     import jax
 
+    from arvg_jax.parallel import heads
+
+    _, fused = heads.split_rules(rules)
+    if fused:
+        tree = heads.relayout(tree, fused, mesh.shape.get(MODEL, 1))
     return jax.device_put(tree, param_shardings(tree, rules, mesh))
 
 

@@ -307,6 +307,7 @@ class MARFamily(Family):
             temperature=float(s["temperature"]),
             num_sampling_steps=str(s["num_sampling_steps"]),
             dtype=options.compute_dtype,
+            qkv_shards=options.qkv_shards,
         )
         images = decode_images(tok_params, tokens, cfg=cfg, vae_cfg=tok_cfg)
         # Every diffusion output lands in `tokens` (each position is drawn once, then kept).

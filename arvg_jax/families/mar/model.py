@@ -25,6 +25,7 @@ import numpy as np
 
 from arvg_jax.families.mar.config import MARConfig
 from arvg_jax.families.mar.diffloss import SimpleMLPAdaLN
+from arvg_jax.nn.attention import split_qkv
 from arvg_jax.nn.layers import Dense
 
 Array = jax.Array
@@ -46,6 +47,7 @@ class Attention(nn.Module):
     dim: int
     num_heads: int
     dtype: Any = jnp.float32
+    qkv_shards: int = 1  # qkv's column layout (`ExecOptions.qkv_shards`)
 
     @nn.compact
     def __call__(self, x: Array, key_keep: Array | None, positions: np.ndarray) -> Array:
@@ -55,8 +57,7 @@ class Attention(nn.Module):
         k_dim = c // h
         qkv = Dense(3 * c, dtype=self.dtype, name="qkv")(x, positions)
         # torch: qkv.reshape(B, N, 3, H, K): [q | k | v], each third head-major.
-        qkv = qkv.reshape(b, p, 3, h, k_dim)  # [B, P, 3, H, K]
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, P, H, K]
+        q, k, v = split_qkv(qkv, h, h, k_dim, self.qkv_shards)  # [B, P, H, K] each
         logits = jnp.einsum("BQHK,BTHK->BHQT", q, k, preferred_element_type=jnp.float32)
         logits = logits * (k_dim**-0.5)
         if key_keep is not None:
@@ -89,12 +90,14 @@ class Block(nn.Module):
     mlp_dim: int
     eps: float
     dtype: Any = jnp.float32
+    qkv_shards: int = 1
 
     @nn.compact
     def __call__(self, x: Array, key_keep: Array | None, positions: np.ndarray) -> Array:
         d = self.dtype
         h = _layer_norm(self.eps, "norm1", d)(x)
-        x = x + Attention(self.dim, self.num_heads, d, name="attn")(h, key_keep, positions)
+        attn = Attention(self.dim, self.num_heads, d, self.qkv_shards, name="attn")
+        x = x + attn(h, key_keep, positions)
         h = _layer_norm(self.eps, "norm2", d)(x)
         return x + Mlp(self.mlp_dim, d, name="mlp")(h, positions)
 
@@ -110,10 +113,12 @@ class MAR(nn.Module):
     Attributes:
         config: the architecture.
         dtype: compute dtype (float32 for parity).
+        qkv_shards: the qkv columns' layout (`ExecOptions.qkv_shards`).
     """
 
     config: MARConfig
     dtype: Any = jnp.float32
+    qkv_shards: int = 1
 
     def setup(self):
         cfg, d = self.config, self.dtype
@@ -135,13 +140,13 @@ class MAR(nn.Module):
         self.z_proj = Dense(ce, dtype=d)
         self.z_proj_ln = _layer_norm(1e-6, None, d)  # hard-coded eps in mar.py
         self.encoder_blocks = [
-            Block(ce, cfg.encoder_num_heads, cfg.encoder_mlp_dim, cfg.norm_eps, d)
+            Block(ce, cfg.encoder_num_heads, cfg.encoder_mlp_dim, cfg.norm_eps, d, self.qkv_shards)
             for _ in range(cfg.encoder_depth)
         ]
         self.encoder_norm = _layer_norm(cfg.norm_eps, None, d)
         self.decoder_embed = Dense(cd, dtype=d)
         self.decoder_blocks = [
-            Block(cd, cfg.decoder_num_heads, cfg.decoder_mlp_dim, cfg.norm_eps, d)
+            Block(cd, cfg.decoder_num_heads, cfg.decoder_mlp_dim, cfg.norm_eps, d, self.qkv_shards)
             for _ in range(cfg.decoder_depth)
         ]
         self.decoder_norm = _layer_norm(cfg.norm_eps, None, d)

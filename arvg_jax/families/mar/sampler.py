@@ -144,6 +144,7 @@ STATIC_ARGNAMES = (
     "inject_noise",
     "record",
     "dtype",
+    "qkv_shards",
 )
 
 
@@ -168,8 +169,9 @@ def _sample(
     inject_noise: bool,
     record: bool,
     dtype: Any = jnp.float32,
+    qkv_shards: int = 1,
 ) -> tuple[Array, Any]:
-    model = MAR(cfg, dtype=dtype)
+    model = MAR(cfg, dtype=dtype, qkv_shards=qkv_shards)
     schedule = diffloss.make_schedule(num_sampling_steps)
     ms = mask_schedule(cfg.seq_len, num_iter)
     b, l, d = orders.shape[0], cfg.seq_len, cfg.token_embed_dim
@@ -263,6 +265,7 @@ def sample_tokens(
     noise: Array | None = None,
     record: bool = False,
     dtype: Any = jnp.float32,
+    qkv_shards: int = 1,
 ) -> tuple[Array, dict | None]:
     """`MAR.sample_tokens(bsz, num_iter, cfg, cfg_schedule, labels, temperature)`.
 
@@ -284,6 +287,7 @@ def sample_tokens(
         noise: [K, S, R, D] per-step head draws (R = 2N under CFG, else N); with `noise0`.
         record: also return the per-step record (masks, rows, noise, samples).
         dtype: compute dtype of the transformer (the diffusion head runs in float32).
+        qkv_shards: the qkv columns' layout (`arvg_jax.options.ExecOptions.qkv_shards`).
 
     Returns:
         tokens [B, L, D] (MAR token space; `unpatchify` for latents) and the record or None.
@@ -319,6 +323,7 @@ def sample_tokens(
         inject_noise=noise0 is not None,
         record=record,
         dtype=dtype,
+        qkv_shards=int(qkv_shards),
     )
     return tokens, rec
 

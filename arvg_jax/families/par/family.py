@@ -228,6 +228,7 @@ class PARFamily(Family):
             top_p=float(settings["top_p"]),
             greedy=bool(settings["greedy"]),
             dtype=options.compute_dtype,
+            qkv_shards=options.qkv_shards,
         )
         images = _decode_fn(cfg, tok_cfg)(tok_params, out["tokens"])
         return {  # and "finite" bool [B]: the sampler's logits of the image were all finite
@@ -243,7 +244,7 @@ class PARFamily(Family):
         logits[b, i] scores tokens[b, i] (the official forward runs the PAR-order sequence)."""
         import jax.numpy as jnp
 
-        fn = _tf_fn(cfg, jnp.dtype(options.compute_dtype).name)
+        fn = _tf_fn(cfg, jnp.dtype(options.compute_dtype).name, options.qkv_shards)
         outs = []
         for i in range(0, len(labels), batch):
             lab = jnp.asarray(labels[i : i + batch], jnp.int32)
@@ -338,7 +339,7 @@ def _decode_fn(cfg: PARConfig, tok_cfg: VQ16Config):
 
 
 @functools.cache
-def _tf_fn(cfg: PARConfig, dtype: str):
+def _tf_fn(cfg: PARConfig, dtype: str, qkv_shards: int = 1):
     """(params, labels [B], raster tokens [B, N]) -> float32 raster-order logits [B, N, V]."""
     import jax
     import jax.numpy as jnp
@@ -348,7 +349,7 @@ def _tf_fn(cfg: PARConfig, dtype: str):
 
     par_index = layout.par_index_to_raster(cfg)  # PAR token p is raster token par_index[p]
     to_raster = np.argsort(par_index)  # raster i is PAR token to_raster[i]
-    model = PAR(cfg, dtype=jnp.dtype(dtype))
+    model = PAR(cfg, dtype=jnp.dtype(dtype), qkv_shards=qkv_shards)
 
     def fn(params, labels, tokens):
         if jnp.dtype(dtype) != jnp.float32:

@@ -47,6 +47,7 @@ from arvg_jax.nn.attention import (
     init_cache,
     matmul_quantizers,
     sow_matmul_fit,
+    split_qkv,
 )
 from arvg_jax.nn.layers import Dense
 from arvg_jax.nn.rms_norm import RMSNorm
@@ -64,6 +65,7 @@ class Attention(nn.Module):
 
     cfg: PARConfig
     dtype: Any = jnp.float32
+    qkv_shards: int = 1  # wqkv's column layout (`ExecOptions.qkv_shards`)
 
     @nn.compact
     def __call__(self, x, rope, mask, positions, cache=None, start=0):
@@ -87,9 +89,7 @@ class Attention(nn.Module):
             (h + 2 * g) * k_dim, use_bias=False, dtype=self.dtype, kernel_init=_INIT, name="wqkv"
         )(x, positions)
         # split([dim, kv_size, kv_size]), each viewed head-major (B, L, heads, K).
-        q = qkv[..., : h * k_dim].reshape(b, l, h, k_dim)
-        k = qkv[..., h * k_dim : (h + g) * k_dim].reshape(b, l, g, k_dim)
-        v = qkv[..., (h + g) * k_dim :].reshape(b, l, g, k_dim)
+        q, k, v = split_qkv(qkv, h, g, k_dim, self.qkv_shards)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         if cache is not None:
             cache = cache_write(cache, k, v, start)
@@ -113,11 +113,12 @@ class TransformerBlock(nn.Module):
 
     cfg: PARConfig
     dtype: Any = jnp.float32
+    qkv_shards: int = 1
 
     @nn.compact
     def __call__(self, x, rope, mask, positions, cache=None, start=0):
         cfg, d = self.cfg, self.dtype
-        a = Attention(cfg, d, name="attention")(
+        a = Attention(cfg, d, self.qkv_shards, name="attention")(
             RMSNorm(cfg.norm_eps, d, name="attention_norm")(x), rope, mask, positions, cache, start
         )
         if cache is not None:
@@ -143,6 +144,7 @@ class PAR(nn.Module):
 
     cfg: PARConfig
     dtype: Any = jnp.float32
+    qkv_shards: int = 1  # wqkv's column layout (`ExecOptions.qkv_shards`)
 
     def setup(self):
         cfg, d = self.cfg, self.dtype
@@ -150,7 +152,7 @@ class PAR(nn.Module):
         self.tok_embeddings = nn.Embed(cfg.vocab_size, cfg.dim, embedding_init=_INIT)
         self.spe_tok_embeddings = nn.Embed(cfg.spe_token_num, cfg.dim, embedding_init=_INIT)
         # A list attribute: linen names the blocks layers_0 ... layers_{n_layer-1}.
-        self.layers = [TransformerBlock(cfg, d) for _ in range(cfg.n_layer)]
+        self.layers = [TransformerBlock(cfg, d, self.qkv_shards) for _ in range(cfg.n_layer)]
         self.norm = RMSNorm(cfg.norm_eps, d)
         self.output = Dense(cfg.vocab_size, use_bias=False, dtype=d, kernel_init=_INIT)
 

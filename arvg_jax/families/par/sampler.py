@@ -47,6 +47,7 @@ STATIC_ARGNAMES = (
     "dtype",
     "return_margin",
     "return_first_logits",
+    "qkv_shards",
 )
 
 
@@ -144,11 +145,12 @@ def _generate_impl(
     dtype: str,
     return_margin: bool,
     return_first_logits: bool,
+    qkv_shards: int = 1,
 ) -> dict[str, Array]:
     dtype = jnp.dtype(dtype)
     if dtype != jnp.float32:
         params = cast_params(params, dtype)
-    model = PAR(cfg, dtype=dtype)
+    model = PAR(cfg, dtype=dtype, qkv_shards=qkv_shards)
     variables = {"params": params}
     apply = functools.partial(model.apply, variables)
     b = labels.shape[0]
@@ -244,6 +246,7 @@ def generate(
     dtype: Any = "float32",
     return_margin: bool = False,
     return_first_logits: bool = False,
+    qkv_shards: int = 1,
 ) -> dict[str, Array]:
     """Samples N tokens per label in PAR order (generate.py `generate`), as one jit program.
 
@@ -264,6 +267,7 @@ def generate(
         return_margin: also return "top2_margin" [B, N] of the sampler input (near-tie check).
         return_first_logits: also return "logits_first" [B, 2A, V]: the sampler input of PAR
             tokens 0 .. 2A-1 (the A one-token passes and the first parallel pass).
+        qkv_shards: wqkv's column layout (`arvg_jax.options.ExecOptions.qkv_shards`).
 
     Returns:
         {"tokens": int32 [B, N] in PAR order (`layout.par_to_raster` for the decoder),
@@ -287,6 +291,7 @@ def generate(
         dtype=jnp.dtype(dtype).name,
         return_margin=return_margin,
         return_first_logits=return_first_logits,
+        qkv_shards=int(qkv_shards),
     )
 
 

@@ -156,6 +156,7 @@ class RARFamily(Family):
             vq_params=tok_params,
             vq_cfg=tok_cfg,
             dtype=options.compute_dtype,
+            qkv_shards=options.qkv_shards,
         )
         return {"tokens": out["tokens"], "images": out["images"], "finite": out["finite"]}
 
@@ -170,7 +171,7 @@ class RARFamily(Family):
 
         from arvg_jax.families.rar.model import RAR
 
-        model = RAR(cfg, options.compute_dtype)
+        model = RAR(cfg, options.compute_dtype, options.qkv_shards)
         fn = jax.jit(lambda p, t, c: model.apply({"params": p}, t, c)[:, : cfg.image_seq_len])
         outs = []
         for i in range(0, len(labels), batch):

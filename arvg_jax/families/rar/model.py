@@ -74,6 +74,7 @@ class Attention(nn.Module):
 
     cfg: RARConfig
     dtype: Any = jnp.float32
+    qkv_shards: int = 1  # qkv's column layout (`ExecOptions.qkv_shards`)
 
     @nn.compact
     def __call__(self, x, *, positions, cache=None, cache_offset=0):
@@ -93,10 +94,9 @@ class Attention(nn.Module):
         b, l, c = x.shape
         h, k_dim = cfg.num_attention_heads, cfg.head_dim
         qkv = Dense(3 * c, dtype=self.dtype, name="qkv")(x, positions)
-        qkv = qkv.reshape(b, l, 3, h, k_dim)  # [B, l, 3, H, K], [q | k | v], each head-major
-        q = _layer_norm("q_norm")(qkv[:, :, 0])  # [B, l, H, K]
-        k = _layer_norm("k_norm")(qkv[:, :, 1])
-        v = qkv[:, :, 2]
+        q, k, v = attention.split_qkv(qkv, h, h, k_dim, self.qkv_shards)  # [B, l, H, K] each
+        q = _layer_norm("q_norm")(q)
+        k = _layer_norm("k_norm")(k)
         q, k, v = (t.astype(self.dtype) for t in (q, k, v))
         if cache is not None:
             cache = attention.cache_write(cache, k, v, cache_offset)
@@ -139,6 +139,7 @@ class Block(nn.Module):
 
     cfg: RARConfig
     dtype: Any = jnp.float32
+    qkv_shards: int = 1
 
     @nn.compact
     def __call__(self, x, c, *, positions, cache=None, cache_offset=0):
@@ -151,7 +152,7 @@ class Block(nn.Module):
         mods = mods.astype(jnp.float32)  # [B, l, 6C]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mods, 6, -1)
         h = _modulate(_layer_norm("norm1")(x), shift_msa, scale_msa)
-        attn = Attention(self.cfg, self.dtype, name="attn")(
+        attn = Attention(self.cfg, self.dtype, self.qkv_shards, name="attn")(
             h, positions=positions, cache=cache, cache_offset=cache_offset
         )
         if cache is not None:
@@ -229,10 +230,12 @@ class RAR(nn.Module):
         cfg: the architecture.
         dtype: compute dtype of the block matmuls (and KV cache); the residual stream,
             embeddings, norms and the head run in float32.
+        qkv_shards: the fused qkv columns' layout (`ExecOptions.qkv_shards`).
     """
 
     cfg: RARConfig
     dtype: Any = jnp.float32
+    qkv_shards: int = 1
 
     def setup(self):
         cfg = self.cfg
@@ -247,7 +250,9 @@ class RAR(nn.Module):
         )
         self.embeddings = nn.Embed(cfg.num_embeddings, c, embedding_init=_TABLE_INIT)
         # A list attribute: linen names the blocks blocks_0 … blocks_{D-1}.
-        self.blocks = [Block(cfg, self.dtype) for _ in range(cfg.num_hidden_layers)]
+        self.blocks = [
+            Block(cfg, self.dtype, self.qkv_shards) for _ in range(cfg.num_hidden_layers)
+        ]
         self.adaln_before_head = FinalLayer(cfg)
         self.lm_head = Dense(cfg.codebook_size, dtype=jnp.float32)
 

@@ -72,8 +72,9 @@ def _generate_impl(
     greedy: bool,
     record: int,
     dtype: Any,
+    qkv_shards: int = 1,
 ) -> dict[str, Array]:
-    model = RAR(cfg, dtype)
+    model = RAR(cfg, dtype, qkv_shards)
     variables = {"params": params}
     b, n, v = labels.shape[0], cfg.image_seq_len, cfg.codebook_size
     cond = cfg.condition_id(labels.astype(jnp.int32))
@@ -151,7 +152,7 @@ def _generate_impl(
 
 _generate_jit = jax.jit(
     _generate_impl,
-    static_argnames=("cfg", "vq_cfg", "use_cfg", "greedy", "record", "dtype"),
+    static_argnames=("cfg", "vq_cfg", "use_cfg", "greedy", "record", "dtype", "qkv_shards"),
 )
 
 
@@ -167,6 +168,7 @@ def generate(
     vq_cfg: Any = None,
     record_steps: int = 0,
     dtype: Any = jnp.float32,
+    qkv_shards: int = 1,
 ) -> dict[str, Array]:
     """Generates images for class labels (official `RAR.generate` + `decode_tokens`).
 
@@ -186,6 +188,7 @@ def generate(
         vq_params, vq_cfg: MaskGIT-VQGAN params/config; when given, also decode the images.
         record_steps: R > 0 also returns the first R steps' logits (see Returns).
         dtype: compute dtype of the block matmuls and the KV cache.
+        qkv_shards: the qkv columns' layout (`arvg_jax.options.ExecOptions.qkv_shards`).
 
     Returns:
         {"tokens": int32 [B, n] (raster), "top2_margin": float32 [B, n] (top-1 minus top-2 of
@@ -221,4 +224,5 @@ def generate(
             greedy=bool(greedy),
             record=int(record_steps),
             dtype=dtype,
+            qkv_shards=int(qkv_shards),
         )

@@ -16,6 +16,7 @@ from flax import linen as nn
 
 from arvg_jax.families.var.config import _MAX_SCALE_MUL, VARConfig
 from arvg_jax.nn import stacked_kv
+from arvg_jax.nn.attention import head_shards, split_qkv
 from arvg_jax.nn.layers import Dense, l2_normalize
 from arvg_jax.options import ExecOptions
 
@@ -62,10 +63,18 @@ def attn_prologue_impl(cfg: VARConfig, opts: ExecOptions) -> str:
     (`ExecOptions.attn_prologue`).
 
     Raises:
-      ValueError: "pallas" requested for a head dim the kernel does not take.
+      ValueError: "pallas" requested for a head dim the kernel does not take, or for a
+        head-sharded qkv layout (`ExecOptions.qkv_shards`: the kernel reads q | k | v).
     """
     if opts.sampler_kv != "stacked" or opts.attn_prologue == "xla":
         return "xla"
+    if head_shards(opts.qkv_shards, cfg.num_heads, cfg.num_heads) > 1:
+        if opts.attn_prologue == "pallas":
+            raise ValueError(
+                f"attn_prologue 'pallas' reads the official q | k | v columns, not the "
+                f"head-sharded layout of qkv_shards={opts.qkv_shards}: use 'xla' or 'auto'"
+            )
+        return "xla"  # "auto": the XLA prologue reads either layout
     from arvg_jax.kernels import attn_prologue_pallas
 
     if opts.attn_prologue == "pallas":  # off GPU only with opts.interpret (`ExecOptions.resolve`)
@@ -128,8 +137,7 @@ class SelfAttention(nn.Module):
         qkv = Dense(3 * c, dtype=opts.compute_dtype, matmul_out=opts.matmul_out, name="qkv")(
             x, positions
         )
-        qkv = qkv.reshape(b, l, 3, h, k_dim)  # [B, l, 3, H, K]
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, l, H, K]
+        q, k, v = split_qkv(qkv, h, h, k_dim, opts.qkv_shards)  # [B, l, H, K] each
         if cfg.attn_l2_norm:
             scale_mul = self._head_scale()
             q = (l2_normalize(q) * scale_mul[:, None]).astype(opts.compute_dtype)
