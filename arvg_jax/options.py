@@ -65,15 +65,17 @@ class ExecOptions:
       attention: cached-sampling attention: "xla" (einsum + float32 softmax), "cudnn"
         (`jax.nn.dot_product_attention`; 16-bit dtypes and head dims cuDNN takes), "pallas"
         (VAR's stacked cache read in place, `arvg_jax.kernels.stacked_attention_pallas`) or
-        "auto" (on GPU in 16-bit: pallas on the stacked cache, cudnn where the head dim fits;
-        else xla). Teacher forcing always uses xla.
+        "auto" (on GPU in 16-bit: cudnn where the head dim fits; else xla; "pallas" is opt-in
+        until measured on a GPU). Teacher forcing always uses xla.
       sampling_filter: the top-k / top-p filter (`arvg_jax.sampling.top_k_top_p_filter`): "sort"
         (the official two sorts), "bisect[:bits[:chunk]]" (sort-free, XLA), "pallas" (one GPU
         kernel) or "auto" (pallas on NVIDIA GPUs, else sort).
       sampler_kv: KV layout of VAR's stacked sampler: "stacked" (the scan writes into the
-        layer-stacked cache and attends to the block's pages in place), "prefix" (slices the
-        written prefix, a copy) or "full" (masks the unwritten tail).
-      kv_page: positions per page of the "stacked" cache (a multiple of 64).
+        layer-stacked cache and attends to the block's written prefix, read in place by the
+        "pallas" attention), "prefix" (slices the written prefix, a copy) or "full" (masks the
+        unwritten tail).
+      kv_page: the "stacked" cache's length is padded to a multiple of it (a multiple of 64,
+        the stacked attention kernel's key tile).
       matmul_out: float Dense output precision: "float32" (the official single rounding) or
         "dtype" (16-bit matmul outputs, two roundings).
       attn_prologue: qkv bias + rounding + q/k norm + cache writes as one Pallas kernel
@@ -102,7 +104,7 @@ class ExecOptions:
     decode_dtype: Dtype = "float32"
     attention: Attention = "auto"
     sampling_filter: str = "auto"
-    sampler_kv: SamplerKV = "stacked"  # 36 ms faster than "prefix" at VAR-d30 b64 (BENCHMARKS.md)
+    sampler_kv: SamplerKV = "stacked"  # in-place KV writes (BENCHMARKS.md, VAR-d30 b64 on H100)
     kv_page: int = 64
     matmul_out: MatmulOut = "float32"
     attn_prologue: Kernel = "auto"  # VAR-d30 b64 on H100: bf16 −18 ms, W8A8 −7 ms (BENCHMARKS.md)

@@ -82,17 +82,14 @@ VARIANTS = {
         "scan",
         {"sampler_kv": "stacked"},
         (
-            "write the new keys into the layer-stacked cache, attend to the block's keys in "
-            "place (the Pallas kernel on GPU in 16-bit): no KV slice, no write-back"
+            "write the new keys into the layer-stacked cache in place, attend to the block's "
+            "prefix (cuDNN on GPU in 16-bit: a copy of the prefix, no write-back)"
         ),
     ),
-    "kv_stacked_cudnn": (
+    "kv_stacked_pallas": (
         "scan",
-        {"sampler_kv": "stacked", "attention": "cudnn"},
-        (
-            "kv_stacked with cuDNN (jax.nn.dot_product_attention) on the block's prefix, which "
-            "XLA copies out of the stacked cache first"
-        ),
+        {"sampler_kv": "stacked", "attention": "pallas"},
+        "kv_stacked with the Pallas kernel reading the block's keys in place (no prefix copy)",
     ),
     "kv_stacked_page128": (
         "scan",

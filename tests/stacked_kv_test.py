@@ -185,7 +185,6 @@ def test_gpu_paths_equal_xla(layer, kv_len, queries, impl):
 
 def test_attention_impl_choices_and_refusals():
     from arvg_jax.families.var.model import VARConfig, attention_impl
-    from arvg_jax.kernels import stacked_attention_pallas as sap
     from arvg_jax.options import ExecOptions
 
     cfg = VARConfig.tiny(embed_dim=32, num_heads=2)  # heads of 16
@@ -198,8 +197,9 @@ def test_attention_impl_choices_and_refusals():
     with pytest.raises(ValueError, match="attention 'pallas' cannot run on platform 'cpu'"):
         ExecOptions(attention="pallas").resolve("cpu")
     auto = ExecOptions(dtype="bfloat16").resolve()
-    on_gpu = auto.gpu_here and sap.available()
-    assert attention_impl(cfg, auto, stacked=True) == ("pallas" if on_gpu else "xla")
+    # "auto" never picks the kernel (opt-in until measured on a GPU): cuDNN on GPUs, else xla.
+    expect = "cudnn" if auto.gpu_here else "xla"
+    assert attention_impl(cfg, auto, stacked=True) == attention_impl(cfg, auto) == expect
 
 
 @pytest.mark.slow

@@ -23,7 +23,10 @@ rather than the final one, so 16-bit outputs equal the XLA path's to within a fe
 the dtype, not bit for bit.
 
 Runs compiled with the Triton backend on CUDA GPUs, and in Pallas interpret mode only where asked
-(``interpret=True``: how the CPU tests check it).
+(``interpret=True``: how the CPU tests check it). Status: opt-in (``ExecOptions.attention =
+"pallas"``); so far checked in interpret mode on the CPU only, so "auto" does not pick it until it
+has been compiled and timed on a GPU (``tests/stacked_kv_test.py``'s GPU cases and
+``scripts/sampler_variants.py --variants baseline,kv_stacked_pallas,kv_stacked``).
 """
 
 from __future__ import annotations

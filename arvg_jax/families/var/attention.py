@@ -27,8 +27,10 @@ def attention_impl(cfg: VARConfig, opts: ExecOptions, *, stacked: bool = False) 
     """The attention implementation of cached sampling (`ExecOptions.attention`): "xla",
     "cudnn" or, on the stacked sampler's layer-stacked cache (`stacked`), "pallas".
 
-    "auto" on a GPU in 16-bit: the in-place Pallas kernel on the stacked cache (no prefix copies;
-    BENCHMARKS.md), cuDNN elsewhere; else xla.
+    "auto" on a GPU in 16-bit: cuDNN where the head dim fits, else xla; off GPU: xla. On the
+    stacked cache cuDNN reads a copy of the block's prefix; the "pallas" kernel reads it in place
+    but stays opt-in until it has been measured on a GPU (it is checked in Pallas interpret mode
+    on the CPU only; BENCHMARKS.md, "stacked-cache attention").
 
     Raises:
       ValueError: "pallas" requested where it cannot run (a per-block cache, a head dim the
@@ -50,8 +52,6 @@ def attention_impl(cfg: VARConfig, opts: ExecOptions, *, stacked: bool = False) 
     half = jnp.dtype(opts.compute_dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if not (half and opts.gpu_here):
         return "xla"
-    if stacked and sap.unsupported_reason(cfg.head_dim) is None and sap.available():
-        return "pallas"
     # cuDNN flash attention needs a head dim that is a multiple of 8, at most 256 (Hopper);
     # other widths (the tiny test models) run the XLA attention instead of failing to compile.
     fits = cfg.head_dim % 8 == 0 and cfg.head_dim <= 256
