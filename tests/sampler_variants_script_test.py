@@ -48,7 +48,12 @@ def test_smoke_tiny_cpu(tmp_path):
         assert r["tokens_equal_baseline_sampled"] == 1.0  # same labels and key: same tokens
         assert r["hlo"]["instructions"] > 0
     base, unrolled = (r["options"] for r in doc["rows"])
-    assert base == {"sampling_filter": "sort", "sampler_kv": "prefix", "scan_unroll": 1}
+    assert base == {
+        "sampling_filter": "sort",
+        "sampler_kv": "prefix",
+        "scan_unroll": 1,
+        "attention": "auto",
+    }
     assert unrolled["sampler_kv"] == "full" and doc["rows"][1]["hlo"]["while"] == 0
     assert "baseline" in res.stdout and "unrolled_kv_full" in res.stdout  # the table
 

@@ -21,11 +21,13 @@ from arvg_jax.options import ExecOptions
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "sampler_variants.py"
 _SCRIPT = runpy.run_path(str(SCRIPT))  # plain data at import: VARIANTS, BASELINE_OPTIONS
 BASELINE = _SCRIPT["BASELINE_OPTIONS"]
-# name: (stacked blocks?, VARConfig overrides), for every variant the script can time.
+# name: (stacked blocks?, VARConfig overrides), for every variant the script can time, except the
+# Pallas attention kernel's: its Triton tiles need heads of a power of two >= 16, not var-test's 13
+# (tests/stacked_kv_test.py runs the sampler with it on a var-test of 16-wide heads).
 VARIANTS = {
     name: (blocks == "scan", options)
     for name, (blocks, options, _) in _SCRIPT["VARIANTS"].items()
-    if name != "baseline"
+    if name != "baseline" and options.get("attention") != "pallas"
 }
 
 
