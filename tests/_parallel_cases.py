@@ -203,11 +203,18 @@ def calibration_case(methods: str) -> dict:
         )
         f1, f8 = _tree.flatten(q1), _tree.flatten(q8)
         ints_equal, float_rel = True, 0.0
+        codes, codes_moved, code_step, layers_moved = 0, 0, 0, set()
         for name in f1:
             for a, b in zip(jax.tree.leaves(f1[name]), jax.tree.leaves(f8[name]), strict=True):
                 a, b = np.asarray(a), np.asarray(b)
                 if np.issubdtype(a.dtype, np.integer):
                     ints_equal &= bool(np.array_equal(a, b))
+                    moved = a != b
+                    codes, codes_moved = codes + a.size, codes_moved + int(moved.sum())
+                    if moved.any():
+                        layers_moved.add(name)
+                        d = np.abs(a.astype(np.int64) - b.astype(np.int64))
+                        code_step = max(code_step, int(d.max()))
                 else:
                     den = np.maximum(np.abs(a), np.finfo(np.float32).tiny)
                     float_rel = max(float_rel, float(np.max(np.abs(a - b) / den)))
@@ -218,6 +225,10 @@ def calibration_case(methods: str) -> dict:
                 for a, b in zip(jax.tree.leaves(q1), jax.tree.leaves(q8), strict=True)
             ),
             "integer_leaves_equal": ints_equal,
+            "integer_codes": codes,
+            "integer_codes_moved": codes_moved,
+            "integer_max_step": code_step,
+            "layers_with_moved_codes": sorted(layers_moved),
             "float_leaves_max_rel_diff": float_rel,
         }
     return out

@@ -58,12 +58,20 @@ def test_sharded_calibration_gives_the_same_quantized_tree():
 
 
 @pytest.mark.slow
-def test_sharded_ptq4arvg_calibration_gives_the_same_integer_codes():
-    # PTQ4ARVG's percentile searches amplify the ulp moves (a neighbouring candidate wins in the
-    # last block: about 1 % on a few activation scales, measured), so only its integer codes and
-    # the tree structure are compared.
+def test_sharded_ptq4arvg_calibration_equals_one_device_up_to_rounding_boundaries():
+    # The calibration activations move by an ulp with 2 rows per device (see the RTN test), and
+    # PTQ4ARVG's searches amplify that: a neighbouring candidate can win for a few activation
+    # scales (about 1 % on those scales on one CPU, 6e-4 on another, measured), and the weight
+    # scales folded from them move by as little, so a weight code lying on a rounding boundary
+    # can flip by one step (0 of 26,766 codes on one CPU, 1 in blocks_1/ffn/fc1 on an AVX512-BF16
+    # EPYC, measured 2026-12-07). Exact equality is not reachable without batch-invariant
+    # kernels (docs/scale_out.md); what holds is this: same structure, codes equal but for a few
+    # one-step flips, float leaves within 2 %.
     r = _run("calibration", "ptq4arvg")["ptq4arvg"]
-    assert r["same_structure"] and r["integer_leaves_equal"], r
+    assert r["same_structure"], r
+    assert r["integer_max_step"] <= 1, r
+    assert r["integer_codes_moved"] <= r["integer_codes"] // 1000, r
+    assert r["float_leaves_max_rel_diff"] <= 2e-2, r
 
 
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
