@@ -190,7 +190,7 @@ def test_attention_impl_choices_and_refusals():
     cfg = VARConfig.tiny(embed_dim=32, num_heads=2)  # heads of 16
     pallas = ExecOptions(attention="pallas", interpret=True)
     assert attention_impl(cfg, pallas, stacked=True) == "pallas"
-    with pytest.raises(ValueError, match="needs sampler_kv 'stacked', not 'prefix'"):
+    with pytest.raises(ValueError, match="per-block cache \\(sampler_kv 'prefix'"):
         attention_impl(cfg, pallas.replace(sampler_kv="prefix"))
     with pytest.raises(ValueError, match="attention 'pallas': head_dim 13"):
         attention_impl(VARConfig.tiny(), pallas, stacked=True)

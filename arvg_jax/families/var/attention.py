@@ -36,13 +36,14 @@ def attention_impl(cfg: VARConfig, opts: ExecOptions, *, stacked: bool = False) 
       ValueError: "pallas" requested where it cannot run (a per-block cache, a head dim the
         kernel does not take).
     """
-    from arvg_jax.kernels import stacked_attention_pallas as sap
-
     if opts.attention == "pallas":  # off GPU only with opts.interpret (`ExecOptions.resolve`)
+        from arvg_jax.kernels import stacked_attention_pallas as sap
+
         if not stacked:
             raise ValueError(
-                f"attention 'pallas' reads the layer-stacked KV cache: it needs sampler_kv "
-                f"'stacked', not {opts.sampler_kv!r}"
+                "attention 'pallas' reads the layer-stacked KV cache of the stacked (scan) "
+                f"sampler; this attention has a per-block cache (sampler_kv {opts.sampler_kv!r}, "
+                "or unrolled blocks): use sampler_kv 'stacked' with stacked blocks, or 'cudnn'"
             )
         if (why := sap.unsupported_reason(cfg.head_dim)) is not None:
             raise ValueError(f"attention 'pallas': {why}")
