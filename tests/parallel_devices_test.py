@@ -64,7 +64,7 @@ def test_sharded_ptq4arvg_calibration_equals_one_device_up_to_rounding_boundarie
     # scales (about 1 % on those scales on one CPU, 6e-4 on another, measured), and the weight
     # scales folded from them move by as little, so a weight code lying on a rounding boundary
     # can flip by one step (0 of 26,766 codes on one CPU, 1 in blocks_1/ffn/fc1 on an AVX512-BF16
-    # EPYC, measured 2026-12-07). Exact equality is not reachable without batch-invariant
+    # EPYC, measured 2026-12-08). Exact equality is not reachable without batch-invariant
     # kernels (docs/scale_out.md); what holds is this: same structure, codes equal but for a few
     # one-step flips, float leaves within 2 %.
     r = _run("calibration", "ptq4arvg")["ptq4arvg"]
